@@ -1,0 +1,40 @@
+"""The `roslab` command. Each subcommand lives in its own module with a `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lab.errors import LabError
+
+# Modules that add subcommands; each defines register(subparsers) and sets `func` on its parser.
+COMMAND_MODULES = [
+    "lab.refimage.command",  # roslab image build
+    "lab.commands",  # roslab boot, roslab doctor
+    "reports.command",  # roslab bench, bench compare, bench report
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roslab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LabError as exc:
+        print(f"roslab: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("roslab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

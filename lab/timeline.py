@@ -1,0 +1,66 @@
+"""Boot timeline: milestones with host-monotonic timestamps measured from power-on.
+
+Every driver records the same milestones the same way, so bench history from QEMU,
+clouds and physical boxes can be compared. Names are stable strings: they are the keys
+of budgets files and of the bench history.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+# The milestones in boot order. `service:<name>` milestones (one per system container)
+# sit between SYSTEM_DOCKER and LOGIN_PROMPT.
+FIRMWARE = "firmware"  # first byte on the console (BIOS/bootloader) -- not all platforms
+KERNEL = "kernel"  # "Linux version ..." on the console
+INIT = "init"  # the kernel ran the first user-space process
+SYSTEM_DOCKER = "system-docker"  # system Docker answering (earliest system container created)
+SERVICES = "services"  # every long-running system container running
+LOGIN_PROMPT = "login-prompt"  # "login:" on the serial console (or autologin shell)
+STARTED = "started"  # "<OS> <version> started" on the console
+SSH = "ssh"  # SSH banner readable on the forwarded port
+USER_DOCKER = "user-docker"  # `docker version` answers as the user
+
+ORDER = [FIRMWARE, KERNEL, INIT, SYSTEM_DOCKER, SERVICES, LOGIN_PROMPT, STARTED, SSH, USER_DOCKER]
+
+
+def service_milestone(name: str) -> str:
+    return f"service:{name}"
+
+
+@dataclass
+class Timeline:
+    """Milestones of one boot. `t0` is the host-monotonic time of power-on."""
+
+    t0: float = field(default_factory=time.monotonic)
+    marks: dict[str, float] = field(default_factory=dict)  # name -> seconds since t0
+
+    def mark(self, name: str, at: float | None = None) -> None:
+        """Record `name` at host-monotonic time `at` (now if None); first record wins."""
+        if name not in self.marks:
+            self.marks[name] = (time.monotonic() if at is None else at) - self.t0
+
+    def mark_offset(self, name: str, seconds: float) -> None:
+        """Record `name` at `seconds` after power-on (for milestones measured after the fact)."""
+        self.marks.setdefault(name, seconds)
+
+    def last_reached(self) -> str | None:
+        if not self.marks:
+            return None
+        return max(self.marks.items(), key=lambda kv: kv[1])[0]
+
+    def ordered(self) -> list[tuple[str, float]]:
+        return sorted(self.marks.items(), key=lambda kv: kv[1])
+
+    def phases(self) -> list[tuple[str, float, float]]:
+        """(milestone, start, end) where start is the previous milestone in time."""
+        out: list[tuple[str, float, float]] = []
+        prev = 0.0
+        for name, at in self.ordered():
+            out.append((name, prev, at))
+            prev = at
+        return out
+
+    def to_dict(self) -> dict[str, float]:
+        return {name: round(at, 3) for name, at in self.ordered()}
