@@ -103,8 +103,10 @@ class Image:
             raise ImageError(f"image {what} is for {self.arch}, but this run is for {arch}")
 
 
-def iso_arch(path: Path) -> str | None:
-    """Arch of the first kernel found inside an ISO (None if it holds no kernel we know)."""
+def _iso_kernel(path: Path, dest: Path | None) -> bytes | None:
+    """The head of the first kernel inside an ISO (copied whole to `dest` if given)."""
+    import io
+
     import pycdlib  # imported here: only ISO images need it
 
     iso = pycdlib.PyCdlib()
@@ -116,17 +118,23 @@ def iso_arch(path: Path) -> str | None:
         facade = iso.get_rock_ridge_facade() if iso.has_rock_ridge() else iso.get_iso9660_facade()
         for dirpath, _dirs, files in facade.walk("/"):
             for name in files:
-                if name.lower().startswith(("vmlinuz", "bzimage", "vmlinuz.")):
-                    full = f"{dirpath.rstrip('/')}/{name}"
-                    return kernel_arch(_read_head(facade, full, 0x240))
+                if name.lower().startswith(("vmlinuz", "bzimage")):
+                    buf = io.BytesIO()
+                    facade.get_file_from_iso_fp(buf, f"{dirpath.rstrip('/')}/{name}")
+                    if dest is not None:
+                        dest.write_bytes(buf.getvalue())
+                    return buf.getvalue()[:0x240]
         return None
     finally:
         iso.close()
 
 
-def _read_head(facade, path: str, size: int) -> bytes:  # noqa: ANN001 -- pycdlib facades are untyped
-    import io
+def iso_arch(path: Path) -> str | None:
+    """Arch of the first kernel found inside an ISO (None if it holds no kernel we know)."""
+    head = _iso_kernel(path, None)
+    return kernel_arch(head) if head else None
 
-    buf = io.BytesIO()
-    facade.get_file_from_iso_fp(buf, path)
-    return buf.getvalue()[:size]
+
+def extract_iso_kernel(path: Path, dest: Path) -> Path | None:
+    """Copy the ISO's kernel to `dest` (to probe KVM with it); None if it has none."""
+    return dest if _iso_kernel(path, dest) else None

@@ -1,0 +1,98 @@
+"""The driver protocol: what every platform (QEMU, libvirt, clouds, physical boxes) offers.
+
+A driver turns a `MachineSpec` into a running machine and gives back two endpoints: a
+console byte stream and an SSH address. Everything above it (console, login, SSH,
+timeline, fixtures) is platform-neutral. `capabilities` says what a driver can do, so
+the lab refuses, before anything starts, a request the platform cannot serve.
+"""
+
+from __future__ import annotations
+
+import socket
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from lab.cloudconfig import CloudConfig
+from lab.images import Image
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    arches: tuple[str, ...]
+    console: bool  # a serial console the lab can read and type into
+    ssh: bool  # an SSH endpoint reachable from the host (the network)
+    power_button: bool  # an ACPI power button press (graceful shutdown)
+    snapshot: bool  # save and restore a running machine
+    datasources: tuple[str, ...]  # cloud-config delivery this platform can do
+    image_kinds: tuple[str, ...]  # lab.images kinds it boots
+
+
+@dataclass
+class MachineSpec:
+    """Everything a driver needs to make one machine; validated before `prepare`."""
+
+    name: str
+    arch: str
+    image: Image
+    workdir: Path  # the driver's scratch space; removed by the machine on stop
+    cloud_config: CloudConfig | None
+    datasource: str  # one of lab.cloudconfig.DATASOURCES
+    password: str  # rancher's console password (kernel cmdline on direct kernel boot)
+    accel: str = "tcg"  # already resolved: never "auto" here
+    memory_mb: int = 2048
+    cpus: int = 2
+    cmdline_extra: list[str] = field(default_factory=list)
+    keep_on_exit: bool = False  # survive the harness (--keep-failed); otherwise die with it
+
+
+class Driver(ABC):
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    @abstractmethod
+    def prepare(self, spec: MachineSpec) -> None:
+        """Make disks, config drives, servers: everything short of powering on."""
+
+    @abstractmethod
+    def start(self) -> float:
+        """Power on; returns the host-monotonic time of power-on (the timeline's t0).
+
+        When it returns, `console_stream()` is connected and has missed no byte.
+        """
+
+    @abstractmethod
+    def console_stream(self) -> socket.socket:
+        """The console as a connected byte stream (recv/sendall/fileno/close)."""
+
+    @abstractmethod
+    def ssh_endpoint(self) -> tuple[str, int]:
+        """(host, port) where the guest's sshd (port 22) is reachable from the harness."""
+
+    @abstractmethod
+    def power_button(self) -> None:
+        """Press the power button (ACPI): the guest shuts down by itself."""
+
+    @abstractmethod
+    def alive(self) -> bool:
+        """True while the machine runs."""
+
+    @abstractmethod
+    def exit_reason(self) -> str:
+        """Why the machine stopped on its own (emulator exit code and last stderr lines)."""
+
+    @abstractmethod
+    def stop(self, timeout: float = 10.0) -> None:
+        """Power off now (hard); idempotent."""
+
+    @abstractmethod
+    def cleanup(self) -> None:
+        """Release everything prepare/start made (servers, cloud objects); idempotent."""
+
+    def info(self) -> dict[str, Any]:
+        return {}
+
+    def attach_hint(self) -> str:
+        """How a person reaches a machine left running (--keep-failed)."""
+        return ""

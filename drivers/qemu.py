@@ -1,0 +1,368 @@
+"""QEMU driver: direct kernel, ISO and disk boot; serial on a unix socket; QMP; user net.
+
+QEMU starts paused (`-S`) so the harness is connected to the serial socket and QMP
+before the first instruction runs: the console log then has every byte with a host
+timestamp, and t0 is the moment of `cont`. QEMU's own `logfile=` copy of the serial
+keeps the whole boot even if the harness is gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+from drivers.base import Capabilities, Driver, MachineSpec
+from lab import cloudconfig
+from lab.errors import BootError, ConfigError, ImageError
+from lab.images import DISK, ISO, KERNEL, Image
+
+QEMU_BINARY = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
+CONSOLE_TTY = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
+GUEST_HOST_IP = "10.0.2.2"  # the host as QEMU user-mode networking shows it to the guest
+PR_SET_PDEATHSIG = 1
+PROBE_SECONDS = 10.0
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the kernel kills QEMU when the harness dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def popen(argv: list[str], keep: bool = False, **kw: Any) -> subprocess.Popen[bytes]:
+    # a session of its own: Ctrl-C reaches the harness, which stops QEMU in order
+    return subprocess.Popen(
+        argv, preexec_fn=None if keep else _die_with_parent, start_new_session=True, **kw
+    )
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, chosen by the kernel (safe across xdist workers)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def binary(arch: str) -> str:
+    name = QEMU_BINARY.get(arch)
+    if name is None:
+        raise ConfigError(f"unknown arch {arch!r}: known arches are {', '.join(QEMU_BINARY)}")
+    path = shutil.which(name)
+    if path is None:
+        package = "qemu-system-x86" if arch == "x86_64" else "qemu-system-arm"
+        raise ConfigError(f"{name} is not installed: install the package {package}")
+    return path
+
+
+# -- accelerator ---------------------------------------------------------------------------
+
+_accel_cache: dict[tuple[str, str], tuple[str, str]] = {}
+
+
+def kvm_usable() -> tuple[bool, str]:
+    if not os.path.exists("/dev/kvm"):
+        return False, "no /dev/kvm"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return False, "/dev/kvm is not readable and writable by this user"
+    return True, "/dev/kvm is accessible"
+
+
+def probe_kvm(arch: str, kernel: Path, budget: float = PROBE_SECONDS) -> tuple[bool, str]:
+    """Boot `kernel` under KVM with no root and see whether it prints within `budget`.
+
+    `/dev/kvm` being there is not enough: on some hosts a KVM guest hangs right after
+    the kernel is decompressed. A kernel that says "Linux version" is running.
+    """
+    argv = [binary(arch), "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
+            "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
+            "-append", f"console={CONSOLE_TTY[arch]} panic=-1"]
+    proc = popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    seen = b""
+    deadline = time.monotonic() + budget
+    try:
+        while time.monotonic() < deadline:
+            chunk = proc.stdout.read() or b""
+            seen += chunk
+            if b"Linux version" in seen:
+                return True, "KVM probe: the kernel ran"
+            if proc.poll() is not None and not chunk:
+                tail = seen.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                return False, f"KVM probe: QEMU exited ({tail[0]})"
+            time.sleep(0.05)
+        return False, f"KVM probe: no kernel output within {budget:.0f} s (KVM hangs here)"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+
+
+def resolve_accel(requested: str, arch: str, kernel: Path | None) -> tuple[str, str]:
+    """("kvm"|"tcg", why). `auto` probes KVM once per process and arch."""
+    if requested == "tcg":
+        return "tcg", "asked for"
+    if requested not in ("auto", "kvm"):
+        raise ConfigError(f"unknown accel {requested!r}: known are auto, kvm, tcg")
+    usable, why = kvm_usable()
+    if requested == "kvm":
+        if not usable:
+            raise ConfigError(f"--accel kvm: {why}")
+        return "kvm", "asked for"
+    if os.uname().machine != arch:
+        return "tcg", f"guest arch {arch} differs from host {os.uname().machine}"
+    if not usable:
+        return "tcg", why
+    if kernel is None:
+        return "tcg", "no kernel to probe KVM with"
+    key = (arch, str(kernel))
+    if key not in _accel_cache:
+        ok, why = probe_kvm(arch, kernel)
+        _accel_cache[key] = ("kvm" if ok else "tcg", why)
+    return _accel_cache[key]
+
+
+@contextlib.contextmanager
+def probe_kernel(image: Image, scratch: Path) -> Iterator[Path | None]:
+    """A kernel of `image`'s arch to probe KVM with (extracted from an ISO if need be)."""
+    if image.kind == KERNEL:
+        yield image.kernel
+        return
+    if image.kind == ISO:
+        from lab.images import extract_iso_kernel
+
+        path = extract_iso_kernel(image.path, scratch / "probe-vmlinuz")
+        try:
+            yield path
+        finally:
+            if path is not None:
+                path.unlink(missing_ok=True)
+        return
+    yield None
+
+
+# -- the driver ----------------------------------------------------------------------------
+
+
+class QemuDriver(Driver):
+    name = "qemu"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        arches=("x86_64",),  # aarch64 (virt) and raspi3b are planned
+        console=True,
+        ssh=True,
+        power_button=True,
+        snapshot=False,  # savevm/migrate are measured (PLATFORM-NOTES), not wired up yet
+        datasources=cloudconfig.DATASOURCES,
+        image_kinds=(KERNEL, ISO, DISK),
+    )
+
+    def __init__(self) -> None:
+        self.spec: MachineSpec | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ssh_port = 0
+        self.argv: list[str] = []
+        self._console: socket.socket | None = None
+        self._qmp: Any = None
+        self._exit_stack = contextlib.ExitStack()
+        self._disks: list[str] = []
+        self._kernel_args: list[str] = []
+
+    # prepare ------------------------------------------------------------------------------
+
+    def prepare(self, spec: MachineSpec) -> None:
+        if spec.arch not in self.capabilities.arches:
+            raise ConfigError(
+                f"the qemu driver boots {', '.join(self.capabilities.arches)} today, "
+                f"not {spec.arch}"
+            )
+        self.spec = spec
+        spec.workdir.mkdir(parents=True, exist_ok=True)
+        self._disks = self._boot_media(spec.image)
+        ds = self._deliver(spec)
+        if spec.image.kind == KERNEL:
+            tty = CONSOLE_TTY[spec.arch]
+            self._kernel_args = [
+                f"console={tty},115200n8", f"rancher.autologin={tty}",
+                f"rancher.password={spec.password}",
+                *([f"rancher.cloud_init.datasources=[{ds}]"] if ds else []),
+                "panic=-1", *self._kernel_args, *spec.cmdline_extra,
+            ]
+
+    def _boot_media(self, image: Image) -> list[str]:
+        """QEMU args for the image; the user's file is never written."""
+        assert self.spec is not None
+        if image.kind == KERNEL:
+            return ["-kernel", str(image.kernel), "-initrd", str(image.initrd)]
+        if image.kind == ISO:
+            return ["-drive", f"media=cdrom,readonly=on,file={image.path}", "-boot", "d"]
+        overlay = self.spec.workdir / "overlay.qcow2"
+        proc = subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", image.disk_format or "raw",
+             "-b", str(image.path.resolve()), str(overlay)],
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            raise ImageError(f"could not make an overlay for {image.path}: {proc.stderr.strip()}")
+        return ["-drive", f"if=virtio,format=qcow2,file={overlay}"]
+
+    def _deliver(self, spec: MachineSpec) -> str:
+        """Make the cloud-config reachable; returns the datasource for the kernel cmdline."""
+        cc, ds = spec.cloud_config, spec.datasource
+        if cc is None or ds == "none":
+            return ""
+        if ds in ("configdrive", "nocloud"):
+            kind = "config-2" if ds == "configdrive" else "cidata"
+            iso = cloudconfig.config_drive(cc, spec.workdir / f"{kind}.iso", kind, spec.name)
+            self._disks += ["-drive", f"if=virtio,format=raw,readonly=on,file={iso}"]
+            return "configdrive:/media/config-2" if ds == "configdrive" else "nocloud"
+        if ds == "url":
+            port = self._exit_stack.enter_context(cloudconfig.http_server(cc))
+            return f"url:http://{GUEST_HOST_IP}:{port}/user-data"
+        if ds == "cmdline":
+            if spec.image.kind != KERNEL:
+                raise ConfigError("datasource cmdline needs direct kernel boot (an image folder)")
+            self._kernel_args += cloudconfig.cmdline_args(cc)
+            return "cmdline"
+        raise ConfigError(
+            f"unknown datasource {ds!r}: known are {', '.join(cloudconfig.DATASOURCES)}"
+        )
+
+    def _argv(self) -> list[str]:
+        spec = self.spec
+        assert spec is not None
+        work = spec.workdir
+        accel = ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else ["-accel", "tcg"]
+        argv = [
+            binary(spec.arch), "-name", spec.name, "-nodefaults", "-display", "none",
+            "-no-reboot", "-S", *accel, "-m", str(spec.memory_mb), "-smp", str(spec.cpus),
+            "-chardev", f"socket,id=ser0,path={work / 'console.sock'},server=on,wait=off,"
+                        f"logfile={work / 'console.log'},logappend=on",
+            "-serial", "chardev:ser0",
+            "-qmp", f"unix:{work / 'qmp.sock'},server=on,wait=off",
+            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+            "-device", "virtio-net-pci,netdev=net0",
+            "-device", "virtio-rng-pci",  # entropy for sshd and dockerd early in boot
+            *self._disks,
+        ]
+        if self._kernel_args:
+            argv += ["-append", " ".join(self._kernel_args)]
+        return argv
+
+    # run ----------------------------------------------------------------------------------
+
+    def start(self) -> float:
+        assert self.spec is not None, "prepare() first"
+        for attempt in range(3):
+            self.ssh_port = free_port()
+            self.argv = self._argv()
+            stderr = (self.spec.workdir / "qemu.stderr").open("wb")
+            self.proc = popen(self.argv, keep=self.spec.keep_on_exit, stdin=subprocess.DEVNULL,
+                              stdout=stderr, stderr=stderr)
+            stderr.close()
+            try:
+                self._connect()
+                break
+            except BootError:
+                # another process took the port between our probe and QEMU's bind: retry
+                if attempt < 2 and "host forwarding" in self._stderr_tail():
+                    self.proc.wait()
+                    continue
+                raise
+        self._qmp.cmd("cont")
+        return time.monotonic()
+
+    def _connect(self) -> None:
+        """Wait for QEMU's sockets and connect console, then QMP (QEMU is paused)."""
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        assert self.spec is not None and self.proc is not None
+        work = self.spec.workdir
+        deadline = time.monotonic() + 30
+        while not (work / "qmp.sock").exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise BootError("QEMU did not start", expected="QEMU to open its sockets",
+                                last_lines=self._stderr_tail().splitlines()[-10:])
+            time.sleep(0.02)
+        self._console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._console.connect(str(work / "console.sock"))
+        self._qmp = QEMUMonitorProtocol(str(work / "qmp.sock"))
+        self._qmp.connect()
+
+    def _stderr_tail(self) -> str:
+        assert self.spec is not None
+        try:
+            return (self.spec.workdir / "qemu.stderr").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+    def console_stream(self) -> socket.socket:
+        assert self._console is not None, "start() first"
+        return self._console
+
+    def ssh_endpoint(self) -> tuple[str, int]:
+        return "127.0.0.1", self.ssh_port
+
+    def power_button(self) -> None:
+        self._qmp.cmd("system_powerdown")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def exit_reason(self) -> str:
+        if self.proc is None or self.proc.poll() is None:
+            return ""
+        tail = self._stderr_tail().strip().splitlines()[-3:]
+        return f"QEMU exited with status {self.proc.returncode}" + (
+            ": " + " / ".join(tail) if tail else ""
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._qmp is not None:
+            with contextlib.suppress(Exception):
+                if self.alive():
+                    self._qmp.cmd("quit")
+            with contextlib.suppress(Exception):
+                self._qmp.close()
+            self._qmp = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._console is not None:
+            self._console.close()
+            self._console = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        self._exit_stack.close()
+
+    def info(self) -> dict[str, Any]:
+        spec = self.spec
+        return {
+            "accel": spec.accel if spec else None,
+            "ssh_port": self.ssh_port,
+            "qemu": self.argv[0] if self.argv else None,
+            "pid": self.proc.pid if self.proc else None,
+        }
+
+    def attach_hint(self) -> str:
+        assert self.spec is not None
+        work = self.spec.workdir
+        return (
+            f"console: socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:{work / 'console.sock'}\n"
+            f"ssh:     ssh -p {self.ssh_port} rancher@127.0.0.1\n"
+            f"stop:    kill {self.proc.pid if self.proc else '?'}; rm -rf {work}"
+        )
+
