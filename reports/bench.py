@@ -1,0 +1,302 @@
+"""`roslab bench`: N cold boots of one image, each boot's milestones appended to the
+history as soon as the boot ends.
+
+Robustness is the point of this module: a boot that fails is a record (ok=false, the
+error, the partial timeline), not the end of the bench; Ctrl-C or SIGTERM stops the
+current machine through its context manager and keeps every finished boot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import threading
+import traceback
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from lab.errors import ConfigError, LabError
+from reports import history
+from reports.history import Record
+from reports.stats import failure_counts, milestone_samples, phase_durations, summarize
+
+MachineFactory = Callable[..., Any]  # lab.machine.make_machine's signature
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    platform: str
+    image: Path | None
+    runs: int
+    arch: str
+    accel: str
+    history: Path
+    timeout: float
+    workdir: Path | None = None
+
+
+@dataclass
+class BenchResult:
+    run_id: str
+    records: list[Record]
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> int:
+        return failure_counts(self.records)[1]
+
+
+def validate(opts: BenchOptions) -> None:
+    """Bad input is an error before any machine starts."""
+    if opts.runs < 1:
+        raise ConfigError(f"--runs must be at least 1, not {opts.runs}")
+    if opts.timeout <= 0:
+        raise ConfigError(f"--timeout must be positive, not {opts.timeout}")
+    if opts.image is not None and not opts.image.exists():
+        raise ConfigError(f"--image {opts.image} does not exist")
+    if opts.history.exists() and not opts.history.is_file():
+        raise ConfigError(f"--history {opts.history} is not a file")
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    # A CI job timeout sends SIGTERM; treat it like Ctrl-C so the machine's context
+    # manager stops the guest instead of leaving a QEMU behind.
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _PhaseTicker:
+    """Shows the step and the last milestone the current machine reached."""
+
+    def __init__(self, progress: Progress, task: Any, label: str) -> None:
+        self.progress, self.task, self.label = progress, task, label
+        self.step = "starting"
+        self.machine: Any = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> _PhaseTicker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.refresh()
+
+    def refresh(self) -> None:
+        milestone = "-"
+        timeline = getattr(self.machine, "timeline", None)
+        if timeline is not None:
+            marks = dict(timeline.marks)  # copy: the console thread adds marks meanwhile
+            if marks:
+                milestone = max(marks.items(), key=lambda kv: kv[1])[0]
+        self.progress.update(
+            self.task, description=f"{self.label} {self.step:<18} last milestone: {milestone}"
+        )
+
+
+def resolve_image(opts: BenchOptions, console: Console) -> Path:
+    """The image to boot: --image, or the reference image built/cached for the arch."""
+    if opts.image is not None:
+        return opts.image
+    from lab.refimage.build import ensure_image  # the lead's module; lazy: heavy, optional
+
+    def progress(message: object, *args: object, **kwargs: object) -> None:
+        console.print(f"[dim]reference image:[/] {message}")
+
+    return Path(ensure_image(opts.arch, progress=progress))
+
+
+def _boot_once(
+    factory: MachineFactory, opts: BenchOptions, image: Path, workdir: Path, ticker: _PhaseTicker
+) -> tuple[Any, str | None]:
+    """One cold boot; returns (machine, error or None). Only KeyboardInterrupt escapes."""
+    machine = None
+    try:
+        machine = factory(opts.platform, image, opts.arch, workdir=workdir, accel=opts.accel)
+        ticker.machine = machine
+        with machine:
+            ticker.step = "booting"
+            machine.boot(timeout=opts.timeout)
+            ticker.step = "user docker"
+            machine.wait_for_user_docker(opts.timeout)
+            ticker.step = "boot times"
+            machine.collect_boot_times()
+            ticker.step = "stopping"
+        return machine, None
+    except LabError as exc:
+        return machine, f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # a lab bug on one boot must not lose the other boots
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return machine, f"unexpected {last}"
+
+
+def _record(
+    machine: Any,
+    opts: BenchOptions,
+    image: Path,
+    run_id: str,
+    boot: int,
+    error: str | None,
+    log: Path | None,
+) -> Record:
+    info = dict(getattr(machine, "info", None) or {})
+    info.setdefault("platform", opts.platform)
+    info.setdefault("arch", opts.arch)
+    info.setdefault("accel", opts.accel)
+    info.setdefault("image", str(image))
+    context = history.machine_context(info)
+    timeline = getattr(machine, "timeline", None)
+    return history.new_record(
+        context=context,
+        milestones=timeline.to_dict() if timeline is not None else {},
+        ok=error is None,
+        error=error,
+        run_id=run_id,
+        boot=boot,
+        sizes=history.image_sizes(context["image"] or image),
+        console_log=str(log) if log else None,
+    )
+
+
+def _keep_console_log(machine: Any, dest: Path) -> Path | None:
+    src = getattr(machine, "console_log", None)
+    if not src or not Path(src).is_file():
+        return None
+    shutil.copyfile(src, dest)
+    return dest
+
+
+def _one_boot(
+    factory: MachineFactory,
+    opts: BenchOptions,
+    image: Path,
+    run_dir: Path,
+    run_id: str,
+    boot: int,
+    progress: Progress,
+    task: Any,
+) -> Record:
+    workdir = run_dir / f"boot-{boot}"
+    workdir.mkdir()
+    with _PhaseTicker(progress, task, f"boot {boot}/{opts.runs}") as ticker:
+        machine, error = _boot_once(factory, opts, image, workdir, ticker)
+    log = _keep_console_log(machine, run_dir / f"boot-{boot}.console.log")
+    record = _record(machine, opts, image, run_id, boot, error, log)
+    history.append(opts.history, record)
+    if error is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    else:
+        progress.console.print(f"[red]boot {boot} failed[/] ({workdir}): {error}")
+    return record
+
+
+def run_bench(
+    opts: BenchOptions, console: Console | None = None, factory: MachineFactory | None = None
+) -> BenchResult:
+    validate(opts)
+    console = console or Console(stderr=True)
+    if factory is None:
+        from lab.machine import make_machine  # lazy: lab core loads drivers
+
+        factory = make_machine
+    image = resolve_image(opts, console)
+    run_id = f"{history.utc_now().replace(':', '')}-{uuid.uuid4().hex[:6]}"
+    # Console logs of every boot and the work folder of failed boots stay beside the
+    # history: evidence for the slow or failed boot someone asks about next week.
+    run_dir = (opts.workdir or opts.history.parent / "bench-runs") / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = BenchResult(run_id=run_id, records=[])
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with _sigterm_as_interrupt(), Progress(*columns, console=console) as progress:
+        task = progress.add_task("bench", total=opts.runs)
+        boot = 0
+        try:
+            for boot in range(1, opts.runs + 1):
+                result.records.append(
+                    _one_boot(factory, opts, image, run_dir, run_id, boot, progress, task)
+                )
+                progress.advance(task)
+        except KeyboardInterrupt:
+            # The machine's __exit__ already stopped the guest; an interrupted boot is
+            # no measurement, so it is not recorded. Finished boots are on disk.
+            result.interrupted = True
+            progress.console.print(f"[yellow]interrupted during boot {boot}[/]")
+    print_summary(result.records, console, title=f"bench run {run_id}")
+    console.print(f"history: {opts.history}")
+    return result
+
+
+def fmt_s(value: float) -> str:
+    return f"{value:.3f}"
+
+
+def stats_table(records: list[Record], title: str) -> Table:
+    """Per milestone: seconds since power-on (min, median, p95, spread) and phase median."""
+    table = Table(title=title)
+    for col in ("milestone", "n", "min", "median", "p95", "IQR", "stdev", "phase median"):
+        table.add_column(col, justify="left" if col == "milestone" else "right")
+    phases = summarize(phase_durations(records))
+    for name, s in summarize(milestone_samples(records)).items():
+        phase = phases.get(name)
+        table.add_row(
+            name,
+            str(s.n),
+            fmt_s(s.min),
+            fmt_s(s.median),
+            fmt_s(s.p95),
+            fmt_s(s.iqr),
+            fmt_s(s.stdev),
+            fmt_s(phase.median) if phase else "-",
+        )
+    return table
+
+
+def print_summary(records: list[Record], console: Console, title: str) -> None:
+    ok, failed = failure_counts(records)
+    console.print(stats_table(records, title))
+    console.print(
+        f"{ok} boots completed, {failed} failed" + (" [red](see above)[/]" if failed else "")
+    )
+    sizes = next((r["sizes"] for r in reversed(records) if r.get("sizes")), None)
+    if sizes:
+        console.print(
+            "image sizes: "
+            + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in sorted(sizes.items()))
+        )
