@@ -19,7 +19,9 @@ CSS = """
 body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
 h1 { font-size: 22px; } h2 { font-size: 18px; margin-top: 36px; } h3 { font-size: 15px; }
 .pair { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; margin: 12px 0 24px; }
-table { border-collapse: collapse; font-size: 12px; }
+figure { margin: 0; }
+table { border-collapse: collapse; font-size: 12px; margin-bottom: 12px; }
+caption { text-align: left; color: #555; padding-bottom: 4px; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 .meta { color: #555; font-size: 13px; } .bad { color: #b00020; }
@@ -139,7 +141,8 @@ def _group_section(key: tuple[str, str, str], records: Sequence[Record]) -> str:
         parts.append(_table(["boot", "error of a failed boot in the latest run"], errors))
     sizes = next((r["sizes"] for r in reversed(latest) if r.get("sizes")), None)
     if sizes:
-        parts.append(_table(["image file", "bytes"], sorted(sizes.items()), "image sizes"))
+        rows = [(name, size, f"{size / 2**20:.1f}") for name, size in sorted(sizes.items())]
+        parts.append(_table(["image file", "bytes", "MiB"], rows, "image sizes, latest run"))
     parts.append("<h2>History per milestone</h2>")
     parts.append(_trend_sections(runs))
     return "".join(parts)
