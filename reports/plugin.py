@@ -1,0 +1,157 @@
+"""pytest plugin: allure labels and attachments, JUnit properties, from the machines a
+test used.
+
+Per test, for each machine (`fixtures.plugin.machines_of(item)`):
+- JUnit properties platform/arch/image_version (item.user_properties), always;
+- allure labels platform/arch/image_version, parent suite "<platform> <arch>", suite
+  = the scenario module, when allure is active (allure-pytest and --alluredir);
+- allure attachments: console log and boot timeline (SVG picture + JSON data) on the
+  first test that uses a machine (the one that saw it boot) and on every failing test;
+  the last console lines on failure. Passing tests sharing a module-scoped machine do
+  not re-attach the same growing log (kola/labgrid attach evidence to failures).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reports.history import machine_context
+from reports.svg import Bar, waterfall
+
+TAIL_LINES = 40
+# Machines whose boot evidence is attached, by id(); the value keeps the machine alive
+# so its id cannot be reused by a later machine.
+_SEEN = pytest.StashKey[dict[int, Any]]()
+_DONE = pytest.StashKey[bool]()  # this test's failure evidence is attached
+
+
+def machines_of(item: pytest.Item) -> list[Any]:
+    """The machines `item` used, as the lab-core fixtures know them ([] outside the lab)."""
+    try:
+        from fixtures.plugin import machines_of as lab_machines_of
+    except ImportError:  # a checkout or venv without the lab-core plugin
+        return []
+    return list(lab_machines_of(item) or [])
+
+
+def allure_active(config: pytest.Config) -> bool:
+    return bool(
+        getattr(config.option, "allure_report_dir", None)
+    ) and config.pluginmanager.has_plugin("allure_listener")
+
+
+def _name(machine: Any, index: int) -> str:
+    return str(getattr(machine, "name", None) or f"machine{index}")
+
+
+def _context(machine: Any) -> dict[str, Any]:
+    return machine_context(dict(getattr(machine, "info", None) or {}))
+
+
+def tail(path: Path | None, lines: int = TAIL_LINES) -> str:
+    if not path or not Path(path).is_file():
+        return ""
+    text = Path(path).read_text("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def timeline_svg(timeline: Any, title: str) -> str:
+    return waterfall([Bar(name, start, end) for name, start, end in timeline.phases()], title)
+
+
+def timeline_json(machine: Any) -> str:
+    timeline = machine.timeline
+    return json.dumps(
+        {
+            "machine": _context(machine),
+            "milestones": timeline.to_dict(),
+            "phases": [
+                {"phase": name, "start": round(start, 3), "end": round(end, 3)}
+                for name, start, end in timeline.phases()
+            ],
+        },
+        indent=2,
+    )
+
+
+def add_junit_properties(item: pytest.Item, machines: list[Any]) -> None:
+    """Before the report exists, so every phase's report (and the JUnit XML) carries them."""
+    have = {name for name, _ in item.user_properties}
+    for i, machine in enumerate(machines):
+        ctx = _context(machine)
+        # One machine: plain names; more: prefixed, so values are not ambiguous.
+        prefix = "" if len(machines) == 1 else f"{_name(machine, i)}."
+        for key in ("platform", "arch", "image_version"):
+            if prefix + key not in have:
+                item.user_properties.append((prefix + key, ctx[key]))
+
+
+def add_allure_labels(item: pytest.Item, machines: list[Any]) -> None:
+    import allure
+
+    contexts = [_context(m) for m in machines]
+    for key in ("platform", "arch", "image_version"):
+        for value in sorted({c[key] for c in contexts}):
+            allure.dynamic.label(key, value)
+    first = contexts[0]
+    allure.dynamic.parent_suite(f"{first['platform']} {first['arch']}")
+    allure.dynamic.suite(item.module.__name__ if getattr(item, "module", None) else item.nodeid)
+
+
+def attach_evidence(machines: list[Any], failed: bool, seen: dict[int, Any]) -> None:
+    import allure
+
+    for i, machine in enumerate(machines):
+        name = _name(machine, i)
+        log = getattr(machine, "console_log", None)
+        timeline = getattr(machine, "timeline", None)
+        if failed or id(machine) not in seen:
+            seen[id(machine)] = machine
+            if log and Path(log).is_file():
+                allure.attach.file(
+                    str(log),
+                    name=f"{name} console log",
+                    attachment_type=allure.attachment_type.TEXT,
+                )
+            if timeline is not None and timeline.marks:
+                allure.attach(
+                    timeline_svg(timeline, f"{name} boot timeline"),
+                    name=f"{name} boot timeline",
+                    attachment_type=allure.attachment_type.SVG,
+                )
+                allure.attach(
+                    timeline_json(machine),
+                    name=f"{name} boot timeline data",
+                    attachment_type=allure.attachment_type.JSON,
+                )
+        if failed:
+            allure.attach(
+                tail(log) or "(no console output)",
+                name=f"{name} last {TAIL_LINES} console lines",
+                attachment_type=allure.attachment_type.TEXT,
+            )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None]:
+    machines = machines_of(item)
+    if machines and call.when == "setup":
+        add_junit_properties(item, machines)
+    outcome = yield
+    if not machines or not allure_active(item.config):
+        return
+    report: pytest.TestReport = outcome.get_result()
+    if call.when == "setup":
+        add_allure_labels(item, machines)
+    # Attach once per test: at its first failure, or after a passing call.
+    if item.stash.get(_DONE, False):
+        return
+    if report.failed or (call.when == "call" and report.passed):
+        item.stash[_DONE] = True
+        seen = item.config.stash.setdefault(_SEEN, {})
+        attach_evidence(machines, report.failed, seen)
