@@ -9,7 +9,7 @@ current machine through its context manager and keeps every finished boot.
 from __future__ import annotations
 
 import contextlib
-import shutil
+import functools
 import signal
 import threading
 import traceback
@@ -138,27 +138,49 @@ def resolve_image(opts: BenchOptions, console: Console) -> Path:
 
 
 def _boot_once(
-    factory: MachineFactory, opts: BenchOptions, image: Path, workdir: Path, ticker: _PhaseTicker
-) -> tuple[Any, str | None]:
-    """One cold boot; returns (machine, error or None). Only KeyboardInterrupt escapes."""
+    factory: MachineFactory,
+    opts: BenchOptions,
+    image: Path,
+    evidence: Path,
+    ticker: _PhaseTicker,
+) -> tuple[Any, str | None, Path | None]:
+    """One cold boot -> (machine, error or None, kept console log).
+
+    Only KeyboardInterrupt escapes, after the machine's __exit__ stopped the guest.
+    """
     machine = None
+    log: Path | None = None
     try:
-        machine = factory(opts.platform, image, opts.arch, workdir=workdir, accel=opts.accel)
+        machine = factory(
+            opts.platform,
+            image,
+            opts.arch,
+            cloud_config=None,
+            datasource="configdrive",
+            workdir=evidence.parent,
+            accel=opts.accel,
+        )
         ticker.machine = machine
         with machine:
-            ticker.step = "booting"
-            machine.boot(timeout=opts.timeout)
-            ticker.step = "user docker"
-            machine.wait_for_user_docker(opts.timeout)
-            ticker.step = "boot times"
-            machine.collect_boot_times()
-            ticker.step = "stopping"
-        return machine, None
+            try:
+                ticker.step = "booting"
+                machine.boot(timeout=opts.timeout)
+                ticker.step = "ssh"
+                machine.ssh  # noqa: B018 -- connecting marks the ssh milestone
+                ticker.step = "user docker"
+                machine.wait_for_user_docker(opts.timeout)
+                ticker.step = "boot times"
+                machine.collect_boot_times()
+                ticker.step = "stopping"
+            finally:
+                # Before __exit__: the machine removes its work folder when it stops.
+                log = _keep_evidence(machine, evidence)
+        return machine, None, log
     except LabError as exc:
-        return machine, f"{type(exc).__name__}: {exc}"
+        return machine, f"{type(exc).__name__}: {exc}", log
     except Exception as exc:  # a lab bug on one boot must not lose the other boots
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return machine, f"unexpected {last}"
+        return machine, f"unexpected {last}", log
 
 
 def _record(
@@ -189,12 +211,10 @@ def _record(
     )
 
 
-def _keep_console_log(machine: Any, dest: Path) -> Path | None:
-    src = getattr(machine, "console_log", None)
-    if not src or not Path(src).is_file():
-        return None
-    shutil.copyfile(src, dest)
-    return dest
+def _keep_evidence(machine: Any, dest: Path) -> Path | None:
+    """Console log (and what else the machine keeps) of one boot into `dest`."""
+    log = machine.keep_artifacts(dest)  # Machine's own list: console, cloud-config, timeline
+    return Path(log) if log and Path(log).is_file() else None
 
 
 def _one_boot(
@@ -207,17 +227,13 @@ def _one_boot(
     progress: Progress,
     task: Any,
 ) -> Record:
-    workdir = run_dir / f"boot-{boot}"
-    workdir.mkdir()
+    evidence = run_dir / f"boot-{boot}"
     with _PhaseTicker(progress, task, f"boot {boot}/{opts.runs}") as ticker:
-        machine, error = _boot_once(factory, opts, image, workdir, ticker)
-    log = _keep_console_log(machine, run_dir / f"boot-{boot}.console.log")
+        machine, error, log = _boot_once(factory, opts, image, evidence, ticker)
     record = _record(machine, opts, image, run_id, boot, error, log)
     history.append(opts.history, record)
-    if error is None:
-        shutil.rmtree(workdir, ignore_errors=True)
-    else:
-        progress.console.print(f"[red]boot {boot} failed[/] ({workdir}): {error}")
+    if error is not None:
+        progress.console.print(f"[red]boot {boot} failed[/] (evidence: {evidence}): {error}")
     return record
 
 
@@ -226,16 +242,18 @@ def run_bench(
 ) -> BenchResult:
     validate(opts)
     console = console or Console(stderr=True)
-    if factory is None:
-        from lab.machine import make_machine  # lazy: lab core loads drivers
-
-        factory = make_machine
     image = resolve_image(opts, console)
     run_id = f"{history.utc_now().replace(':', '')}-{uuid.uuid4().hex[:6]}"
     # Console logs of every boot and the work folder of failed boots stay beside the
     # history: evidence for the slow or failed boot someone asks about next week.
     run_dir = (opts.workdir or opts.history.parent / "bench-runs") / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
+    if factory is None:
+        from lab.machine import make_machine  # lazy: lab core loads drivers and paramiko
+        from lab.ssh import KeyPair
+
+        # One key for the run: the ssh milestone needs a login the guest accepts.
+        factory = functools.partial(make_machine, ssh_key=KeyPair.generate(run_dir / "key"))
     result = BenchResult(run_id=run_id, records=[])
     columns = (
         SpinnerColumn(),

@@ -7,6 +7,7 @@ the bench loop, the history and the pytest plugin without a guest.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,9 +43,11 @@ class FakeMachine:
         milestones: Mapping[str, float] | None = None,
         fail: BaseException | None = None,  # raised by boot() after the first milestones
         console_lines: int = 60,
+        cloud_config: Any = None,
+        datasource: str = "configdrive",
     ) -> None:
         self.name = name
-        self.workdir = Path(workdir)
+        self.workdir = Path(workdir) / name  # like Machine: its own folder under workdir
         self.info: dict[str, Any] = {
             "platform": platform,
             "arch": arch,
@@ -68,7 +71,19 @@ class FakeMachine:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.exited = True  # a real machine stops its guest here, also on Ctrl-C
+        # A real machine stops its guest here, also on Ctrl-C, and removes its folder.
+        self.exited = True
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    @property
+    def ssh(self) -> None:
+        self.timeline.mark_offset("ssh", self._milestones.get("ssh", 0.0))
+
+    def keep_artifacts(self, dest: Path) -> Path:
+        dest.mkdir(parents=True, exist_ok=True)
+        if self.console_log.exists():
+            shutil.copy2(self.console_log, dest / "console.log")
+        return dest / "console.log"
 
     def boot(self, timeout: float) -> None:
         early = dict(list(self._milestones.items())[:2])
