@@ -90,6 +90,10 @@ class Driver(ABC):
     def cleanup(self) -> None:
         """Release everything prepare/start made (servers, cloud objects); idempotent."""
 
+    def resolve_accel(self, requested: str, image: Image, scratch: Path) -> tuple[str, str]:
+        """(accelerator to use, why): platforms without a choice keep what they have."""
+        return "native", "the platform decides"
+
     def info(self) -> dict[str, Any]:
         return {}
 

@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,6 +176,13 @@ class QemuDriver(Driver):
         self._exit_stack = contextlib.ExitStack()
         self._disks: list[str] = []
         self._kernel_args: list[str] = []
+        self.sockdir: Path | None = None
+
+    def resolve_accel(self, requested: str, image: Image, scratch: Path) -> tuple[str, str]:
+        if requested == "auto" and kvm_usable()[0]:
+            with probe_kernel(image, scratch) as kernel:
+                return resolve_accel(requested, image.arch or "x86_64", kernel)
+        return resolve_accel(requested, image.arch or "x86_64", None)
 
     # prepare ------------------------------------------------------------------------------
 
@@ -186,6 +194,9 @@ class QemuDriver(Driver):
             )
         self.spec = spec
         spec.workdir.mkdir(parents=True, exist_ok=True)
+        self.sockdir = spec.workdir
+        if len(str(spec.workdir / "console.sock")) > 100:  # sun_path holds 108 bytes
+            self.sockdir = Path(tempfile.mkdtemp(prefix="roslab-sock-"))
         self._disks = self._boot_media(spec.image)
         ds = self._deliver(spec)
         if spec.image.kind == KERNEL:
@@ -244,10 +255,10 @@ class QemuDriver(Driver):
         argv = [
             binary(spec.arch), "-name", spec.name, "-nodefaults", "-display", "none",
             "-no-reboot", "-S", *accel, "-m", str(spec.memory_mb), "-smp", str(spec.cpus),
-            "-chardev", f"socket,id=ser0,path={work / 'console.sock'},server=on,wait=off,"
-                        f"logfile={work / 'console.log'},logappend=on",
+            "-chardev", f"socket,id=ser0,path={self.sockdir / 'console.sock'},server=on,wait=off,"
+                        f"logfile={work / 'serial.raw'},logappend=on",
             "-serial", "chardev:ser0",
-            "-qmp", f"unix:{work / 'qmp.sock'},server=on,wait=off",
+            "-qmp", f"unix:{self.sockdir / 'qmp.sock'},server=on,wait=off",
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
             "-device", "virtio-net-pci,netdev=net0",
             "-device", "virtio-rng-pci",  # entropy for sshd and dockerd early in boot
@@ -284,8 +295,8 @@ class QemuDriver(Driver):
         """Wait for QEMU's sockets and connect console, then QMP (QEMU is paused)."""
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
-        assert self.spec is not None and self.proc is not None
-        work = self.spec.workdir
+        assert self.spec is not None and self.proc is not None and self.sockdir is not None
+        work = self.sockdir
         deadline = time.monotonic() + 30
         while not (work / "qmp.sock").exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -347,6 +358,8 @@ class QemuDriver(Driver):
     def cleanup(self) -> None:
         self.stop()
         self._exit_stack.close()
+        if self.spec is not None and self.sockdir not in (None, self.spec.workdir):
+            shutil.rmtree(self.sockdir, ignore_errors=True)
 
     def info(self) -> dict[str, Any]:
         spec = self.spec
@@ -358,10 +371,10 @@ class QemuDriver(Driver):
         }
 
     def attach_hint(self) -> str:
-        assert self.spec is not None
-        work = self.spec.workdir
+        assert self.spec is not None and self.sockdir is not None
+        work, sock = self.spec.workdir, self.sockdir / "console.sock"
         return (
-            f"console: socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:{work / 'console.sock'}\n"
+            f"console: socat -,raw,echo=0,escape=0x1d UNIX-CONNECT:{sock}\n"
             f"ssh:     ssh -p {self.ssh_port} rancher@127.0.0.1\n"
             f"stop:    kill {self.proc.pid if self.proc else '?'}; rm -rf {work}"
         )

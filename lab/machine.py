@@ -1,0 +1,288 @@
+"""A Machine: one guest made by a driver from an image and a cloud-config.
+
+`make_machine` checks everything a user can get wrong (platform, image, arch,
+cloud-config, datasource) before anything starts; `Machine.boot` powers on, records the
+timeline, and logs in on the console. A machine removes its work directory on stop;
+`keep_artifacts` copies the evidence out first when someone wants it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import re
+import secrets
+import shutil
+import tempfile
+import time
+import weakref
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from drivers import driver_class
+from drivers.base import Driver, MachineSpec
+from lab import timeline as tl
+from lab.cloudconfig import DATASOURCES, CloudConfig
+from lab.console import Console
+from lab.errors import BootError, BootTimeout, ConfigError, ImageError
+from lab.images import KERNEL, Image
+from lab.result import Result
+from lab.ssh import SSH, KeyPair
+
+__all__ = ["Machine", "Result", "make_machine", "RUN_PASSWORD"]
+
+USER = "rancher"
+RUN_PASSWORD = secrets.token_hex(8)  # rancher's console password on direct kernel boot
+BAKED_PASSWORD = "rancher"  # what ISO and disk images bake into their own cmdline
+DEFAULT_BOOT_TIMEOUT = 300.0  # TCG on a busy 2-core host; KVM boots need a fraction
+ARTIFACTS = ("console.log", "serial.raw", "qemu.stderr", "cloud-config.yml", "timeline.json")
+
+_live: weakref.WeakSet[Machine] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    """Second line of defence (the first is each owner's finally): nothing outlives the run."""
+    for machine in list(_live):
+        with contextlib.suppress(Exception):
+            machine.stop()
+
+
+class Machine:
+    def __init__(self, driver: Driver, spec: MachineSpec, platform: str, image: Image,
+                 ssh_key: KeyPair | None, password: str, accel_reason: str = "",
+                 boot_timeout: float = DEFAULT_BOOT_TIMEOUT) -> None:
+        self.driver = driver
+        self.spec = spec
+        self.name = spec.name
+        self.arch = spec.arch
+        self.platform = platform
+        self.image = image
+        self.workdir = spec.workdir
+        self.console_log = spec.workdir / "console.log"
+        self.timeline = tl.Timeline()
+        self.ssh_key = ssh_key
+        self.password = password
+        self.boot_timeout = boot_timeout
+        self.console: Console | None = None
+        self.keep = False  # left running on purpose (--keep-failed)
+        self._ssh: SSH | None = None
+        self._stopped = False
+        self.info: dict[str, Any] = {
+            "platform": platform, "arch": spec.arch, "accel": spec.accel,
+            "accel_reason": accel_reason, "image": str(image.path), "image_kind": image.kind,
+            "image_version": image.version, "datasource": spec.datasource,
+        }
+        _live.add(self)
+
+    def __repr__(self) -> str:
+        return f"<Machine {self.name} {self.platform}/{self.arch} {self.image.path}>"
+
+    # lifecycle -----------------------------------------------------------------------------
+
+    def boot(self, timeout: float | None = None) -> Machine:
+        """Power on and log in on the console; BootError (GuestPanic, BootTimeout) if not."""
+        timeout = timeout or self.boot_timeout
+        self.driver.prepare(self.spec)
+        self.timeline.t0 = self.driver.start()
+        self.info.update(self.driver.info())
+        self.console = Console(self.driver.console_stream(), self.timeline, self.console_log,
+                               self.driver.exit_reason)
+        self.console.login(USER, self.password, timeout)
+        if self.console.started:
+            self.info["os"] = " ".join(self.console.started)
+        return self
+
+    def _context(self) -> dict[str, Any]:
+        return {"milestone": self.timeline.last_reached(),
+                "last_lines": self.console.last_lines() if self.console else [],
+                "log_path": str(self.console_log)}
+
+    def _need_console(self) -> Console:
+        if self.console is None:
+            raise BootError("the machine is not booted: call boot() first", **self._context())
+        return self.console
+
+    def run(self, cmd: str, timeout: float = 60, check: bool = False) -> Result:
+        """Run `cmd` as rancher in the console shell."""
+        return self._need_console().run(cmd, timeout, check)
+
+    @property
+    def ssh(self) -> SSH:
+        """SSH as rancher with the lab's key; connects on first use, waiting (bounded)."""
+        if self.ssh_key is None:
+            raise ConfigError(f"machine {self.name} was made without an SSH key")
+        if self._ssh is None:
+            host, port = self.driver.ssh_endpoint()
+            self._ssh = SSH(host, port, USER, self.ssh_key, self.timeline, self._context)
+        return self._ssh.connect()
+
+    def wait_for_user_docker(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.run("docker version >/dev/null 2>&1", timeout=60).ok:
+                self.timeline.mark(tl.USER_DOCKER)
+                return
+            time.sleep(1)
+        raise BootTimeout(f"the user Docker did not answer within {timeout:.0f} s",
+                          expected="`docker version` to succeed as rancher", **self._context())
+
+    def collect_boot_times(self) -> dict[str, float]:
+        """Milestones from the guest's own records (system-docker start times).
+
+        The guest's wall clock is mapped to the host timeline through uptime: the KERNEL
+        milestone (host time) is taken as uptime 0. Returns the timeline as a dict.
+        """
+        clock = self.run("cat /proc/uptime; date +%s.%N", check=True).output.split()
+        uptime, guest_now = float(clock[0]), float(clock[2])
+        boot_wall = guest_now - uptime
+        kernel_at = self.timeline.marks.get(tl.KERNEL, 0.0)
+        fmt = "{{.Name}} {{.Created}} {{.State.StartedAt}} {{.State.Running}}"
+        out = self.run(f"sudo system-docker inspect --format '{fmt}' $(sudo system-docker ps -aq)",
+                       timeout=60, check=True).output
+        created, started_running = [], []
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) != 4:
+                continue
+            name, created_s, started_s, running = parts
+            created.append(_rfc3339(created_s))
+            started = _rfc3339(started_s)
+            if started is not None:
+                self.timeline.mark_offset(tl.service_milestone(name.lstrip("/")),
+                                          kernel_at + started - boot_wall)
+                if running == "true":
+                    started_running.append(started)
+        stamps = [c for c in created if c is not None]
+        if stamps:
+            self.timeline.mark_offset(tl.SYSTEM_DOCKER, kernel_at + min(stamps) - boot_wall)
+        if started_running:
+            self.timeline.mark_offset(tl.SERVICES, kernel_at + max(started_running) - boot_wall)
+        return self.timeline.to_dict()
+
+    def power_button(self) -> None:
+        self.driver.power_button()
+
+    def wait_stopped(self, timeout: float = 60) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.driver.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return not self.driver.alive()
+
+    def keep_artifacts(self, dest: Path) -> Path:
+        """Copy the evidence (console log, cloud-config, timeline) to `dest`; returns the log."""
+        dest.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "timeline.json").write_text(json.dumps(self.timeline.to_dict(), indent=1))
+        for name in ARTIFACTS:
+            if (self.workdir / name).exists():
+                shutil.copy2(self.workdir / name, dest / name)
+        return dest / "console.log"
+
+    def attach_hint(self) -> str:
+        hint = self.driver.attach_hint()
+        if self.ssh_key is not None:
+            hint = hint.replace("ssh -p", f"ssh -i {self.ssh_key.private_path} -p")
+        return hint
+
+    def stop(self) -> None:
+        """Power off, release everything and remove the work directory (unless kept)."""
+        if self._stopped or self.keep:
+            return
+        self._stopped = True
+        try:
+            if self._ssh is not None:
+                self._ssh.close()
+            self.driver.stop()
+            if self.console is not None:
+                self.console.close()
+            self.driver.cleanup()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            _live.discard(self)
+
+    def __enter__(self) -> Machine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _rfc3339(text: str) -> float | None:
+    """Docker's nanosecond RFC 3339 time as epoch seconds; None for the zero time."""
+    if text.startswith("0001-"):
+        return None
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$", text)
+    if not m:
+        return None
+    zone = "+00:00" if m.group(3) == "Z" else m.group(3)
+    base = datetime.fromisoformat(m.group(1) + zone).timestamp()
+    return base + float("0." + (m.group(2) or "0"))
+
+
+def resolve_image(image: Path | str | None, arch: str,
+                  progress: Callable[[str], None] | None = None) -> Image:
+    """The user's image, or the reference image (built on first use)."""
+    if image is None:
+        try:
+            from lab.refimage.build import ensure_image
+        except ImportError as exc:
+            raise ImageError(f"no --image given and the reference image builder is "
+                             f"unavailable ({exc})") from exc
+        image = ensure_image(arch, progress=progress)
+    return Image.open(image)
+
+
+def make_machine(platform: str, image: Path | str | Image | None, arch: str,
+                 cloud_config: str | dict[str, Any] | CloudConfig | None,
+                 datasource: str, workdir: Path, accel: str, **opts: Any) -> Machine:
+    """Check everything, then make (not boot) a machine in a new directory under `workdir`.
+
+    opts: ssh_key (KeyPair: merged into ssh_authorized_keys), allow_invalid (deliver a
+    malformed cloud-config on purpose), memory_mb, cpus, cmdline_extra, keep_on_exit,
+    boot_timeout, progress (callable for the reference image build), name.
+    """
+    cls = driver_class(platform)
+    caps = cls.capabilities
+    if arch not in caps.arches:
+        raise ConfigError(f"platform {platform} boots {', '.join(caps.arches)}, not {arch!r}")
+    img = image if isinstance(image, Image) else resolve_image(image, arch, opts.get("progress"))
+    img.check_arch(arch)
+    if img.kind not in caps.image_kinds:
+        raise ImageError(f"platform {platform} cannot boot a {img.kind} image ({img.path})")
+    if datasource not in (*DATASOURCES, "none"):
+        raise ConfigError(f"unknown datasource {datasource!r}: known are {', '.join(DATASOURCES)}")
+    if datasource not in (*caps.datasources, "none"):
+        raise ConfigError(f"platform {platform} cannot deliver cloud-config by {datasource}")
+    if img.kind != KERNEL and datasource in ("url", "cmdline"):
+        raise ConfigError(f"datasource {datasource} needs direct kernel boot (an image folder): "
+                          f"{img.path} boots with the datasources baked into it")
+    ssh_key: KeyPair | None = opts.get("ssh_key")
+    cc = cloud_config if isinstance(cloud_config, CloudConfig) else (
+        None if cloud_config is None
+        else CloudConfig.parse(cloud_config, allow_invalid=opts.get("allow_invalid", False)))
+    if ssh_key is not None:
+        extra = {"ssh_authorized_keys": [ssh_key.public]}
+        cc = CloudConfig.parse(extra) if cc is None else cc.merged(extra)
+    driver = cls()
+    name = opts.get("name") or f"{platform}-{arch}-{secrets.token_hex(3)}"
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+    try:
+        accel_used, why = driver.resolve_accel(accel, img, workdir)
+        if cc is not None:
+            (workdir / "cloud-config.yml").write_text(cc.text)
+        password = RUN_PASSWORD if img.kind == KERNEL else BAKED_PASSWORD
+        spec = MachineSpec(
+            name=name, arch=arch, image=img, workdir=workdir, cloud_config=cc,
+            datasource=datasource if cc is not None else "none", password=password,
+            accel=accel_used, memory_mb=opts.get("memory_mb", 2048), cpus=opts.get("cpus", 2),
+            cmdline_extra=list(opts.get("cmdline_extra", [])),
+            keep_on_exit=opts.get("keep_on_exit", False),
+        )
+        return Machine(driver, spec, platform, img, ssh_key, password, why,
+                       opts.get("boot_timeout", DEFAULT_BOOT_TIMEOUT))
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise

@@ -1,0 +1,119 @@
+"""SSH into a guest with paramiko and a per-run ed25519 key the cloud-config delivers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lab import timeline as tl
+from lab.errors import BootTimeout, CommandError
+from lab.result import Result
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    private_path: Path
+    public: str  # one authorized_keys line
+
+    @classmethod
+    def generate(cls, directory: Path, comment: str = "roslab") -> KeyPair:
+        key = Ed25519PrivateKey.generate()
+        private = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.OpenSSH,
+                                    serialization.NoEncryption())
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                               serialization.PublicFormat.OpenSSH)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "id_ed25519"
+        path.touch(mode=0o600)
+        path.write_bytes(private)
+        (directory / "id_ed25519.pub").write_text(f"{public.decode()} {comment}\n")
+        return cls(path, f"{public.decode()} {comment}")
+
+    def pkey(self) -> paramiko.PKey:
+        return paramiko.Ed25519Key.from_private_key_file(str(self.private_path))
+
+
+class _AcceptOnce(paramiko.MissingHostKeyPolicy):
+    """Guests are made fresh each run: their host keys are new by design, so never stored."""
+
+    def missing_host_key(self, client: Any, hostname: str, key: Any) -> None:
+        return None
+
+
+class SSH:
+    def __init__(self, host: str, port: int, user: str, key: KeyPair, timeline: tl.Timeline,
+                 context: Callable[[], dict[str, Any]] = dict) -> None:
+        self.host, self.port, self.user, self.key = host, port, user, key
+        self.timeline = timeline
+        self.context = context  # console context (last lines, log path) for errors
+        self._client: paramiko.SSHClient | None = None
+
+    def connect(self, timeout: float = 120) -> SSH:
+        """Log in, retrying until `timeout`: sshd comes up late in boot."""
+        if self._client is not None:
+            return self
+        deadline = time.monotonic() + timeout
+        last = "nothing tried"
+        while time.monotonic() < deadline:
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(_AcceptOnce())
+            try:
+                client.connect(self.host, self.port, username=self.user, pkey=self.key.pkey(),
+                               timeout=5, banner_timeout=10, auth_timeout=10,
+                               allow_agent=False, look_for_keys=False)
+                self.timeline.mark(tl.SSH)
+                self._client = client
+                return self
+            except paramiko.AuthenticationException as exc:
+                # sshd answered: the milestone is reached even if the key is not there yet
+                self.timeline.mark(tl.SSH)
+                last = f"sshd refused the key ({exc})"
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            client.close()
+            time.sleep(1)
+        raise BootTimeout(f"no SSH login as {self.user} at {self.host}:{self.port} within "
+                          f"{timeout:.0f} s (last: {last})",
+                          expected="SSH login with the lab's key", **self.context())
+
+    def run(self, cmd: str, timeout: float = 60, check: bool = False) -> Result:
+        self.connect()
+        assert self._client is not None
+        transport = self._client.get_transport()
+        assert transport is not None
+        chan = transport.open_session(timeout=timeout)
+        chan.exec_command(cmd)
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout
+        while True:
+            if chan.recv_ready():
+                out += chan.recv(65536)
+            elif chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+            elif chan.exit_status_ready():
+                break
+            elif time.monotonic() > deadline:
+                chan.close()
+                raise CommandError(
+                    f"command {cmd!r} over SSH did not finish within {timeout:.0f} s"
+                )
+            else:
+                time.sleep(0.01)
+        rc = chan.recv_exit_status()
+        chan.close()
+        result = Result(cmd=cmd, rc=rc, stdout=out.decode(errors="replace"),
+                        stderr=err.decode(errors="replace"))
+        return result.check() if check else result
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
