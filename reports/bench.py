@@ -207,7 +207,7 @@ def _record(
         run_id=run_id,
         boot=boot,
         sizes=history.image_sizes(context["image"] or image),
-        console_log=str(log) if log else None,
+        console_log=str(log.resolve()) if log else None,
     )
 
 

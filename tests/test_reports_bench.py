@@ -4,6 +4,9 @@ and the CLI actions (compare exit codes, merge, report) work end to end."""
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ from rich.console import Console
 
 from lab.errors import BootTimeout, ConfigError
 from reports import command, history
-from reports.bench import BenchOptions, run_bench
+from reports.bench import BenchOptions, _sigterm_as_interrupt, run_bench
 from reports.fake import DEFAULT_MILESTONES, FakeMachine
 
 
@@ -151,3 +154,9 @@ def test_compare_exit_codes_and_merge_report(tmp_path: Path, capsys) -> None:
     args = parse("bench", "report", str(merged), "-o", str(report))
     assert args.func(args) == 0
     assert "<svg" in report.read_text()
+
+
+def test_sigterm_stops_like_ctrl_c() -> None:
+    with pytest.raises(KeyboardInterrupt), _sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler interrupts this

@@ -61,6 +61,15 @@ def test_render_is_self_contained() -> None:
     assert "&lt;after 600s&gt;" in page  # record text is escaped, never markup
 
 
+def test_render_with_only_failed_boots() -> None:
+    records = nightly_history(runs=1, boots=2)
+    for r in records:
+        r["ok"] = False
+    page = render(records, "h.jsonl")
+    assert "No boot of the latest run completed" in page and "2 failed" in page
+    assert "<h1>" in render([], "empty.jsonl")
+
+
 def chromium(*args: str) -> str:
     with tempfile.TemporaryDirectory() as profile:
         proc = subprocess.run(
