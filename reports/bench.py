@@ -310,7 +310,7 @@ def print_summary(records: list[Record], console: Console, title: str) -> None:
     ok, failed = failure_counts(records)
     console.print(stats_table(records, title))
     console.print(
-        f"{ok} boots completed, {failed} failed" + (" [red](see above)[/]" if failed else "")
+        f"{ok} boots completed, " + (f"[red]{failed} failed[/]" if failed else "0 failed")
     )
     sizes = next((r["sizes"] for r in reversed(records) if r.get("sizes")), None)
     if sizes:
