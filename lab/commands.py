@@ -1,0 +1,118 @@
+"""`roslab boot` (boot and attach the console) and `roslab doctor` (is this host ready)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import select
+import shutil
+import sys
+import tempfile
+import termios
+import tty
+from pathlib import Path
+
+from drivers import PLATFORMS
+from lab.cloudconfig import DATASOURCES
+from lab.errors import LabError
+from lab.images import ARCHES, Image
+from lab.machine import make_machine
+
+DETACH = b"\x1d"  # Ctrl-]
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    boot = sub.add_parser("boot", help="boot an image and attach its console (Ctrl-] stops)")
+    boot.add_argument("--platform", default="qemu", choices=sorted(PLATFORMS))
+    boot.add_argument("--image", type=Path, default=None,
+                      help="folder with vmlinuz+initrd, .iso or disk (default: reference image)")
+    boot.add_argument("--arch", default="x86_64", choices=ARCHES)
+    boot.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
+    boot.add_argument("--cloud-config", type=Path, default=None, help="a #cloud-config file")
+    boot.add_argument("--datasource", default="configdrive", choices=DATASOURCES)
+    boot.set_defaults(func=cmd_boot)
+    doctor = sub.add_parser("doctor", help="check QEMU, KVM and disk space; say what to install")
+    doctor.add_argument("--arch", default="x86_64", choices=ARCHES)
+    doctor.set_defaults(func=cmd_doctor)
+
+
+def cmd_boot(args: argparse.Namespace) -> int:
+    cc = args.cloud_config.read_text() if args.cloud_config else None
+    with tempfile.TemporaryDirectory(prefix="roslab-boot-") as work, make_machine(
+        args.platform, args.image, args.arch, cc, args.datasource, Path(work), args.accel,
+        progress=lambda m: print(f"roslab: {m}", file=sys.stderr),
+    ) as machine:
+        print(f"roslab: booting {machine.image.path} ({machine.info['accel']}); "
+              "Ctrl-] detaches and stops the machine", file=sys.stderr)
+        machine.driver.prepare(machine.spec)
+        machine.timeline.t0 = machine.driver.start()
+        _attach(machine.driver.console_stream())
+    return 0
+
+
+def _attach(stream) -> None:  # noqa: ANN001 -- any socket-like console stream
+    """Raw terminal <-> console until Ctrl-] or the machine stops."""
+    stdin = sys.stdin.fileno()
+    saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
+    try:
+        if saved is not None:
+            tty.setraw(stdin)
+        while True:
+            ready, _, _ = select.select([stream, stdin], [], [])
+            if stream in ready:
+                data = stream.recv(65536)
+                if not data:
+                    return
+                os.write(sys.stdout.fileno(), data)
+            if stdin in ready:
+                data = os.read(stdin, 1024)
+                if not data or DETACH in data:
+                    return
+                stream.sendall(data)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        print("\r\nroslab: detached; stopping the machine", file=sys.stderr)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from drivers.qemu import QEMU_BINARY, QemuDriver, kvm_usable
+
+    problems = 0
+
+    def line(ok: bool, what: str, fix: str = "") -> None:
+        nonlocal problems
+        problems += not ok
+        print(f"[{'ok' if ok else '!!'}] {what}" + (f"\n     -> {fix}" if fix and not ok else ""))
+
+    for arch, name in QEMU_BINARY.items():
+        package = "qemu-system-x86" if arch == "x86_64" else "qemu-system-arm"
+        line(shutil.which(name) is not None or arch != args.arch, f"{name}",
+             f"apt-get install {package}")
+    line(shutil.which("qemu-img") is not None, "qemu-img (disk overlays)",
+         "apt-get install qemu-utils")
+    usable, why = kvm_usable()
+    line(True, f"KVM device: {why}")
+    image = None
+    with contextlib.suppress(LabError, ImportError):
+        from lab.refimage.build import default_out
+
+        if default_out(args.arch).exists():
+            image = Image.open(default_out(args.arch))
+    if image is None:
+        print("     (no reference image built yet: `roslab image build`; KVM not probed)")
+        accel, why = ("kvm" if usable else "tcg"), "not probed"
+    else:
+        with tempfile.TemporaryDirectory(prefix="roslab-doctor-") as scratch:
+            accel, why = QemuDriver().resolve_accel("auto", image, Path(scratch))
+    line(True, f"accelerator: {accel} ({why})")
+    cache = Path(os.environ.get("ROSLAB_CACHE", Path.home() / ".cache" / "roslab"))
+    probe = cache if cache.exists() else Path.home()
+    free = shutil.disk_usage(probe).free / 2**30
+    line(free > 4, f"free disk at {probe}: {free:.1f} GiB", "free at least 4 GiB")
+    tmp_free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    line(tmp_free > 1, f"free disk in {tempfile.gettempdir()}: {tmp_free:.1f} GiB",
+         "free at least 1 GiB")
+    print("ready" if not problems else f"{problems} problem(s)")
+    return 1 if problems else 0
