@@ -1,0 +1,42 @@
+"""Shared fixtures for the lab's own tests: tiny guests and a machine factory."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from guests import build_guests  # tests/ is on sys.path (rootdir conftest mode)
+
+from lab.errors import BuildError
+from lab.machine import Machine, make_machine
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "refimage: boots the reference image (built on first use)")
+
+
+@pytest.fixture(scope="session")
+def tiny_guests() -> dict[str, Path]:
+    try:
+        return build_guests()
+    except BuildError as exc:
+        pytest.skip(f"tiny guests cannot be built here: {exc}")
+
+
+@pytest.fixture
+def make_tiny(tiny_guests: dict[str, Path], tmp_path: Path) -> Iterator[Callable[..., Machine]]:
+    """make_tiny(kind, cloud_config=None, datasource="configdrive") -> an unbooted Machine."""
+    made: list[Machine] = []
+
+    def make(kind: str, cloud_config: Any = None, datasource: str = "configdrive",
+             **opts: Any) -> Machine:
+        machine = make_machine("qemu", tiny_guests[kind], "x86_64", cloud_config, datasource,
+                               tmp_path, "tcg", cpus=1, memory_mb=512, **opts)
+        made.append(machine)
+        return machine
+
+    yield make
+    for machine in made:
+        machine.stop()

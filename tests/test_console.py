@@ -1,0 +1,88 @@
+"""Console on a real kernel: login, marker framing, milestones, config drive in a guest.
+
+One tiny guest boot (~5 s under TCG) serves the whole module.
+"""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from lab import timeline as tl
+from lab.errors import CommandError
+from lab.machine import Machine
+
+
+@pytest.fixture(scope="module")
+def shell(tiny_guests: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    from lab.machine import make_machine
+
+    machine = make_machine("qemu", tiny_guests["shell"], "x86_64",
+                           {"hostname": "framed", "runcmd": ["echo R123E0"]}, "configdrive",
+                           tmp_path_factory.mktemp("console"), "tcg", cpus=1, memory_mb=512)
+    with machine:
+        machine.boot(timeout=120)
+        yield machine
+
+
+def test_login_and_milestones(shell: Machine) -> None:
+    marks = shell.timeline.marks
+    assert marks[tl.KERNEL] < marks[tl.INIT] <= marks[tl.STARTED] <= marks[tl.LOGIN_PROMPT]
+    assert shell.info["os"] == "Tiny v0.0.1"
+    assert shell.run("id -u 2>/dev/null || echo 0").rc == 0
+
+
+def test_framing_is_not_fooled_by_echo_prompts_or_marker_lookalikes(shell: Machine) -> None:
+    # output that looks like prompts, like the markers, and like the typed command
+    cmd = "echo '/ # '; echo 'R$((1+1))E0'; echo R2E0; printf 'no newline'"
+    result = shell.run(cmd)
+    assert result.rc == 0
+    assert result.output == "/ # \nR$((1+1))E0\nR2E0\nno newline"
+
+
+def test_exit_status_and_multiline(shell: Machine) -> None:
+    assert shell.run("sh -c 'exit 7'").rc == 7
+    result = shell.run("for i in 1 2 3; do echo line$i; done # a trailing comment")
+    assert (result.rc, result.output) == (0, "line1\nline2\nline3")
+    assert shell.run("true").output == ""
+
+
+def test_check_raises_with_command_and_output(shell: Machine) -> None:
+    with pytest.raises(CommandError, match=r"'ls /nonexistent' failed with exit status 1"):
+        shell.run("ls /nonexistent", check=True)
+
+
+def test_timeout_interrupts_and_the_console_stays_usable(shell: Machine) -> None:
+    with pytest.raises(CommandError, match="did not finish within 2 s"):
+        shell.run("sleep 30", timeout=2)
+    assert shell.run("echo back").output == "back"
+
+
+def test_config_drive_reaches_the_guest(shell: Machine) -> None:
+    text = shell.run("cat /media/config-2/openstack/latest/user_data", check=True).output
+    assert text.splitlines()[0] == "#cloud-config"
+    assert "hostname: framed" in text
+
+
+def test_console_log_is_timestamped(shell: Machine) -> None:
+    lines = shell.console_log.read_text().splitlines()
+    assert any("Linux version" in line for line in lines)
+    assert all(line.startswith("[") and "] " in line for line in lines)
+
+
+@pytest.mark.parametrize("datasource", ["url", "cmdline"])
+def test_other_datasources_reach_the_kernel_cmdline(make_tiny: Callable[..., Machine],
+                                                    datasource: str) -> None:
+    machine = make_tiny("shell", {"hostname": "ds"}, datasource).boot(timeout=120)
+    cmdline = machine.run("cat /proc/cmdline", check=True).output
+    if datasource == "url":
+        assert "rancher.cloud_init.datasources=[url:http://10.0.2.2:" in cmdline
+        # the lab serves it for the machine's lifetime (10.0.2.2 is the host's 127.0.0.1)
+        port = cmdline.split("10.0.2.2:")[1].split("/")[0]
+        served = urllib.request.urlopen(f"http://127.0.0.1:{port}/user-data", timeout=5)
+        assert "hostname: ds" in served.read().decode()
+    else:
+        assert "rancher.cloud_init.datasources=[cmdline]" in cmdline
+        assert "cc.hostname=ds" in cmdline
