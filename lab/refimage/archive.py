@@ -1,0 +1,122 @@
+"""Artifacts made from a staged tree: docker-archive images and the initrd."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from lab.errors import BuildError
+
+FIXED_MTIME = 1_700_000_000  # reproducible layers: same inputs, same digests
+
+
+def _layer_tar(root: Path, exclude: set[str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(_walk(root, exclude)):
+            rel = path.relative_to(root).as_posix()
+            info = tar.gettarinfo(str(path), arcname=rel)
+            info.mtime = FIXED_MTIME
+            info.uname = info.gname = ""
+            if info.isreg():
+                with open(path, "rb") as fh:
+                    tar.addfile(info, fh)
+            else:
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def _walk(root: Path, exclude: set[str]) -> Iterable[Path]:
+    for dirpath, dirnames, filenames in os.walk(root):
+        base = Path(dirpath)
+        keep = []
+        for d in dirnames:
+            rel = (base / d).relative_to(root).as_posix()
+            if rel in exclude:
+                continue
+            keep.append(d)
+            yield base / d
+        dirnames[:] = keep
+        for f in filenames:
+            p = base / f
+            if p.relative_to(root).as_posix() not in exclude:
+                yield p
+
+
+def write_docker_archive(
+    root: Path,
+    out: Path,
+    tag: str,
+    arch: str,
+    *,
+    exclude: set[str] = frozenset(),  # type: ignore[assignment]
+    cmd: list[str] | None = None,
+    env: list[str] | None = None,
+) -> str:
+    """Write `root` as a one-layer image that `docker load` accepts; returns its image id."""
+    layer = _layer_tar(root, set(exclude))
+    diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+    config = {
+        "architecture": {"x86_64": "amd64", "aarch64": "arm64"}[arch],
+        "os": "linux",
+        "created": "2023-11-14T22:13:20Z",
+        "config": {
+            "Env": env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": cmd or ["/bin/sh"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created": "2023-11-14T22:13:20Z", "created_by": "roslab image build"}],
+    }
+    config_bytes = json.dumps(config, sort_keys=True).encode()
+    image_id = hashlib.sha256(config_bytes).hexdigest()
+    layer_dir = diff_id.split(":")[1]
+    manifest = [{"Config": f"{image_id}.json", "RepoTags": [tag], "Layers": [f"{layer_dir}/layer.tar"]}]
+    tmp = out.with_suffix(".partial")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in (
+            (f"{layer_dir}/VERSION", b"1.0"),
+            (f"{layer_dir}/layer.tar", layer),
+            (f"{image_id}.json", config_bytes),
+            ("manifest.json", json.dumps(manifest).encode()),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = FIXED_MTIME
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    tmp.rename(out)
+    return image_id
+
+
+def write_initrd(root: Path, out: Path, level: int = 19) -> None:
+    """cpio newc of `root`, zstd-compressed: the kernel unpacks it as the root filesystem.
+
+    zstd because it decompresses several times faster than xz or gzip, which matters
+    under emulation (RancherOS moved off xz for the same reason).
+    """
+    tmp = out.with_suffix(".partial")
+    files = subprocess.run(
+        "find . -mindepth 1 | LC_ALL=C sort", shell=True, cwd=root, capture_output=True, check=True
+    ).stdout
+    with open(tmp, "wb") as fh:
+        cpio = subprocess.Popen(
+            ["cpio", "--quiet", "-o", "-H", "newc", "--reproducible"],
+            cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        zstd = subprocess.Popen(
+            ["zstd", "-q", f"-{level}", "-T0", "--check", "-c"], stdin=cpio.stdout, stdout=fh
+        )
+        assert cpio.stdin is not None and cpio.stdout is not None
+        cpio.stdout.close()
+        cpio.stdin.write(files)
+        cpio.stdin.close()
+        if cpio.wait() != 0 or zstd.wait() != 0:
+            tmp.unlink(missing_ok=True)
+            raise BuildError("writing the initrd failed (cpio or zstd); are both installed?")
+    tmp.rename(out)

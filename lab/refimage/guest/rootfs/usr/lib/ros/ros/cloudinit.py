@@ -1,0 +1,269 @@
+"""cloud-config: fetch from the datasources, validate, merge, save, apply.
+
+`cloud-init-execute -pre-console` (the cloud-init-execute service) fetches and saves,
+then applies what belongs to the whole OS: hostname and SSH keys. The console service
+applies write_files and runcmd inside the console, where the user works (as RancherOS).
+Invalid YAML is logged and shown on the console, and boot goes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import pwd
+import grp
+import subprocess
+import time
+import urllib.request
+
+import yaml
+
+from ros import config
+
+LOG = "cloud-init-save"
+BOOT_YML = f"{config.CLOUD_CONFIG_D}/boot.yml"
+METADATA = f"{config.CONF_DIR}/metadata"
+SCRIPT = f"{config.CONF_DIR}/cloud-config-script"
+
+
+def log(msg: str) -> None:
+    config.boot_log(LOG, f"{time.strftime('%H:%M:%S')} {msg}")
+
+
+def _mount_label(label: str, where: str) -> str | None:
+    if os.path.ismount(where):
+        return where
+    dev = subprocess.run(["findfs", f"LABEL={label}"], capture_output=True, text=True).stdout.strip()
+    if not dev:
+        # a device that is still appearing: udev has settled, but give it one more look
+        time.sleep(0.5)
+        dev = subprocess.run(["findfs", f"LABEL={label}"], capture_output=True, text=True).stdout.strip()
+    if not dev:
+        log(f"no device labelled {label}")
+        return None
+    os.makedirs(where, exist_ok=True)
+    for fstype in ("iso9660", "vfat"):
+        if subprocess.run(["mount", "-t", fstype, "-o", "ro", dev, where],
+                          capture_output=True).returncode == 0:
+            log(f"mounted {dev} ({label}) on {where}")
+            return where
+    log(f"could not mount {dev} ({label})")
+    return None
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def from_configdrive(where: str) -> tuple[str | None, dict]:
+    mnt = _mount_label("config-2", where)
+    if not mnt:
+        return None, {}
+    meta: dict = {}
+    raw = _read(f"{mnt}/openstack/latest/meta_data.json")
+    if raw:
+        try:
+            data = json.loads(raw)
+            meta["hostname"] = data.get("hostname") or data.get("name")
+            keys = data.get("public_keys") or {}
+            meta["ssh_keys"] = list(keys.values()) if isinstance(keys, dict) else list(keys)
+        except ValueError:
+            log("openstack/latest/meta_data.json is not valid JSON")
+    return _read(f"{mnt}/openstack/latest/user_data"), meta
+
+
+def from_nocloud(where: str = "/media/cidata") -> tuple[str | None, dict]:
+    mnt = _mount_label("cidata", where)
+    if not mnt:
+        return None, {}
+    meta: dict = {}
+    raw = _read(f"{mnt}/meta-data")
+    if raw:
+        try:
+            data = yaml.safe_load(raw) or {}
+            meta["hostname"] = data.get("local-hostname")
+        except yaml.YAMLError:
+            log("meta-data is not valid YAML")
+    return _read(f"{mnt}/user-data"), meta
+
+
+def from_url(url: str, tries: int = 20) -> tuple[str | None, dict]:
+    for attempt in range(tries):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return resp.read().decode("utf-8", errors="replace"), {}
+        except OSError as exc:
+            if attempt == tries - 1:
+                log(f"{url}: {exc}")
+            time.sleep(1)
+    return None, {}
+
+
+def from_cmdline() -> tuple[str | None, dict]:
+    tokens = config.cmdline_tokens()
+    for token in tokens:
+        if token.startswith("cloud-config-url="):
+            return from_url(token.partition("=")[2])
+    cc = {k: v for k, v in config.cmdline_config(tokens).items() if k != "rancher"}
+    if not cc:
+        return None, {}
+    return "#cloud-config\n" + yaml.safe_dump(cc), {}
+
+
+def fetch(ds: str) -> tuple[str | None, dict]:
+    kind, _, arg = ds.partition(":")
+    if kind == "configdrive":
+        return from_configdrive(arg or "/media/config-2")
+    if kind == "nocloud":
+        return from_nocloud(arg or "/media/cidata")
+    if kind == "url":
+        return from_url(arg)
+    if kind == "cmdline":
+        return from_cmdline()
+    log(f"unknown datasource {ds!r}: skipped")
+    return None, {}
+
+
+def parse(text: str, source: str) -> dict | None:
+    """A cloud-config mapping, or None (logged and shown on the console) when invalid."""
+    if not text.lstrip().startswith("#cloud-config"):
+        if text.startswith("#!"):
+            return None
+        _invalid(source, "it does not start with #cloud-config")
+        return None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        _invalid(source, " ".join(str(exc).split()))
+        return None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        _invalid(source, f"it is a YAML {type(data).__name__}, not a mapping")
+        return None
+    return data
+
+
+def _invalid(source: str, why: str) -> None:
+    msg = f"cloud-init: Failed to parse cloud-config from {source}, not saving: {why}"
+    log(msg)
+    config.console_print(msg)
+
+
+def save() -> dict:
+    """Fetch every datasource, merge what is valid, write boot.yml and the merged file."""
+    cfg = config.load()
+    sources = config.get(cfg, "rancher.cloud_init.datasources") or []
+    if isinstance(sources, str):
+        sources = [sources]
+    merged: dict = {}
+    meta: dict = {"ssh_keys": []}
+    for ds in sources:
+        text, md = fetch(str(ds))
+        if md.get("hostname"):
+            meta.setdefault("hostname", md["hostname"])
+        meta["ssh_keys"] += [k for k in md.get("ssh_keys") or [] if k]
+        if text is None:
+            continue
+        log(f"{ds}: {len(text)} bytes of user data")
+        if text.startswith("#!"):
+            with open(SCRIPT, "w") as fh:
+                fh.write(text)
+            os.chmod(SCRIPT, 0o700)
+            continue
+        data = parse(text, str(ds))
+        if data is not None:
+            merged = config.merge(merged, data)
+    os.makedirs(config.CLOUD_CONFIG_D, exist_ok=True)
+    with open(BOOT_YML, "w") as fh:
+        yaml.safe_dump(merged, fh, default_flow_style=False)
+    with open(METADATA, "w") as fh:
+        yaml.safe_dump(meta, fh)
+    full = config.merge(config.cloud_config_layers(), {})
+    with open(config.CLOUD_CONFIG, "w") as fh:
+        fh.write("#cloud-config\n")
+        yaml.safe_dump(full, fh, default_flow_style=False)
+    log(f"saved: keys {sorted(merged)}")
+    return meta
+
+
+def _hostname(name: str) -> None:
+    subprocess.run(["hostname", name], check=False)
+    log(f"hostname set to {name}")
+
+
+def _authorized_keys(keys: list[str]) -> None:
+    user = pwd.getpwnam("rancher")
+    ssh_dir = os.path.join(user.pw_dir, ".ssh")
+    os.makedirs(ssh_dir, mode=0o700, exist_ok=True)
+    path = os.path.join(ssh_dir, "authorized_keys")
+    existing = (_read(path) or "").splitlines()
+    lines = existing + [k.strip() for k in keys if k.strip() and k.strip() not in existing]
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    for p in (ssh_dir, path):
+        os.chown(p, user.pw_uid, user.pw_gid)
+    os.chmod(path, 0o600)
+    log(f"{len(keys)} authorized key(s) for rancher")
+
+
+def pre_console() -> int:
+    meta = save()
+    cfg = config.load()
+    name = config.get(cfg, "hostname") if "hostname" in config.cloud_config_layers() else None
+    name = name or meta.get("hostname") or config.get(cfg, "hostname")
+    if name:
+        _hostname(str(name))
+    keys = list(config.get(cfg, "ssh_authorized_keys") or []) + meta.get("ssh_keys", [])
+    if keys:
+        _authorized_keys([str(k) for k in keys])
+    return 0
+
+
+def _decode(content: str, encoding: str | None) -> bytes:
+    enc = (encoding or "").lower()
+    data = content.encode() if isinstance(content, str) else bytes(content)
+    if enc in ("b64", "base64", "gz+b64", "gzip+base64", "gz+base64", "gzip+b64"):
+        data = base64.b64decode(data)
+    if enc.startswith(("gz", "gzip")):
+        data = gzip.decompress(data)
+    return data
+
+
+def write_files(cfg: dict) -> None:
+    for entry in config.get(cfg, "write_files") or []:
+        try:
+            path = entry["path"]
+            data = _decode(entry.get("content", ""), entry.get("encoding"))
+            os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
+            with open(path, "wb") as fh:
+                fh.write(data)
+            perms = entry.get("permissions", "0644")
+            os.chmod(path, int(str(perms), 8))
+            owner = str(entry.get("owner", "root:root"))
+            user, _, group = owner.partition(":")
+            uid = pwd.getpwnam(user).pw_uid if not user.isdigit() else int(user)
+            gid = (grp.getgrnam(group).gr_gid if group and not group.isdigit()
+                   else int(group) if group else pwd.getpwuid(uid).pw_gid)
+            os.chown(path, uid, gid)
+            log(f"wrote {path} ({len(data)} bytes, {perms}, {owner})")
+        except (KeyError, OSError, ValueError, TypeError) as exc:
+            msg = f"cloud-init: write_files entry {entry!r} failed: {exc}"
+            log(msg)
+            config.console_print(msg)
+
+
+def runcmd(cfg: dict) -> None:
+    """Run each runcmd entry in order, as RancherOS does at console start."""
+    for entry in config.get(cfg, "runcmd") or []:
+        argv = ["sh", "-c", entry] if isinstance(entry, str) else [str(a) for a in entry]
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        config.boot_log("runcmd", f"$ {entry!r} -> {proc.returncode}\n{proc.stdout}{proc.stderr}")
+    if os.path.exists(SCRIPT):
+        subprocess.run([SCRIPT])
