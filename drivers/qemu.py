@@ -196,7 +196,9 @@ class QemuDriver(Driver):
         spec.workdir.mkdir(parents=True, exist_ok=True)
         self.sockdir = spec.workdir
         if len(str(spec.workdir / "console.sock")) > 100:  # sun_path holds 108 bytes
-            self.sockdir = Path(tempfile.mkdtemp(prefix="roslab-sock-"))
+            base = tempfile.gettempdir()
+            self.sockdir = Path(tempfile.mkdtemp(prefix="roslab-sock-",
+                                                 dir=base if len(base) < 60 else "/tmp"))
         self._disks = self._boot_media(spec.image)
         ds = self._deliver(spec)
         if spec.image.kind == KERNEL:

@@ -41,6 +41,9 @@ STARTED_RE = re.compile(r"^(\S+) (v?\d[^\s]*) started\s*$")
 ANSI = r"(?:\x1b\[[0-9;?]*[A-Za-z])*"  # busybox ash asks for the cursor position after a prompt
 LOGIN_RE = re.compile(r"login:\s*" + ANSI + r"\Z")  # \Z: the prompt is the last thing printed
 SHELL_PROMPT_RE = re.compile(r"[$#] ?" + ANSI + r"\Z")
+PASSWORD_RE = re.compile(r"[Pp]assword:\s*\Z")
+PROMPT_SETTLE = 0.3  # seconds of silence that tell a shell prompt from a half-printed line
+QUIET_ENTER = 10.0  # seconds of silence after init before pressing Enter for a fresh prompt
 PANIC_CONTEXT_LINES = 25  # lines kept after the trigger (the call trace)
 PANIC_SETTLE_SECONDS = 1.0  # time given to the guest to print the rest of the panic
 
@@ -151,9 +154,9 @@ class Console:
             *complete, self._partial = self._partial.split("\n")
             for raw in complete:
                 self._line(_strip(raw), now)
-            tail = _strip(self._partial)
-            after_init = tl.INIT in self.timeline.marks
-            if LOGIN_RE.search(tail) or (after_init and SHELL_PROMPT_RE.search(tail)):
+            # a shell prompt is told from half a kernel line only by the silence after it:
+            # login() marks that one
+            if LOGIN_RE.search(_strip(self._partial)):
                 self.timeline.mark(tl.LOGIN_PROMPT, now)
 
     def _line(self, line: str, now: float) -> None:
@@ -263,18 +266,28 @@ class Console:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise self.timeout_error(wanted, timeout)
-            quiet = time.monotonic() - self.last_rx
-            if tl.INIT in self.timeline.marks and quiet > 5:
+            if tl.INIT in self.timeline.marks and time.monotonic() - self.last_rx > QUIET_ENTER:
                 self.child.send("\n")
                 self.last_rx = time.monotonic()
             try:
-                index = self.expect([LOGIN_RE, SHELL_PROMPT_RE], min(1.0, left), wanted)
+                index = self.expect([LOGIN_RE, SHELL_PROMPT_RE, PASSWORD_RE], min(1.0, left),
+                                    wanted)
             except BootTimeout:
                 continue
             if index == 1:
-                break
+                # kernel lines printed in pieces ("CPUs: #1") can end in "#" for a moment:
+                # a prompt comes after init and is followed by silence
+                seen = time.monotonic()
+                time.sleep(PROMPT_SETTLE)
+                if tl.INIT in self.timeline.marks and self.last_rx < seen:
+                    self.timeline.mark(tl.LOGIN_PROMPT, seen)
+                    break
+                continue
+            if index == 2:  # an early Enter was taken as the user name: start over
+                self.child.send("\n")
+                continue
             self.child.sendline(user)
-            self.expect([re.compile(r"[Pp]assword:\s*$")], 20, "the password prompt")
+            self.expect([PASSWORD_RE], 20, "the password prompt")
             self.child.sendline(password)
             if self.expect([SHELL_PROMPT_RE, re.compile(r"[Ll]ogin incorrect")], 30,
                            "a shell after login") == 1:

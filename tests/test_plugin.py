@@ -1,0 +1,158 @@
+"""The plugin end to end, in a pytest subprocess booting tiny guests.
+
+Each run gets a private TMPDIR, so "nothing left" is checked exactly: no QEMU whose
+command line names that directory, no file left in it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCENARIO = '''
+import time, pathlib, pytest
+cloud_config = "#cloud-config\\nhostname: plug\\n"
+
+def test_pass(machine):
+    assert machine.run("echo hi").output == "hi"
+
+def test_shared(machine):
+    assert machine.run("hostname").ok
+
+@pytest.mark.platforms("libvirt")
+def test_skipped_elsewhere(machine):
+    raise AssertionError("must not run")
+
+def test_{name}(machine):
+    {body}
+'''
+
+
+def _run(tmp_path: Path, image: Path | str, body: str = "pass", *args: str,
+         name: str = "last", wait_for: Path | None = None) -> tuple[subprocess.Popen[str], Path]:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir(exist_ok=True)
+    test = tmp_path / "test_scn.py"
+    test.write_text(SCENARIO.format(name=name, body=body))
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", str(test), "-p", "no:cacheprovider", "-q",
+         "--platform", "qemu", "--image", str(image), "--accel", "tcg",
+         "--roslab-artifacts", str(tmp_path / "results"), "--rootdir", str(tmp_path), *args],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    return proc, scratch
+
+
+def _nothing_left(scratch: Path) -> None:
+    qemu = subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"], capture_output=True)
+    assert qemu.returncode == 1, f"QEMU left running: {qemu.stdout!r}"
+    # pytest's own basetemp (xdist makes one) is not ours to remove
+    left = [p for p in scratch.rglob("*") if "roslab" in p.name or "qemu" in p.name]
+    assert left == []
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("pytest-of-")] == []
+
+
+def test_passing_run_leaves_nothing(tmp_path: Path, tiny_guests: dict[str, Path]) -> None:
+    proc, scratch = _run(tmp_path, tiny_guests["shell"])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "3 passed, 1 skipped" in out
+    _nothing_left(scratch)
+
+
+def test_failing_run_keeps_the_console_log_and_leaves_nothing(
+    tmp_path: Path, tiny_guests: dict[str, Path]
+) -> None:
+    proc, scratch = _run(tmp_path, tiny_guests["shell"], "assert machine.run('false').ok",
+                         name="fails")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    kept = tmp_path / "results" / "test_scn.py_test_fails"
+    logs = list(kept.glob("*/console.log"))
+    assert logs and "Linux version" in logs[0].read_text()
+    assert f"console log of {logs[0].parent.name}: {logs[0]}" in out
+    _nothing_left(scratch)
+
+
+def test_interrupted_run_leaves_nothing(tmp_path: Path, tiny_guests: dict[str, Path]) -> None:
+    flag = tmp_path / "booted"
+    body = f"pathlib.Path({str(flag)!r}).touch(); time.sleep(300)"
+    proc, scratch = _run(tmp_path, tiny_guests["shell"], body, name="hangs")
+    deadline = time.monotonic() + 240
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    out, _ = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in out
+    _nothing_left(scratch)
+
+
+def test_boot_failure_keeps_evidence_and_skips_the_rest_of_the_module(
+    tmp_path: Path, tiny_guests: dict[str, Path]
+) -> None:
+    proc, scratch = _run(tmp_path, tiny_guests["panic"])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out
+    assert "GuestPanic" in out and "Kernel panic" in out
+    assert "1 error" in out and "3 skipped" in out  # the module's other tests skip at once
+    assert str(tmp_path / "results") in out
+    _nothing_left(scratch)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(("--platform", "vmware"), "unknown platform 'vmware': known platforms are qemu"),
+     (("--image", "/no/such/image"), "image /no/such/image does not exist"),
+     (("--arch", "riscv64"), "unknown arch 'riscv64'")],
+)
+def test_bad_options_stop_before_any_machine(tmp_path: Path, tiny_guests: dict[str, Path],
+                                             args: tuple[str, ...], message: str) -> None:
+    proc, scratch = _run(tmp_path, tiny_guests["shell"], "pass", *args)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 4, out
+    assert message in out
+    _nothing_left(scratch)
+
+
+def test_wrong_arch_image_stops_before_any_machine(tmp_path: Path,
+                                                   tiny_guests: dict[str, Path]) -> None:
+    folder = tmp_path / "arm"
+    folder.mkdir()
+    (folder / "vmlinuz").write_bytes(bytes(0x38) + b"ARM\x64" + bytes(8))
+    (folder / "initrd").write_bytes(b"")
+    proc, scratch = _run(tmp_path, folder)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 4, out
+    assert "is for aarch64, but this run is for x86_64" in out
+    _nothing_left(scratch)
+
+
+def test_malformed_cloud_config_marker_stops_before_any_machine(
+    tmp_path: Path, tiny_guests: dict[str, Path]
+) -> None:
+    body = ("pass\n\n@pytest.mark.cloud_config('#cloud-config\\nhostname: [x\\n')\n"
+            "def test_bad(machine):\n    pass")
+    proc, scratch = _run(tmp_path, tiny_guests["shell"], body)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 4, out
+    assert "test_bad: cloud-config is not valid YAML at line 3, column 1" in out
+    assert "no machine started" in out
+    _nothing_left(scratch)
+
+
+def test_xdist_two_workers(tmp_path: Path, tiny_guests: dict[str, Path]) -> None:
+    proc, scratch = _run(tmp_path, tiny_guests["shell"], "pass", "-n", "2")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    assert "3 passed, 1 skipped" in out
+    _nothing_left(scratch)
