@@ -1,5 +1,5 @@
-"""Use the roslab plugin from a checkout: load it here unless its entry point already did."""
+"""Use the roslab plugins from a checkout: load them here unless their entry points did."""
 
 import sys
 
-pytest_plugins = [] if "fixtures.plugin" in sys.modules else ["fixtures.plugin"]
+pytest_plugins = [name for name in ("fixtures.plugin", "reports.plugin") if name not in sys.modules]

@@ -49,6 +49,73 @@ def _walk(root: Path, exclude: set[str]) -> Iterable[Path]:
                 yield p
 
 
+def _image_config(diff_id: str, arch: str, cmd: list[str] | None, env: list[str] | None) -> bytes:
+    config = {
+        "architecture": {"x86_64": "amd64", "aarch64": "arm64"}[arch],
+        "os": "linux",
+        "created": "2023-11-14T22:13:20Z",
+        "config": {
+            "Env": env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": cmd or ["/bin/sh"],
+        },
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created": "2023-11-14T22:13:20Z", "created_by": "roslab image build"}],
+    }
+    return json.dumps(config, sort_keys=True).encode()
+
+
+def write_docker_store(
+    root: Path, data_root: Path, tag: str, arch: str, *, exclude: set[str]
+) -> str:
+    """Lay `root` out as a one-layer image already in a Docker data root (overlay2).
+
+    The layer's files are hard links to the OS's own files, so the initrd stores them
+    once and the system Docker starts with its image in place: no `docker load` at
+    boot, which costs seconds under emulation and a second copy in RAM (the boot-time
+    trap RancherOS hit with images.tar, rancher/os#2474). Only `docker save` of this
+    image is not possible (no tar-split data).
+    """
+    exclude = exclude | {data_root.relative_to(root).as_posix()}
+    diff_id = "sha256:" + hashlib.sha256(_layer_tar(root, exclude)).hexdigest()
+    config = _image_config(diff_id, arch, None, None)
+    image_id = hashlib.sha256(config).hexdigest()
+    cache_id = hashlib.sha256(f"roslab-layer {diff_id}".encode()).hexdigest()
+    short = hashlib.sha256(cache_id.encode()).hexdigest()[:26].upper()
+    layer = data_root / "overlay2" / cache_id
+    diff = layer / "diff"
+    diff.mkdir(parents=True)
+    (layer / "link").write_text(short)
+    (data_root / "overlay2/l").mkdir(parents=True, exist_ok=True)
+    (data_root / "overlay2/l" / short).symlink_to(f"../{cache_id}/diff")
+    for path in sorted(_walk(root, exclude)):
+        dest = diff / path.relative_to(root)
+        if path.is_symlink():
+            dest.symlink_to(os.readlink(path))
+        elif path.is_dir():
+            dest.mkdir()
+            st = path.stat()
+            os.chmod(dest, st.st_mode & 0o7777)
+            os.chown(dest, st.st_uid, st.st_gid)
+        else:
+            os.link(path, dest)
+    meta = data_root / "image/overlay2"
+    layerdb = meta / "layerdb/sha256" / diff_id.split(":")[1]
+    layerdb.mkdir(parents=True)
+    size = sum(p.lstat().st_size for p in diff.rglob("*") if not p.is_dir())
+    (layerdb / "diff").write_text(diff_id)
+    (layerdb / "size").write_text(str(size))
+    (layerdb / "cache-id").write_text(cache_id)
+    content = meta / "imagedb/content/sha256"
+    content.mkdir(parents=True)
+    (content / image_id).write_bytes(config)
+    (meta / "imagedb/metadata/sha256").mkdir(parents=True)
+    repo, _, _ = tag.rpartition(":")
+    (meta / "repositories.json").write_text(
+        json.dumps({"Repositories": {repo: {tag: f"sha256:{image_id}"}}})
+    )
+    return image_id
+
+
 def write_docker_archive(
     root: Path,
     out: Path,
@@ -62,21 +129,12 @@ def write_docker_archive(
     """Write `root` as a one-layer image that `docker load` accepts; returns its image id."""
     layer = _layer_tar(root, set(exclude))
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
-    config = {
-        "architecture": {"x86_64": "amd64", "aarch64": "arm64"}[arch],
-        "os": "linux",
-        "created": "2023-11-14T22:13:20Z",
-        "config": {
-            "Env": env or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": cmd or ["/bin/sh"],
-        },
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created": "2023-11-14T22:13:20Z", "created_by": "roslab image build"}],
-    }
-    config_bytes = json.dumps(config, sort_keys=True).encode()
+    config_bytes = _image_config(diff_id, arch, cmd, env)
     image_id = hashlib.sha256(config_bytes).hexdigest()
     layer_dir = diff_id.split(":")[1]
-    manifest = [{"Config": f"{image_id}.json", "RepoTags": [tag], "Layers": [f"{layer_dir}/layer.tar"]}]
+    manifest = [
+        {"Config": f"{image_id}.json", "RepoTags": [tag], "Layers": [f"{layer_dir}/layer.tar"]}
+    ]
     tmp = out.with_suffix(".partial")
     with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in (
@@ -107,16 +165,26 @@ def write_initrd(root: Path, out: Path, level: int = 19) -> None:
     with open(tmp, "wb") as fh:
         cpio = subprocess.Popen(
             ["cpio", "--quiet", "-o", "-H", "newc", "--reproducible"],
-            cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            cwd=root,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         zstd = subprocess.Popen(
             ["zstd", "-q", f"-{level}", "-T0", "--check", "-c"], stdin=cpio.stdout, stdout=fh
         )
         assert cpio.stdin is not None and cpio.stdout is not None
-        cpio.stdout.close()
-        cpio.stdin.write(files)
-        cpio.stdin.close()
-        if cpio.wait() != 0 or zstd.wait() != 0:
+        try:
+            cpio.stdout.close()
+            cpio.stdin.write(files)
+            cpio.stdin.close()
+            ok = cpio.wait() == 0 and zstd.wait() == 0
+        except BaseException:  # Ctrl-C: stop the pipeline, leave no half file
+            for child in (cpio, zstd):
+                child.kill()
+                child.wait()
             tmp.unlink(missing_ok=True)
-            raise BuildError("writing the initrd failed (cpio or zstd); are both installed?")
+            raise
+    if not ok:
+        tmp.unlink(missing_ok=True)
+        raise BuildError("writing the initrd failed (cpio or zstd); are both installed?")
     tmp.rename(out)

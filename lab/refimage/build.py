@@ -28,7 +28,9 @@ OS_NAME = "RoslabOS"
 OS_VERSION = "v0.1.0"
 BUILDER_REVISION = "1"  # bump when the image layout changes in a way the hash cannot see
 GUEST = Path(__file__).parent / "guest"
-BUILDER_SOURCES = [Path(__file__).parent / n for n in ("build.py", "rootfs.py", "archive.py", "iso.py")]
+BUILDER_SOURCES = [
+    Path(__file__).parent / n for n in ("build.py", "rootfs.py", "archive.py", "iso.py")
+]
 ARTIFACTS = ["vmlinuz", "initrd", "rancheros.iso", "iso-checksums.txt", "manifest.json"]
 CONSOLE = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
 
@@ -127,32 +129,52 @@ def _build(
     work = Path(tempfile.mkdtemp(prefix="roslab-build-"))
     try:
         by_name = {p.name: p for p in packages}
-        kernel = next((p for p in packages if p.name.startswith("linux-image-") and
-                       p.name != rootfs.KERNEL.replace("amd64", apt.deb_arch)), None)
+        kernel = next(
+            (
+                p
+                for p in packages
+                if p.name.startswith("linux-image-")
+                and p.name != rootfs.KERNEL.replace("amd64", apt.deb_arch)
+            ),
+            None,
+        )
         if kernel is None:
             raise BuildError("the kernel package was not among the resolved packages")
         root = work / "root"
         root.mkdir()
         say(f"unpacking {len(packages)} packages")
-        userland = [p for p in packages if not p.name.startswith("linux-image")
-                    and p.name not in rootfs.BOOTLOADER]
+        userland = [
+            p
+            for p in packages
+            if not p.name.startswith("linux-image") and p.name not in rootfs.BOOTLOADER
+        ]
         rootfs.stage_userland(root, userland, _busybox_applets(root, by_name), say)
         say(f"selecting kernel modules from {kernel.name}")
         vmlinuz, release = rootfs.stage_kernel(kernel, work, root)
         _install_guest_files(root, arch)
         _compile_python(root)
-        say("writing the service images (docker-archive)")
-        version_tag = OS_VERSION
-        exclude = set(rootfs.ENGINE_FILES) | {"usr/lib/modules", "usr/share/ros/images",
-                                              "var/lib/rancher/preload"}
-        archive.write_docker_archive(
-            root, root / "usr/share/ros/images/os-base.tar", f"roslab/os-base:{version_tag}",
-            arch, exclude=exclude,
+        say("laying out the system Docker's image store")
+        exclude = set(rootfs.ENGINE_FILES) | {
+            "usr/lib/modules",
+            "usr/share/ros/images",
+            "var/lib/rancher/preload",
+            "var/lib/user-docker",
+            "init",
+        }
+        archive.write_docker_store(
+            root,
+            root / "var/lib/system-docker",
+            f"roslab/os-base:{OS_VERSION}",
+            arch,
+            exclude=exclude,
         )
         busybox_root = _busybox_image_root(work, by_name["busybox-static"])
         archive.write_docker_archive(
-            busybox_root, root / "var/lib/rancher/preload/docker/busybox.tar", "busybox:latest",
-            arch, cmd=["sh"],
+            busybox_root,
+            root / "var/lib/rancher/preload/docker/busybox.tar",
+            "busybox:latest",
+            arch,
+            cmd=["sh"],
         )
         say("writing the initrd (cpio + zstd -19; takes a minute)")
         archive.write_initrd(root, tmp_out / "initrd")
@@ -163,7 +185,9 @@ def _build(
             for name in rootfs.BOOTLOADER:
                 extract(by_name[name].path, boot)
             iso.write_iso(
-                tmp_out / "rancheros.iso", vmlinuz=tmp_out / "vmlinuz", initrd=tmp_out / "initrd",
+                tmp_out / "rancheros.iso",
+                vmlinuz=tmp_out / "vmlinuz",
+                initrd=tmp_out / "initrd",
                 isolinux_bin=boot / "usr/lib/ISOLINUX/isolinux.bin",
                 ldlinux=boot / "usr/lib/syslinux/modules/bios/ldlinux.c32",
                 cfg=iso.isolinux_cfg(OS_NAME, OS_VERSION, default_cmdline(arch)),
@@ -185,8 +209,11 @@ def _build(
                 "openssh": by_name["openssh-server"].version,
                 "python": by_name["python3"].version,
             },
-            "sizes": {n: (tmp_out / n).stat().st_size for n in ("vmlinuz", "initrd", "rancheros.iso")
-                      if (tmp_out / n).exists()},
+            "sizes": {
+                n: (tmp_out / n).stat().st_size
+                for n in ("vmlinuz", "initrd", "rancheros.iso")
+                if (tmp_out / n).exists()
+            },
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "build_seconds": round(time.monotonic() - started, 1),
         }
@@ -223,10 +250,33 @@ def _busybox_image_root(work: Path, busybox: Package) -> Path:
     shutil.rmtree(root / "usr", ignore_errors=True)
     for d in ("etc", "tmp", "root", "proc", "sys", "dev"):
         (root / d).mkdir(exist_ok=True)
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n")
+    (root / "etc/passwd").write_text(
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n"
+    )
     (root / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\n")
-    for name in ("sh", "ls", "cat", "echo", "sleep", "httpd", "wget", "nc", "env", "id", "hostname",
-                 "ps", "true", "false", "test", "mkdir", "rm", "grep", "uname", "date", "vi"):
+    for name in (
+        "sh",
+        "ls",
+        "cat",
+        "echo",
+        "sleep",
+        "httpd",
+        "wget",
+        "nc",
+        "env",
+        "id",
+        "hostname",
+        "ps",
+        "true",
+        "false",
+        "test",
+        "mkdir",
+        "rm",
+        "grep",
+        "uname",
+        "date",
+        "vi",
+    ):
         (root / "bin" / name).symlink_to("busybox")
     return root
 
@@ -234,8 +284,12 @@ def _busybox_image_root(work: Path, busybox: Package) -> Path:
 def _install_guest_files(root: Path, arch: str) -> None:
     """Copy guest/rootfs over the staged tree, filling in the version."""
     src = GUEST / "rootfs"
-    values = {"@OS_NAME@": OS_NAME, "@OS_VERSION@": OS_VERSION, "@ARCH@": arch,
-              "@IMAGE@": f"roslab/os-base:{OS_VERSION}"}
+    values = {
+        "@OS_NAME@": OS_NAME,
+        "@OS_VERSION@": OS_VERSION,
+        "@ARCH@": arch,
+        "@IMAGE@": f"roslab/os-base:{OS_VERSION}",
+    }
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
         dest = root / rel
@@ -258,8 +312,15 @@ def _install_guest_files(root: Path, arch: str) -> None:
 def _compile_python(root: Path) -> None:
     """Byte-compile the guest's Python ahead of time: every container would do it at start."""
     subprocess.run(
-        ["python3", "-m", "compileall", "-q", "-j0",
-         str(root / "usr/lib/python3.11"), str(root / "usr/lib/python3/dist-packages"),
-         str(root / "usr/lib/ros")],
+        [
+            "python3",
+            "-m",
+            "compileall",
+            "-q",
+            "-j0",
+            str(root / "usr/lib/python3.11"),
+            str(root / "usr/lib/python3/dist-packages"),
+            str(root / "usr/lib/ros"),
+        ],
         capture_output=True,
     )

@@ -71,8 +71,13 @@ class Apt:
         self.suite = suite
         self.root = cache_root() / "apt" / self.deb_arch
         self.archives = cache_root() / "debs" / self.deb_arch
-        for sub in ("etc/apt/apt.conf.d", "etc/apt/preferences.d", "var/lib/apt/lists/partial",
-                    "var/cache/apt", "var/lib/dpkg"):
+        for sub in (
+            "etc/apt/apt.conf.d",
+            "etc/apt/preferences.d",
+            "var/lib/apt/lists/partial",
+            "var/cache/apt",
+            "var/lib/dpkg",
+        ):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         (self.archives / "partial").mkdir(parents=True, exist_ok=True)
         (self.root / "var/lib/dpkg/status").touch()
@@ -122,7 +127,10 @@ class Apt:
         proc = self._apt("install", "-s", "-y", *names)
         if proc.returncode != 0:
             raise BuildError(
-                "could not resolve packages " + " ".join(names) + ":\n" + proc.stdout[-2000:]
+                "could not resolve packages "
+                + " ".join(names)
+                + ":\n"
+                + proc.stdout[-2000:]
                 + proc.stderr[-2000:]
             )
         return re.findall(r"^Inst (\S+?)(?::\S+)? \((\S+) ", proc.stdout, re.M)
@@ -167,7 +175,9 @@ def extract(deb: Path, dest: Path) -> list[str]:
     fsys = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE)
     tar = subprocess.run(
         ["tar", "-x", "-v", "--keep-directory-symlink", "--no-same-owner", "-C", str(dest)],
-        stdin=fsys.stdout, capture_output=True, text=True,
+        stdin=fsys.stdout,
+        capture_output=True,
+        text=True,
     )
     if fsys.wait() != 0 or tar.returncode != 0:
         raise BuildError(f"could not unpack {deb.name}: {tar.stderr.strip()[-500:]}")

@@ -35,10 +35,20 @@ def write_iso(
     ]
     for src, iso_path, real in entries:
         iso.add_file(src, iso_path, rr_name=real.split("/")[-1], joliet_path="/" + real)
-    iso.add_fp(io.BytesIO(cfg_bytes), len(cfg_bytes), "/ISOLINUX/ISOLINUX.CFG;1",
-               rr_name="isolinux.cfg", joliet_path="/isolinux/isolinux.cfg")
-    iso.add_eltorito("/ISOLINUX/ISOLINUX.BIN;1", bootcatfile="/ISOLINUX/BOOT.CAT;1",
-                     boot_load_size=4, boot_info_table=True, media_name="noemul")
+    iso.add_fp(
+        io.BytesIO(cfg_bytes),
+        len(cfg_bytes),
+        "/ISOLINUX/ISOLINUX.CFG;1",
+        rr_name="isolinux.cfg",
+        joliet_path="/isolinux/isolinux.cfg",
+    )
+    iso.add_eltorito(
+        "/ISOLINUX/ISOLINUX.BIN;1",
+        bootcatfile="/ISOLINUX/BOOT.CAT;1",
+        boot_load_size=4,
+        boot_info_table=True,
+        media_name="noemul",
+    )
     tmp = out.with_suffix(".partial")
     iso.write(str(tmp))
     iso.close()

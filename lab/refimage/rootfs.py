@@ -35,65 +35,167 @@ KERNEL = "linux-image-cloud-amd64"
 BOOTLOADER = ["isolinux", "syslinux-common"]
 
 SKIP = {
-    "perl", "perl-base", "perl-modules-5.36", "libperl5.36", "dpkg", "debconf", "adduser",
-    "usrmerge", "init-system-helpers", "sysvinit-utils", "ucf", "sensible-utils",
-    "runit-helper", "lsb-base", "tar", "coreutils", "cpio", "logsave", "libfile-find-rule-perl",
-    "libnumber-compare-perl", "libtext-glob-perl", "initramfs-tools", "initramfs-tools-core",
-    "klibc-utils", "libklibc", "linux-base", "passwd", "libsemanage2", "libsemanage-common",
-    "libsepol2", "libdb5.3", "libgdbm6", "libgdbm-compat4", "tzdata", "readline-common",
-    "procps", "libproc2-0", "dmsetup",
+    "perl",
+    "perl-base",
+    "perl-modules-5.36",
+    "libperl5.36",
+    "dpkg",
+    "debconf",
+    "adduser",
+    "usrmerge",
+    "init-system-helpers",
+    "sysvinit-utils",
+    "ucf",
+    "sensible-utils",
+    "runit-helper",
+    "lsb-base",
+    "tar",
+    "coreutils",
+    "cpio",
+    "logsave",
+    "libfile-find-rule-perl",
+    "libnumber-compare-perl",
+    "libtext-glob-perl",
+    "initramfs-tools",
+    "initramfs-tools-core",
+    "klibc-utils",
+    "libklibc",
+    "linux-base",
+    "passwd",
+    "libsemanage2",
+    "libsemanage-common",
+    "libsepol2",
+    "libdb5.3",
+    "libgdbm6",
+    "libgdbm-compat4",
+    "tzdata",
+    "readline-common",
+    "procps",
+    "libproc2-0",
+    "dmsetup",
 }
 # Files of the docker.io/containerd packages the OS never runs (they are big).
 DROP_FILES = [
-    "usr/bin/ctr", "usr/bin/dnet", "usr/sbin/ovrouter", "usr/bin/containerd-stress",
-    "usr/bin/containerd-shim", "usr/bin/containerd-shim-runc-v1", "usr/bin/tini",
-    "usr/sbin/sudo_logsrvd", "usr/sbin/sudo_sendlog", "usr/bin/sudoreplay", "usr/bin/cvtsudoers",
-    "bin/systemd-hwdb", "usr/sbin/xtables-legacy-multi",
+    "usr/bin/ctr",
+    "usr/bin/dnet",
+    "usr/sbin/ovrouter",
+    "usr/bin/containerd-stress",
+    "usr/bin/containerd-shim",
+    "usr/bin/containerd-shim-runc-v1",
+    "usr/bin/tini",
+    "usr/sbin/sudo_logsrvd",
+    "usr/sbin/sudo_sendlog",
+    "usr/bin/sudoreplay",
+    "usr/bin/cvtsudoers",
+    "bin/systemd-hwdb",
+    "usr/sbin/xtables-legacy-multi",
 ]
 DROP_DIRS = [
-    "usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale", "usr/share/lintian",
-    "usr/share/bash-completion", "usr/share/zsh", "usr/share/fish", "usr/share/bug",
-    "usr/share/docker.io", "lib/systemd/system", "usr/lib/systemd/system", "etc/init.d",
-    "etc/systemd", "usr/share/openssh", "etc/cron.daily", "etc/logrotate.d", "usr/lib/python3.11/ensurepip",
-    "usr/lib/python3.11/idlelib", "usr/lib/python3.11/tkinter", "usr/lib/python3.11/turtledemo",
-    "usr/lib/python3.11/lib2to3", "usr/lib/python3.11/pydoc_data", "usr/lib/python3.11/unittest",
-    "usr/lib/python3.11/config-3.11-x86_64-linux-gnu", "usr/lib/python3.11/distutils",
-    "usr/lib/python3.11/asyncio", "usr/lib/python3.11/sqlite3", "usr/lib/python3.11/xmlrpc",
-    "usr/lib/x86_64-linux-gnu/gconv", "usr/lib/aarch64-linux-gnu/gconv",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+    "usr/share/lintian",
+    "usr/share/bash-completion",
+    "usr/share/zsh",
+    "usr/share/fish",
+    "usr/share/bug",
+    "usr/share/docker.io",
+    "lib/systemd/system",
+    "usr/lib/systemd/system",
+    "etc/init.d",
+    "etc/systemd",
+    "usr/share/openssh",
+    "etc/cron.daily",
+    "etc/logrotate.d",
+    "usr/lib/python3.11/ensurepip",
+    "usr/lib/python3.11/idlelib",
+    "usr/lib/python3.11/tkinter",
+    "usr/lib/python3.11/turtledemo",
+    "usr/lib/python3.11/lib2to3",
+    "usr/lib/python3.11/pydoc_data",
+    "usr/lib/python3.11/unittest",
+    "usr/lib/python3.11/config-3.11-x86_64-linux-gnu",
+    "usr/lib/python3.11/distutils",
+    "usr/lib/python3.11/asyncio",
+    "usr/lib/python3.11/sqlite3",
+    "usr/lib/python3.11/xmlrpc",
+    "usr/lib/x86_64-linux-gnu/gconv",
+    "usr/lib/aarch64-linux-gnu/gconv",
     "usr/lib/udev/hwdb.d",  # source of hwdb.bin, which nothing here compiles or reads
-    "usr/lib/systemd/network", "lib/systemd/network",  # .link files would rename eth0
+    "usr/lib/systemd/network",
+    "lib/systemd/network",  # .link files would rename eth0
 ]
 # The engine binaries: kept in the OS root, left out of the service image and
 # bind-mounted into the containers that need them (as RancherOS's command-volumes).
 ENGINE_FILES = [
-    "usr/sbin/dockerd", "usr/bin/docker", "usr/bin/containerd", "usr/bin/containerd-shim-runc-v2",
-    "usr/sbin/runc", "usr/sbin/docker-proxy", "usr/bin/tini-static",
+    "usr/sbin/dockerd",
+    "usr/bin/docker",
+    "usr/bin/containerd",
+    "usr/bin/containerd-shim-runc-v2",
+    "usr/sbin/runc",
+    "usr/sbin/docker-proxy",
+    "usr/bin/tini-static",
 ]
 
 # Modules the OS loads: storage and network for QEMU/clouds, overlay for Docker,
 # netfilter and bridge for the user Docker, input/button for acpid.
 MODULE_DIRS = [
-    "kernel/fs/overlayfs", "kernel/fs/isofs", "kernel/fs/fat", "kernel/fs/nls",
-    "kernel/drivers/cdrom", "kernel/drivers/scsi", "kernel/drivers/ata",
-    "kernel/drivers/block", "kernel/drivers/virtio", "kernel/drivers/net/virtio_net.ko",
-    "kernel/drivers/net/net_failover.ko", "kernel/net/core/failover.ko",
-    "kernel/drivers/net/veth.ko", "kernel/drivers/net/vmxnet3", "kernel/drivers/char/hw_random",
-    "kernel/drivers/input", "kernel/drivers/acpi", "kernel/net/netfilter",
-    "kernel/net/ipv4/netfilter", "kernel/net/ipv6", "kernel/net/bridge", "kernel/net/802",
-    "kernel/net/llc", "kernel/lib", "kernel/crypto", "kernel/net/sched",
+    "kernel/fs/overlayfs",
+    "kernel/fs/isofs",
+    "kernel/fs/fat",
+    "kernel/fs/nls",
+    "kernel/drivers/cdrom",
+    "kernel/drivers/scsi",
+    "kernel/drivers/ata",
+    "kernel/drivers/block",
+    "kernel/drivers/virtio",
+    "kernel/drivers/net/virtio_net.ko",
+    "kernel/drivers/net/net_failover.ko",
+    "kernel/net/core/failover.ko",
+    "kernel/drivers/net/veth.ko",
+    "kernel/drivers/net/vmxnet3",
+    "kernel/drivers/char/hw_random",
+    "kernel/drivers/input",
+    "kernel/drivers/acpi",
+    "kernel/net/netfilter",
+    "kernel/net/ipv4/netfilter",
+    "kernel/net/ipv6",
+    "kernel/net/bridge",
+    "kernel/net/802",
+    "kernel/net/llc",
+    "kernel/lib",
+    "kernel/crypto",
+    "kernel/net/sched",
 ]
 
 ROOT_DIRS = [
-    "dev", "proc", "sys", "run", "tmp", "root", "home/rancher", "media", "mnt", "opt",
-    "var/lib/rancher/conf/cloud-config.d", "var/lib/rancher/preload/docker",
-    "var/lib/rancher/preload/system-docker", "var/lib/system-docker", "var/lib/user-docker",
-    "var/log/boot", "var/spool/cron/crontabs", "etc/docker", "usr/share/ros/images",
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "tmp",
+    "root",
+    "home/rancher",
+    "media",
+    "mnt",
+    "opt",
+    "var/lib/rancher/conf/cloud-config.d",
+    "var/lib/rancher/preload/docker",
+    "var/lib/rancher/preload/system-docker",
+    "var/lib/system-docker",
+    "var/lib/user-docker",
+    "var/log/boot",
+    "var/spool/cron/crontabs",
+    "var/empty",
+    "etc/docker",
+    "usr/share/ros/images",
 ]
 
 PASSWD = """root:x:0:0:root:/root:/bin/sh
 daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
 sshd:x:100:65534::/run/sshd:/usr/sbin/nologin
-_ntp:x:101:101::/var/empty:/usr/sbin/nologin
+ntpd:x:101:101::/var/empty:/usr/sbin/nologin
 syslog:x:102:102::/home/syslog:/usr/sbin/nologin
 rancher:x:1100:1100:rancher:/home/rancher:/bin/sh
 nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin
@@ -104,13 +206,13 @@ tty:x:5:
 disk:x:6:
 adm:x:4:syslog
 sudo:x:27:rancher
-_ntp:x:101:
+ntpd:x:101:
 syslog:x:102:
 rancher:x:1100:
 docker:x:1101:rancher
 nogroup:x:65534:
 """
-SHADOW_USERS = ["root", "daemon", "sshd", "_ntp", "syslog", "rancher", "nobody"]
+SHADOW_USERS = ["root", "daemon", "sshd", "ntpd", "syslog", "rancher", "nobody"]
 
 
 def stage_userland(
@@ -149,8 +251,14 @@ def stage_userland(
 def _alternatives(root: Path) -> None:
     """The links update-alternatives would make: iptables on the nft backend."""
     sbin = root / "usr/sbin"
-    for name in ("iptables", "iptables-save", "iptables-restore", "ip6tables", "ip6tables-save",
-                 "ip6tables-restore"):
+    for name in (
+        "iptables",
+        "iptables-save",
+        "iptables-restore",
+        "ip6tables",
+        "ip6tables-save",
+        "ip6tables-restore",
+    ):
         target = sbin / name
         target.unlink(missing_ok=True)
         target.symlink_to("xtables-nft-multi")
@@ -158,13 +266,29 @@ def _alternatives(root: Path) -> None:
 
 def _busybox_applets(root: Path, applets: list[str]) -> None:
     """Link busybox applets that no package provides (busybox --install -s, done offline)."""
-    skip = {"busybox", "linuxrc", "init", "dpkg", "dpkg-deb", "rpm", "rpm2cpio", "udhcpd",
-            "modprobe", "insmod", "rmmod", "lsmod", "depmod", "modinfo"}  # kmod provides these
+    skip = {
+        "busybox",
+        "linuxrc",
+        "init",
+        "dpkg",
+        "dpkg-deb",
+        "rpm",
+        "rpm2cpio",
+        "udhcpd",
+        "modprobe",
+        "insmod",
+        "rmmod",
+        "lsmod",
+        "depmod",
+        "modinfo",
+    }  # kmod provides these
     for name in applets:
         if name in skip or name.startswith("["):
             continue
-        if any((root / d / name).exists() or (root / d / name).is_symlink()
-               for d in ("usr/bin", "usr/sbin")):
+        if any(
+            (root / d / name).exists() or (root / d / name).is_symlink()
+            for d in ("usr/bin", "usr/sbin")
+        ):
             continue
         (root / "usr/bin" / name).symlink_to("busybox")
     for name in ("sh", "[", "[["):

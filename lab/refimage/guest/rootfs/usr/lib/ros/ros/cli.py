@@ -71,4 +71,12 @@ def main(argv: list[str]) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except PermissionError as exc:
+        print(
+            f"ros: {exc.strerror}: {exc.filename or 'the system Docker socket'} "
+            "(run ros with sudo)",
+            file=sys.stderr,
+        )
+        return 1

@@ -9,11 +9,11 @@ Invalid YAML is logged and shown on the console, and boot goes on.
 from __future__ import annotations
 
 import base64
+import grp
 import gzip
 import json
 import os
 import pwd
-import grp
 import subprocess
 import time
 import urllib.request
@@ -35,18 +35,26 @@ def log(msg: str) -> None:
 def _mount_label(label: str, where: str) -> str | None:
     if os.path.ismount(where):
         return where
-    dev = subprocess.run(["findfs", f"LABEL={label}"], capture_output=True, text=True).stdout.strip()
+    dev = subprocess.run(
+        ["findfs", f"LABEL={label}"], capture_output=True, text=True
+    ).stdout.strip()
     if not dev:
         # a device that is still appearing: udev has settled, but give it one more look
         time.sleep(0.5)
-        dev = subprocess.run(["findfs", f"LABEL={label}"], capture_output=True, text=True).stdout.strip()
+        dev = subprocess.run(
+            ["findfs", f"LABEL={label}"], capture_output=True, text=True
+        ).stdout.strip()
     if not dev:
         log(f"no device labelled {label}")
         return None
     os.makedirs(where, exist_ok=True)
     for fstype in ("iso9660", "vfat"):
-        if subprocess.run(["mount", "-t", fstype, "-o", "ro", dev, where],
-                          capture_output=True).returncode == 0:
+        if (
+            subprocess.run(
+                ["mount", "-t", fstype, "-o", "ro", dev, where], capture_output=True
+            ).returncode
+            == 0
+        ):
             log(f"mounted {dev} ({label}) on {where}")
             return where
     log(f"could not mount {dev} ({label})")
@@ -249,8 +257,13 @@ def write_files(cfg: dict) -> None:
             owner = str(entry.get("owner", "root:root"))
             user, _, group = owner.partition(":")
             uid = pwd.getpwnam(user).pw_uid if not user.isdigit() else int(user)
-            gid = (grp.getgrnam(group).gr_gid if group and not group.isdigit()
-                   else int(group) if group else pwd.getpwuid(uid).pw_gid)
+            gid = (
+                grp.getgrnam(group).gr_gid
+                if group and not group.isdigit()
+                else int(group)
+                if group
+                else pwd.getpwuid(uid).pw_gid
+            )
             os.chown(path, uid, gid)
             log(f"wrote {path} ({len(data)} bytes, {perms}, {owner})")
         except (KeyError, OSError, ValueError, TypeError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import crypt
 import fnmatch
 import os
@@ -56,10 +57,26 @@ def netconf() -> int:
             subprocess.run(["ip", "route", "replace", "default", "via", str(conf["gateway"])])
         if conf.get("dhcp"):
             timeout = str(config.get(cfg, "rancher.network.dhcp_timeout") or 10)
-            children.append(subprocess.Popen(
-                ["udhcpc", "-f", "-i", link, "-t", timeout, "-T", "1", "-A", "5",
-                 "-s", "/usr/share/udhcpc/default.script", "-x", f"hostname:{os.uname().nodename}"]
-            ))
+            children.append(
+                subprocess.Popen(
+                    [
+                        "udhcpc",
+                        "-f",
+                        "-i",
+                        link,
+                        "-t",
+                        timeout,
+                        "-T",
+                        "1",
+                        "-A",
+                        "5",
+                        "-s",
+                        "/usr/share/udhcpc/default.script",
+                        "-x",
+                        f"hostname:{os.uname().nodename}",
+                    ]
+                )
+            )
     if not children:
         while True:  # a long-running service, like RancherOS's network
             time.sleep(3600)
@@ -79,8 +96,12 @@ def _serial_ttys() -> list[str]:
     for token in config.cmdline_tokens():
         if token.startswith("console="):
             tty = token.split("=", 1)[1].split(",")[0]
-            if tty.startswith(("ttyS", "ttyAMA", "hvc", "tty")) and tty not in ttys and \
-                    os.path.exists(f"/dev/{tty}") and tty != "tty0":
+            if (
+                tty.startswith(("ttyS", "ttyAMA", "hvc", "tty"))
+                and tty not in ttys
+                and os.path.exists(f"/dev/{tty}")
+                and tty != "tty0"
+            ):
                 ttys.append(tty)
     return ttys or ["ttyS0"]
 
@@ -110,8 +131,9 @@ def console_init() -> int:
     auto = set(autologin if isinstance(autologin, list) else [autologin] if autologin else [])
     for tty in _serial_ttys():
         argv = ["getty", "-n", "-l", "/usr/bin/autologin"] if tty in auto else ["getty"]
-        threading.Thread(target=_respawn, args=([*argv, "115200", tty, "vt100"],),
-                         daemon=True).start()
+        threading.Thread(
+            target=_respawn, args=([*argv, "115200", tty, "vt100"],), daemon=True
+        ).start()
     cloudinit.runcmd(cfg)
     while True:
         time.sleep(3600)
@@ -124,17 +146,28 @@ def user_docker() -> int:
     if isinstance(extra, str):
         extra = extra.split()
     for stale in ("/var/run/docker.pid", "/var/run/docker.sock"):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(stale)
-        except FileNotFoundError:
-            pass
     env = dict(os.environ, DOCKER_RAMDISK="true")
-    env.update({str(k): str(v) for k, v in (config.get(cfg, "rancher.docker.environment") or {}).items()}
-               if isinstance(config.get(cfg, "rancher.docker.environment"), dict) else {})
-    argv = ["dockerd", "--host=unix:///var/run/docker.sock", "--group=docker",
-            "--data-root=/var/lib/docker", "--exec-root=/var/run/docker",
-            "--pidfile=/var/run/docker.pid", "--storage-driver=overlay2",
-            "--log-opt", "max-size=25m", "--log-opt", "max-file=2", *[str(a) for a in extra]]
+    env.update(
+        {str(k): str(v) for k, v in (config.get(cfg, "rancher.docker.environment") or {}).items()}
+        if isinstance(config.get(cfg, "rancher.docker.environment"), dict)
+        else {}
+    )
+    argv = [
+        "dockerd",
+        "--host=unix:///var/run/docker.sock",
+        "--group=docker",
+        "--data-root=/var/lib/docker",
+        "--exec-root=/var/run/docker",
+        "--pidfile=/var/run/docker.pid",
+        "--storage-driver=overlay2",
+        "--log-opt",
+        "max-size=25m",
+        "--log-opt",
+        "max-file=2",
+        *[str(a) for a in extra],
+    ]
     os.execvpe("dockerd", argv, env)
     return 1
 

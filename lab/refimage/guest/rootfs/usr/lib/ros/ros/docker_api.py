@@ -1,4 +1,4 @@
-"""A small Docker Engine API client over a unix socket (the CLI is slow to start under emulation)."""
+"""A small Docker Engine API client over a unix socket (the CLI starts slowly when emulated)."""
 
 from __future__ import annotations
 
@@ -34,8 +34,15 @@ class Docker:
         self.sock = sock
         self.timeout = timeout
 
-    def request(self, method: str, path: str, body=None, params=None, raw: bool = False,
-                headers: dict | None = None):
+    def request(
+        self,
+        method: str,
+        path: str,
+        body=None,
+        params=None,
+        raw: bool = False,
+        headers: dict | None = None,
+    ):
         if params:
             path += "?" + urllib.parse.urlencode(params)
         conn = _UnixConnection(self.sock, self.timeout)
@@ -88,9 +95,14 @@ class Docker:
         # streamed from the file: the image is too big to hold in memory twice
         with open(tar_path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
-            out = self.request("POST", "/images/load", body=fh, params={"quiet": "1"}, raw=True,
-                               headers={"Content-Type": "application/x-tar",
-                                        "Content-Length": str(size)})
+            out = self.request(
+                "POST",
+                "/images/load",
+                body=fh,
+                params={"quiet": "1"},
+                raw=True,
+                headers={"Content-Type": "application/x-tar", "Content-Length": str(size)},
+            )
         if b'"error"' in out:
             raise DockerError(f"loading {tar_path}: {out.decode(errors='replace')}")
 
@@ -119,12 +131,16 @@ class Docker:
         self.request("DELETE", f"/containers/{name}", params={"force": "1"})
 
     def logs(self, name: str, tail: int = 20) -> str:
-        data = self.request("GET", f"/containers/{name}/logs",
-                            params={"stdout": "1", "stderr": "1", "tail": str(tail)}, raw=True)
+        data = self.request(
+            "GET",
+            f"/containers/{name}/logs",
+            params={"stdout": "1", "stderr": "1", "tail": str(tail)},
+            raw=True,
+        )
         # non-tty logs are multiplexed: 8-byte frame headers before each chunk
         out, i = [], 0
         while i + 8 <= len(data):
-            size = int.from_bytes(data[i + 4:i + 8], "big")
-            out.append(data[i + 8:i + 8 + size])
+            size = int.from_bytes(data[i + 4 : i + 8], "big")
+            out.append(data[i + 8 : i + 8 + size])
             i += 8 + size
         return b"".join(out).decode(errors="replace")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import platform
@@ -30,7 +31,8 @@ def declared(cfg: dict) -> dict[str, dict]:
     services = config.get(cfg, "rancher.services") or {}
     arch = platform.machine()
     return {
-        name: spec for name, spec in services.items()
+        name: spec
+        for name, spec in services.items()
         if isinstance(spec, dict) and (spec.get("labels") or {}).get(ARCH, arch) == arch
     }
 
@@ -156,7 +158,10 @@ class Starter:
         labels = spec.get("labels") or {}
         ok, why = True, ""
         try:
-            env = {str(k): str(v) for k, v in (config.get(self.cfg, "rancher.environment") or {}).items()}
+            env = {
+                str(k): str(v)
+                for k, v in (config.get(self.cfg, "rancher.environment") or {}).items()
+            }
             existing = self.docker.inspect(name)
             if existing is None:
                 self.docker.create(name, container_config(name, spec, env))
@@ -190,7 +195,9 @@ class Starter:
 def sysinit() -> int:
     docker = Docker()
     if not docker.wait_ready(120):
-        config.console_print("ros: the system Docker did not answer within 120 s; see /var/log/system-docker.log")
+        config.console_print(
+            "ros: the system Docker did not answer within 120 s; see /var/log/system-docker.log"
+        )
         return 1
     config.boot_log("sysinit", f"system-docker answering at {uptime():.2f}s uptime")
     try:
@@ -232,10 +239,8 @@ def shutdown() -> int:
         for c in sorted(running, key=lambda c: c["Created"], reverse=True):
             if c["Names"][0].lstrip("/") in ("acpid",):
                 continue
-            try:
+            with contextlib.suppress(DockerError):
                 docker.stop(c["Id"], timeout=10)
-            except DockerError:
-                pass
     except (DockerError, OSError) as exc:
         config.console_print(f"ros: stopping services failed: {exc}")
     os.sync()

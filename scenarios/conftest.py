@@ -1,0 +1,103 @@
+"""What scenarios share: the image profile, the boot budgets, and small guest helpers.
+
+Scenarios use only the image contract (DESIGN.md), so they run on any platform whose
+driver boots the image and on real RancherOS images; what differs between images
+(service list, a local image, log paths) comes from a profile in profiles/.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fixtures.plugin import options
+from fixtures.profiles import Profile
+
+HERE = Path(__file__).parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("roslab")
+    group.addoption(
+        "--profile",
+        default=None,
+        help="image profile: a name in scenarios/profiles/ or a YAML file "
+        "(default: reference for the reference image, else rancheros)",
+    )
+    group.addoption(
+        "--budgets",
+        type=Path,
+        default=HERE / "budgets.yml",
+        help="boot-phase budgets file (default: scenarios/budgets.yml)",
+    )
+    group.addoption(
+        "--budget",
+        action="append",
+        default=[],
+        metavar="PHASE=SECONDS",
+        help="override one phase budget",
+    )
+
+
+def _profile_path(config: pytest.Config) -> Path:
+    name = config.getoption("--profile")
+    if name is None:
+        manifest = options(config).resolved_image().manifest
+        name = "reference" if manifest.get("os_name") == "RoslabOS" else "rancheros"
+    path = Path(name)
+    if not path.suffix:
+        path = HERE / "profiles" / f"{name}.yml"
+    if not path.exists():
+        known = ", ".join(p.stem for p in (HERE / "profiles").glob("*.yml"))
+        raise pytest.UsageError(f"roslab: no profile {name!r} (known: {known})")
+    return path
+
+
+_PROFILE = pytest.StashKey[Profile]()
+
+
+def get_profile(config: pytest.Config) -> Profile:
+    if _PROFILE not in config.stash:
+        lab = options(config)
+        config.stash[_PROFILE] = Profile.load(
+            _profile_path(config), lab.arch, lab.resolved_image().version
+        )
+    return config.stash[_PROFILE]
+
+
+@pytest.fixture(scope="session")
+def profile(pytestconfig: pytest.Config) -> Profile:
+    """What this image is expected to have (services, local image, log paths)."""
+    return get_profile(pytestconfig)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # service names come from the profile, so each service is its own test case
+    for argname, attr in (("running_service", "running"), ("completed_service", "completed")):
+        if argname in metafunc.fixturenames:
+            names = getattr(get_profile(metafunc.config), attr)
+            metafunc.parametrize(argname, names, ids=names)
+
+
+@pytest.fixture(scope="session")
+def budgets(pytestconfig: pytest.Config) -> dict[str, float]:
+    """Phase budgets for this platform, arch and accelerator."""
+    lab = options(pytestconfig)
+    path: Path = pytestconfig.getoption("--budgets")
+    data = yaml.safe_load(path.read_text()) or {}
+    accel, _ = lab.resolved_accel()
+    try:
+        table = dict(data[lab.platform][lab.arch][accel])
+    except KeyError:
+        raise pytest.UsageError(
+            f"roslab: {path} has no budgets for {lab.platform}/{lab.arch}/{accel}"
+        ) from None
+    for item in pytestconfig.getoption("--budget"):
+        phase, _, seconds = item.partition("=")
+        try:
+            table[phase] = float(seconds)
+        except ValueError:
+            raise pytest.UsageError(f"roslab: --budget {item!r}: expected PHASE=SECONDS") from None
+    return table

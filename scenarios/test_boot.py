@@ -1,0 +1,98 @@
+"""Boot: every milestone is reached, each phase stays within its budget, and the
+console shows no kernel error or failed service."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from fixtures.profiles import Profile
+from lab import timeline as tl
+from lab.machine import Machine
+
+# The milestones every RancherOS-style image reaches; FIRMWARE and STARTED are optional
+# (direct kernel boot has no firmware output; not every image prints a banner).
+REQUIRED = [
+    tl.KERNEL,
+    tl.INIT,
+    tl.SYSTEM_DOCKER,
+    tl.SERVICES,
+    tl.LOGIN_PROMPT,
+    tl.SSH,
+    tl.USER_DOCKER,
+]
+
+# (what, pattern) scanned over the whole console log. Each is a sign of a broken boot on
+# any kernel; see LAVA's KERNEL_MESSAGES and kola's consoleChecks for the same idea.
+CONSOLE_ERRORS = [
+    ("kernel oops", r"\bOops\b|\bBUG: "),
+    ("kernel warning with call trace", r"WARNING: CPU: \d+ PID: \d+"),
+    ("call trace", r"Call Trace:"),
+    ("segfault", r"segfault at [0-9a-f]+ ip"),
+    ("soft or hard lockup", r"soft lockup|hard LOCKUP|hung_task_timeout"),
+    ("a system service that failed", r"service \S+ failed"),
+    ("out of memory", r"Out of memory: Killed process"),
+]
+
+
+@pytest.fixture
+def booted(machine: Machine) -> Machine:
+    """The module's machine with every milestone recorded: SSH, user Docker, services."""
+    if tl.USER_DOCKER not in machine.timeline.marks:
+        machine.ssh.run("true", check=True)  # marks SSH
+        machine.wait_for_user_docker(timeout=300)
+        machine.collect_boot_times()
+    return machine
+
+
+def test_reaches_every_boot_milestone(booted: Machine) -> None:
+    missing = [m for m in REQUIRED if m not in booted.timeline.marks]
+    assert not missing, (
+        f"milestones never reached: {', '.join(missing)}; reached: {booted.timeline.to_dict()}"
+    )
+
+
+def test_every_service_container_has_a_start_time(booted: Machine, profile: Profile) -> None:
+    starts = {m.split(":", 1)[1] for m in booted.timeline.marks if m.startswith("service:")}
+    missing = [s for s in profile.running + profile.completed if s not in starts]
+    assert not missing, f"no start time recorded for service containers: {', '.join(missing)}"
+
+
+def test_each_boot_phase_within_budget(booted: Machine, budgets: dict[str, float]) -> None:
+    marks = booted.timeline.marks
+    over = []
+    previous_name, previous_at = "power-on", 0.0
+    for name in tl.ORDER:
+        if name not in marks:
+            continue
+        took = marks[name] - previous_at
+        if name in budgets and took > budgets[name]:
+            over.append(f"{previous_name} -> {name}: {took:.1f} s (budget {budgets[name]:.0f} s)")
+        previous_name, previous_at = name, max(previous_at, marks[name])
+    total = marks.get(tl.USER_DOCKER)
+    if "total" in budgets and total is not None and total > budgets["total"]:
+        over.append(f"power-on -> user-docker: {total:.1f} s (budget {budgets['total']:.0f} s)")
+    assert not over, "boot phases over budget:\n  " + "\n  ".join(over)
+
+
+def test_console_shows_no_kernel_error_or_failed_service(booted: Machine) -> None:
+    text = booted.console_log.read_text(errors="replace")
+    found = []
+    for what, pattern in CONSOLE_ERRORS:
+        for line in text.splitlines():
+            if re.search(pattern, line):
+                found.append(f"{what}: {line.strip()}")
+                break
+    assert not found, (
+        "the console shows errors during boot:\n  "
+        + "\n  ".join(found)
+        + f"\nfull console log: {booted.console_log}"
+    )
+
+
+def test_boot_completes_with_started_banner(booted: Machine, profile: Profile) -> None:
+    text = booted.console_log.read_text(errors="replace")
+    assert re.search(rf"^{profile.os_name} v?\S+ started\s*$", text, re.M), (
+        f"the console never printed '<{profile.os_name}> <version> started'"
+    )

@@ -1,0 +1,115 @@
+"""Service containers: the system services run under the system Docker, come back when
+killed, and do their jobs (syslog stores, network configures eth0)."""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from fixtures.guest import system_containers, wait_until
+from fixtures.profiles import Profile
+from lab.machine import Machine
+
+CUSTOM = "roslab-custom"
+
+
+def cloud_config_with_custom_service(profile_image: str) -> dict:
+    return {
+        "rancher": {
+            "services": {
+                CUSTOM: {
+                    "image": profile_image,
+                    "command": "sleep 86400",
+                    "restart": "always",
+                    "net": "host",
+                    "labels": {"io.rancher.os.scope": "system"},
+                }
+            }
+        }
+    }
+
+
+@pytest.fixture(autouse=True)
+def _custom_service_config(request: pytest.FixtureRequest, profile: Profile) -> None:
+    """Every test here shares one machine, booted with a custom service declared.
+
+    The service's image is one the system Docker has, which the profile names
+    (it is versioned), so the cloud-config is made here rather than at import.
+    """
+    request.node.add_marker(
+        pytest.mark.cloud_config(cloud_config_with_custom_service(profile.system_image))
+    )
+
+
+def test_long_running_service_runs_under_system_docker(
+    machine: Machine, running_service: str
+) -> None:
+    states = system_containers(machine)
+    assert states.get(running_service) == "running", (
+        f"system service {running_service!r} is {states.get(running_service, 'absent')} "
+        f"under the system Docker; all: {states}"
+    )
+
+
+def test_one_shot_service_completed(machine: Machine, completed_service: str) -> None:
+    states = system_containers(machine)
+    assert states.get(completed_service) == "exited(0)", (
+        f"one-shot service {completed_service!r} is {states.get(completed_service, 'absent')}, "
+        f"expected exited(0); logs:\n"
+        + machine.run(f"sudo system-docker logs --tail 20 {completed_service}").output
+    )
+
+
+def test_ros_service_list_agrees_with_system_docker(machine: Machine, profile: Profile) -> None:
+    listed = {}
+    for line in machine.run("sudo ros service list", check=True).output.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            listed[parts[1]] = parts[0]
+    states = system_containers(machine)
+    for name in profile.running + profile.completed:
+        assert name in listed, f"`ros service list` does not list {name}: {listed}"
+        assert listed[name] == states.get(name), (
+            f"`ros service list` says {name} is {listed[name]}, "
+            f"the system Docker says {states.get(name)}"
+        )
+
+
+def test_killed_service_comes_back(machine: Machine) -> None:
+    def pid() -> str:
+        return machine.run(
+            "sudo system-docker inspect --format '{{.State.Pid}}' syslog", check=True
+        ).output.strip()
+
+    before = pid()
+    assert before not in ("", "0"), "syslog is not running, so it cannot be killed"
+    machine.run(f"sudo kill -9 {before}", check=True)
+    after = wait_until(lambda: (p := pid()) not in ("0", before) and p, timeout=60)
+    assert after, f"syslog (pid {before}) was killed and did not come back within 60 s"
+
+
+def test_syslog_stores_what_logger_sends(machine: Machine, profile: Profile) -> None:
+    word = f"roslab-{secrets.token_hex(6)}"
+    machine.run(f"logger -t roslab-scenario {word}", check=True)
+    found = wait_until(
+        lambda: machine.run(f"sudo grep -c {word} {profile.syslog_file}").output.strip() == "1",
+        timeout=30,
+    )
+    assert found, f"logger's message {word} never reached {profile.syslog_file}"
+
+
+def test_network_service_gave_eth0_an_address(machine: Machine) -> None:
+    out = machine.run("ip -4 -o addr show dev eth0").output
+    assert " inet " in out, f"eth0 has no IPv4 address: {out.strip()!r}"
+
+
+def test_custom_service_runs_under_system_docker_not_user_docker(machine: Machine) -> None:
+    m = machine
+    states = system_containers(m)
+    assert states.get(CUSTOM) == "running", (
+        f"the rancher.services entry {CUSTOM!r} is {states.get(CUSTOM, 'absent')} under the "
+        f"system Docker; all: {states}"
+    )
+    user = m.run("docker ps -a --format '{{.Names}}'", check=True).output.split()
+    assert CUSTOM not in user, f"{CUSTOM} shows up in the user Docker too: {user}"

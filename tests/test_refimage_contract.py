@@ -1,0 +1,111 @@
+"""The reference image keeps the image contract (DESIGN.md), checked through the serial
+console and SSH on one boot: service containers, both Dockers, a config drive's
+cloud-config. The destructive check (`docker rm -f` of everything) runs last."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+
+import pytest
+
+from lab.machine import Machine, make_machine
+from lab.refimage.build import ensure_image
+from lab.ssh import KeyPair
+
+pytestmark = pytest.mark.refimage
+
+LONG_RUNNING = ["acpid", "console", "docker", "network", "ntp", "syslog", "system-cron", "udev"]
+ONE_SHOT = ["udev-cold", "cloud-init-execute", "preload-user-images"]
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
+    return KeyPair.generate(tmp_path_factory.mktemp("key"))
+
+
+@pytest.fixture(scope="module")
+def booted(tmp_path_factory: pytest.TempPathFactory, key: KeyPair) -> Iterator[Machine]:
+    cloud_config = {
+        "hostname": "contract-host",
+        "write_files": [
+            {
+                "path": "/etc/contract.txt",
+                "permissions": "0600",
+                "encoding": "b64",
+                "content": base64.b64encode(b"written").decode(),
+            }
+        ],
+        "runcmd": ["echo ran > /home/rancher/runcmd-ran"],
+    }
+    machine = make_machine(
+        "qemu",
+        None,
+        "x86_64",
+        cloud_config,
+        "configdrive",
+        tmp_path_factory.mktemp("contract"),
+        "tcg",
+        ssh_key=key,
+    )
+    with machine:
+        machine.boot()
+        yield machine
+
+
+def states(machine: Machine) -> dict[str, str]:
+    out = machine.run(
+        "sudo system-docker ps -a --format '{{.Names}} {{.Status}}'", check=True
+    ).output
+    return {line.split()[0]: line.split(None, 1)[1] for line in out.splitlines() if line.strip()}
+
+
+def test_every_named_service_container_runs_under_the_system_docker(booted: Machine) -> None:
+    booted.wait_for_user_docker(300)
+    got = states(booted)
+    for name in LONG_RUNNING:
+        assert got.get(name, "").startswith("Up"), f"{name}: {got.get(name)} (all: {got})"
+    for name in ONE_SHOT:
+        assert got.get(name, "").startswith("Exited (0)"), f"{name}: {got.get(name)}"
+
+
+def test_system_docker_is_pid_1(booted: Machine) -> None:
+    assert booted.run("cat /proc/1/comm", check=True).output.strip() == "system-dockerd"
+
+
+def test_user_docker_runs_a_container_from_a_preloaded_image(booted: Machine) -> None:
+    out = booted.run("docker run --rm busybox sh -c 'echo from-$((40+2))'", timeout=120)
+    assert out.ok and "from-42" in out.output, out
+
+
+def test_ros_cli_reports_the_truth(booted: Machine) -> None:
+    manifest = ensure_image("x86_64").joinpath("manifest.json").read_text()
+    version = booted.run("ros os version", check=True).output.strip()
+    assert f'"version": "{version}"' in manifest
+    assert booted.run("ros -v", check=True).output.strip() == f"ros version {version}"
+    listed = booted.run("sudo ros service list", check=True).output
+    assert "running      console" in listed and "exited(0)    udev-cold" in listed, listed
+    assert booted.run("ros config get hostname", check=True).output.strip() == "contract-host"
+
+
+def test_config_drive_cloud_config_is_applied(booted: Machine) -> None:
+    assert booted.run("hostname", check=True).output.strip() == "contract-host"
+    assert booted.run("sudo cat /etc/contract.txt", check=True).output.strip() == "written"
+    assert booted.run("stat -c %a /etc/contract.txt", check=True).output.strip() == "600"
+    assert booted.run("cat /home/rancher/runcmd-ran", check=True).output.strip() == "ran"
+    merged = booted.run("sudo cat /var/lib/rancher/conf/cloud-config.yml", check=True).output
+    assert "hostname: contract-host" in merged
+
+
+def test_host_sshes_in_as_rancher_with_the_cloud_config_key(booted: Machine) -> None:
+    result = booted.ssh.run("id -un && sudo -n true && echo sudo-ok")
+    assert result.ok and result.stdout.split() == ["rancher", "sudo-ok"], result
+
+
+def test_removing_all_user_containers_leaves_the_os_running(booted: Machine) -> None:
+    booted.run("docker run -d busybox sleep 600", check=True, timeout=120)
+    booted.run("docker rm -f $(docker ps -qa)", timeout=120)
+    got = states(booted)
+    for name in LONG_RUNNING:
+        assert got.get(name, "").startswith("Up"), f"{name} stopped: {got.get(name)}"
+    assert booted.run("docker version >/dev/null && docker ps -qa | wc -l").output.strip() == "0"
