@@ -1,0 +1,43 @@
+"""SSH and the power button against the reference image (one boot for the module)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab import timeline as tl
+from lab.machine import Machine, make_machine
+from lab.ssh import KeyPair
+
+pytestmark = pytest.mark.refimage
+
+
+@pytest.fixture(scope="module")
+def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+    work = tmp_path_factory.mktemp("ref")
+    key = KeyPair.generate(work / "key")
+    machine = make_machine("qemu", None, "x86_64", {"hostname": "roslab-ssh"}, "configdrive",
+                           work, "tcg", ssh_key=key)
+    with machine:
+        machine.boot()
+        yield machine
+
+
+def test_ssh_runs_commands_with_the_lab_key(booted: Machine) -> None:
+    result = booted.ssh.run("id -un; hostname; echo err >&2; exit 3", timeout=60)
+    assert (result.rc, result.stdout.split(), result.stderr.strip()) == (
+        3, ["rancher", "roslab-ssh"], "err")
+    assert tl.SSH in booted.timeline.marks
+
+
+def test_console_and_ssh_agree(booted: Machine) -> None:
+    assert booted.run("hostname", check=True).output == booted.ssh.run("hostname").stdout.strip()
+    assert booted.info["image_version"] is not None
+    assert Path(booted.info["image"]).is_dir()
+
+
+def test_power_button_stops_the_guest(booted: Machine) -> None:
+    booted.power_button()
+    assert booted.wait_stopped(120), "the guest ignored the ACPI power button"
