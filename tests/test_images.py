@@ -1,0 +1,71 @@
+"""Image kinds and arch detection: bad images stop before any machine starts."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pycdlib
+import pytest
+
+from lab.errors import ImageError
+from lab.images import ISO, KERNEL, Image, kernel_arch
+from lab.machine import make_machine
+
+
+def _arm64_folder(tmp_path: Path) -> Path:
+    header = bytearray(0x40)
+    header[0x38:0x3C] = b"ARM\x64"
+    (tmp_path / "vmlinuz").write_bytes(bytes(header))
+    (tmp_path / "initrd").write_bytes(b"")
+    return tmp_path
+
+
+def test_kernel_arch_from_headers(tiny_guests: dict[str, Path]) -> None:
+    assert kernel_arch((tiny_guests["shell"] / "vmlinuz").read_bytes()[:0x240]) == "x86_64"
+    assert kernel_arch(bytes(0x38) + b"ARM\x64") == "aarch64"
+    assert kernel_arch(b"\0" * 0x240) is None
+
+
+def test_folder_image(tiny_guests: dict[str, Path]) -> None:
+    image = Image.open(tiny_guests["shell"])
+    assert (image.kind, image.arch) == (KERNEL, "x86_64")
+
+
+def test_missing_image_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match=f"{tmp_path / 'nope'} does not exist"):
+        make_machine("qemu", tmp_path / "nope", "x86_64", None, "configdrive", tmp_path, "tcg")
+
+
+def test_folder_without_initrd(tmp_path: Path) -> None:
+    (tmp_path / "vmlinuz").write_bytes(b"x")
+    with pytest.raises(ImageError, match="has no initrd"):
+        Image.open(tmp_path)
+
+
+def test_wrong_arch_stops_before_boot(tmp_path: Path) -> None:
+    folder = _arm64_folder(tmp_path)
+    with pytest.raises(ImageError, match="is for aarch64, but this run is for x86_64"):
+        make_machine("qemu", folder, "x86_64", None, "configdrive", tmp_path, "tcg")
+
+
+def test_iso_arch_is_read_from_the_kernel_inside(tmp_path: Path,
+                                                 tiny_guests: dict[str, Path]) -> None:
+    iso = pycdlib.PyCdlib()
+    iso.new(rock_ridge="1.09", joliet=3)
+    iso.add_directory("/BOOT", rr_name="boot", joliet_path="/boot")
+    head = (tiny_guests["shell"] / "vmlinuz").read_bytes()[:4096]
+    iso.add_fp(io.BytesIO(head), len(head), "/BOOT/VMLINUZ.;1", rr_name="vmlinuz",
+               joliet_path="/boot/vmlinuz")
+    iso.write(str(tmp_path / "x.iso"))
+    iso.close()
+    image = Image.open(tmp_path / "x.iso")
+    assert (image.kind, image.arch) == (ISO, "x86_64")
+    with pytest.raises(ImageError, match="is for x86_64, but this run is for aarch64"):
+        image.check_arch("aarch64")
+
+
+def test_unknown_kind(tmp_path: Path) -> None:
+    (tmp_path / "x.vmdk").write_bytes(b"")
+    with pytest.raises(ImageError, match="unknown kind"):
+        Image.open(tmp_path / "x.vmdk")
