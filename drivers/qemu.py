@@ -262,7 +262,8 @@ class QemuDriver(Driver):
             "-serial", "chardev:ser0",
             "-qmp", f"unix:{self.sockdir / 'qmp.sock'},server=on,wait=off",
             "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
-            "-device", "virtio-net-pci,netdev=net0",
+            # no option ROM: nothing here netboots, and iPXE's probe costs a second of TCG
+            "-device", "virtio-net-pci,netdev=net0,romfile=",
             "-device", "virtio-rng-pci",  # entropy for sshd and dockerd early in boot
             *self._disks,
         ]

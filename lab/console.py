@@ -37,6 +37,7 @@ WATCHERS: list[tuple[str, re.Pattern[str]]] = [
     ("init segfault", re.compile(r"\[1\]: segfault at ")),
     ("kernel call trace", re.compile(r"^\s*(?:\[[\s\d.]+\]\s*)?Call [Tt]race:")),
 ]
+KERNEL_LINE_RE = re.compile(r"^\[\s*\d+\.\d+\] .*\n?", re.M)
 STARTED_RE = re.compile(r"^(\S+) (v?\d[^\s]*) started\s*$")
 ANSI = r"(?:\x1b\[[0-9;?]*[A-Za-z])*"  # busybox ash asks for the cursor position after a prompt
 LOGIN_RE = re.compile(r"login:\s*" + ANSI + r"\Z")  # \Z: the prompt is the last thing printed
@@ -324,6 +325,9 @@ class Console:
             raise CommandError(f"command {cmd!r} did not finish within {timeout:.0f} s; "
                                f"last console lines:\n" + "\n".join(exc.last_lines)) from None
         output = self.match.group(1).replace("\r\n", "\n").replace("\r", "")
+        # the kernel prints to the same serial line: its messages are logged and watched,
+        # but they are not the command's output
+        output = KERNEL_LINE_RE.sub("", output)
         result = Result(cmd=cmd, rc=int(self.match.group(2)), output=output.removesuffix("\n"))
         return result.check() if check else result
 

@@ -136,7 +136,10 @@ class Machine:
         The guest's wall clock is mapped to the host timeline through uptime: the KERNEL
         milestone (host time) is taken as uptime 0. Returns the timeline as a dict.
         """
-        clock = self.run("cat /proc/uptime; date +%s.%N", check=True).output.split()
+        # busybox date has no %N: wait for the wall clock's second to tick, then read
+        # uptime, which pins the boot's wall-clock time to within one loop turn
+        clock = self.run('s=$(date +%s); while [ "$(date +%s)" = "$s" ]; do :; done; '
+                         "cat /proc/uptime; date +%s", check=True).output.split()
         uptime, guest_now = float(clock[0]), float(clock[2])
         boot_wall = guest_now - uptime
         kernel_at = self.timeline.marks.get(tl.KERNEL, 0.0)

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fixtures.guest import system_containers, wait_until
 from fixtures.plugin import options
 from fixtures.profiles import Profile
+from lab.machine import Machine
 
 HERE = Path(__file__).parent
 
@@ -101,3 +103,23 @@ def budgets(pytestconfig: pytest.Config) -> dict[str, float]:
         except ValueError:
             raise pytest.UsageError(f"roslab: --budget {item!r}: expected PHASE=SECONDS") from None
     return table
+
+
+@pytest.fixture
+def machine(request: pytest.FixtureRequest, machine: Machine, profile: Profile) -> Machine:
+    """The plugin's machine, once boot is complete: the user Docker answers and the one-shot
+    services have finished. Login comes earlier than that on RancherOS-style images, and
+    checks of services or Docker made at the login prompt would race the boot."""
+    if getattr(request.module, "MEASURES_BOOT", False):
+        return machine  # the boot scenarios time these waits themselves
+    if not machine.info.get("boot_complete"):
+        machine.wait_for_user_docker(timeout=300)
+
+        def one_shots_done() -> bool:
+            states = system_containers(machine)
+            return all(not states.get(name, "").startswith("running")
+                       for name in profile.completed)
+
+        wait_until(one_shots_done, timeout=120, interval=2)
+        machine.info["boot_complete"] = True
+    return machine

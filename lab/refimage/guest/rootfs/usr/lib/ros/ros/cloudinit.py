@@ -32,18 +32,44 @@ def log(msg: str) -> None:
     config.boot_log(LOG, f"{time.strftime('%H:%M:%S')} {msg}")
 
 
+def _label_of(dev: str) -> str | None:
+    """The ISO 9660 or FAT volume label of a block device (what blkid would say)."""
+    try:
+        with open(dev, "rb") as fh:
+            boot = fh.read(512)
+            fh.seek(32768)
+            pvd = fh.read(2048)
+    except OSError:
+        return None
+    if pvd[1:6] == b"CD001":
+        return pvd[40:72].decode("ascii", "replace").strip()
+    if boot[0x52:0x57] == b"FAT32":
+        return boot[0x47:0x52].decode("ascii", "replace").strip()
+    if boot[0x36:0x39] == b"FAT":
+        return boot[0x2B:0x36].decode("ascii", "replace").strip()
+    return None
+
+
+def find_label(label: str) -> str | None:
+    link = f"/dev/disk/by-label/{label}"
+    if os.path.exists(link):
+        return os.path.realpath(link)
+    try:
+        with open("/proc/partitions") as fh:
+            names = [line.split()[3] for line in fh.read().splitlines()[2:] if line.split()]
+    except OSError:
+        return None
+    for name in names:
+        dev = f"/dev/{name}"
+        if os.path.exists(dev) and (_label_of(dev) or "").lower() == label.lower():
+            return dev
+    return None
+
+
 def _mount_label(label: str, where: str) -> str | None:
     if os.path.ismount(where):
         return where
-    dev = subprocess.run(
-        ["findfs", f"LABEL={label}"], capture_output=True, text=True
-    ).stdout.strip()
-    if not dev:
-        # a device that is still appearing: udev has settled, but give it one more look
-        time.sleep(0.5)
-        dev = subprocess.run(
-            ["findfs", f"LABEL={label}"], capture_output=True, text=True
-        ).stdout.strip()
+    dev = find_label(label)
     if not dev:
         log(f"no device labelled {label}")
         return None
