@@ -98,7 +98,12 @@ class SSH:
                 out += chan.recv(65536)
             elif chan.recv_stderr_ready():
                 err += chan.recv_stderr(65536)
-            elif chan.exit_status_ready():
+            elif chan.exit_status_ready() and (chan.eof_received or chan.closed):
+                # the exit status can land before the last output: EOF comes after it all
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
                 break
             elif time.monotonic() > deadline:
                 chan.close()

@@ -116,13 +116,18 @@ def test_ros_config_get_reads_the_merged_config(machine: Machine) -> None:
 DATASOURCE_CONFIG = {"hostname": "roslab-ds", "runcmd": ["touch /home/rancher/ds-ran"]}
 
 
-@pytest.mark.parametrize("datasource", ["nocloud", "url", "cmdline"])
+@pytest.mark.parametrize(
+    "datasource",
+    [
+        pytest.param(ds, marks=pytest.mark.cloud_config(DATASOURCE_CONFIG, datasource=ds), id=ds)
+        for ds in ("nocloud", "url", "cmdline")
+    ],
+)
 def test_datasource_delivers_cloud_config(
     request: pytest.FixtureRequest, datasource: str, profile: Profile
 ) -> None:
     if datasource not in profile.datasources:
         pytest.skip(f"profile {profile.name} has no {datasource} datasource")
-    request.node.add_marker(pytest.mark.cloud_config(DATASOURCE_CONFIG, datasource=datasource))
     machine: Machine = request.getfixturevalue("machine")
     assert machine.run("hostname", check=True).output.strip() == "roslab-ds", (
         f"hostname from the {datasource} datasource was not applied"

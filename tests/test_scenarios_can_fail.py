@@ -41,6 +41,8 @@ def broken_image(tmp: Path, breakage: Callable[[dict], None]) -> Path:
     ).stdout
     with open(out / "initrd", "wb") as fh, open(image / "initrd", "rb") as base:
         shutil.copyfileobj(base, fh)
+        # the kernel takes an appended archive only at a 4-byte boundary; zeros are skipped
+        fh.write(b"\0" * (-fh.tell() % 4))
         fh.write(cpio)
     return out
 
