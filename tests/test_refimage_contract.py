@@ -14,7 +14,8 @@ from lab.machine import Machine, make_machine
 from lab.refimage.build import ensure_image
 from lab.ssh import KeyPair
 
-pytestmark = pytest.mark.refimage
+# one worker takes the module under -n: its tests share one boot, in file order
+pytestmark = [pytest.mark.refimage, pytest.mark.xdist_group("refimage-contract")]
 
 LONG_RUNNING = ["acpid", "console", "docker", "network", "ntp", "syslog", "system-cron", "udev"]
 ONE_SHOT = ["udev-cold", "cloud-init-execute", "preload-user-images"]
@@ -51,6 +52,7 @@ def booted(tmp_path_factory: pytest.TempPathFactory, key: KeyPair) -> Iterator[M
     )
     with machine:
         machine.boot()
+        boot_complete(machine)
         yield machine
 
 
@@ -73,7 +75,7 @@ def boot_complete(machine: Machine) -> dict[str, str]:
 
 
 def test_every_named_service_container_runs_under_the_system_docker(booted: Machine) -> None:
-    got = boot_complete(booted)
+    got = states(booted)
     for name in LONG_RUNNING:
         assert got.get(name, "").startswith("Up"), f"{name}: {got.get(name)} (all: {got})"
     for name in ONE_SHOT:

@@ -11,7 +11,7 @@ from lab import timeline as tl
 from lab.machine import Machine, make_machine
 from lab.ssh import KeyPair
 
-pytestmark = pytest.mark.refimage
+pytestmark = [pytest.mark.refimage, pytest.mark.xdist_group("refimage-ssh")]
 
 
 @pytest.fixture(scope="module")
