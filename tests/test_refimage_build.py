@@ -16,6 +16,7 @@ import pytest
 
 from lab.errors import BuildError
 from lab.images import kernel_arch
+from lab.machine import make_machine
 from lab.refimage import build
 from lab.refimage.debs import Apt, Package
 
@@ -103,3 +104,13 @@ def test_interrupted_build_leaves_no_half_artifact(tmp_path: Path, image: Path) 
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")]
     assert leftovers == [] or all(p.endswith(".lock") for p in leftovers), leftovers
     assert build.read_manifest(out) is None
+
+
+def test_iso_boots_under_bios_from_the_cdrom_alone(image: Path, tmp_path: Path) -> None:
+    # no kernel, no cloud-config, no disk: SeaBIOS, isolinux and the cmdline baked in the ISO
+    machine = make_machine("qemu", image / "rancheros.iso", "x86_64", None, "configdrive",
+                           tmp_path, "tcg")
+    with machine:
+        machine.boot()
+        assert "BOOT_IMAGE=/boot/vmlinuz" in machine.run("cat /proc/cmdline").output
+        assert machine.run("cat /proc/1/comm").output.strip() == "system-dockerd"
