@@ -98,6 +98,10 @@ def ensure_image(
 ) -> Path:
     """The reference image folder for `arch`, built only if its inputs changed."""
     say = progress or (lambda msg: None)
+    if arch != "x86_64":
+        # the packages resolve for arm64 already; the Image, the Pi SD zip and booting it
+        # are not done, so refuse rather than hand out an image nobody has booted
+        raise BuildError(f"the {arch} reference image is not available yet: only x86_64 is")
     out = (out or default_out(arch)).resolve()
     with _lock(out.parent / f".{out.name}.lock"):
         apt = Apt(arch, mirror=mirror)
