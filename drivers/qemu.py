@@ -296,21 +296,30 @@ class QemuDriver(Driver):
 
     def _connect(self) -> None:
         """Wait for QEMU's sockets and connect console, then QMP (QEMU is paused)."""
+        from qemu.qmp import ConnectError
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
         assert self.spec is not None and self.proc is not None and self.sockdir is not None
         work = self.sockdir
         deadline = time.monotonic() + 30
-        while not (work / "qmp.sock").exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise BootError("QEMU did not start", expected="QEMU to open its sockets",
-                                last_lines=self._stderr_tail().splitlines()[-10:])
-            time.sleep(0.02)
-        self._console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._console.connect(str(work / "console.sock"))
-        self._qmp = QEMUMonitorProtocol(str(work / "qmp.sock"))
-        self._qmp.connect()
+        # a socket file exists from QEMU's bind(), before its listen(): retry refused connects
+        while True:
+            console = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            qmp = QEMUMonitorProtocol(str(work / "qmp.sock"))
+            try:
+                console.connect(str(work / "console.sock"))
+                qmp.connect()
+                break
+            except (OSError, ConnectError) as err:
+                console.close()
+                with contextlib.suppress(Exception):
+                    qmp.close()
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise BootError("QEMU did not start", expected="QEMU to open its sockets",
+                                    last_lines=self._stderr_tail().splitlines()[-10:]) from err
+                time.sleep(0.05)
+        self._console, self._qmp = console, qmp
 
     def _stderr_tail(self) -> str:
         assert self.spec is not None
