@@ -18,15 +18,25 @@ from lab.cloudconfig import CloudConfig
 from lab.images import Image
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Capabilities:
     arches: tuple[str, ...]
     console: bool  # a serial console the lab can read and type into
     ssh: bool  # an SSH endpoint reachable from the host (the network)
     power_button: bool  # an ACPI power button press (graceful shutdown)
     snapshot: bool  # save and restore a running machine
-    datasources: tuple[str, ...]  # cloud-config delivery this platform can do
+    datasources: tuple[str, ...]  # cloud-config delivery this platform can do; first = default
     image_kinds: tuple[str, ...]  # lab.images kinds it boots
+    board: str = ""  # the machine model, when a platform has several (qemu: pc, virt, raspi3b)
+    # how much slower than x86_64 under TCG this machine runs; timeouts are scaled by it
+    slowdown: float = 1.0
+    why_not: dict[str, str] = field(default_factory=dict)  # capability -> why it is missing
+
+    def lacks(self, capability: str) -> str | None:
+        """Why this machine cannot do `capability` (None when it can)."""
+        if getattr(self, capability, True):
+            return None
+        return self.why_not.get(capability, f"{self.board or 'this machine'} has no {capability}")
 
 
 @dataclass
@@ -89,6 +99,11 @@ class Driver(ABC):
     @abstractmethod
     def cleanup(self) -> None:
         """Release everything prepare/start made (servers, cloud objects); idempotent."""
+
+    @classmethod
+    def capabilities_for(cls, image: Image, arch: str) -> Capabilities:
+        """What the machine made for `image` can do (a platform may pick a board by image)."""
+        return cls.capabilities
 
     def resolve_accel(self, requested: str, image: Image, scratch: Path) -> tuple[str, str]:
         """(accelerator to use, why): platforms without a choice keep what they have."""

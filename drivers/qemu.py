@@ -1,4 +1,8 @@
-"""QEMU driver: direct kernel, ISO and disk boot; serial on a unix socket; QMP; user net.
+"""QEMU driver: direct kernel, ISO, disk and Pi SD card boot; serial on a unix socket; QMP.
+
+Boards: `pc` (x86_64), `virt` (aarch64, cortex-a57) and `raspi3b` (a Pi SD card image,
+booted the way the Pi's firmware does it: kernel, device tree and cmdline from the card's
+boot partition, the card itself on the SD slot).
 
 QEMU starts paused (`-S`) so the harness is connected to the serial socket and QMP
 before the first instruction runs: the console log then has every byte with a host
@@ -18,13 +22,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from drivers.base import Capabilities, Driver, MachineSpec
 from lab import cloudconfig
 from lab.errors import BootError, ConfigError, ImageError
-from lab.images import DISK, ISO, KERNEL, Image
+from lab.images import DISK, ISO, KERNEL, SDCARD, Image
 
 QEMU_BINARY = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 CONSOLE_TTY = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
@@ -64,6 +69,52 @@ def binary(arch: str) -> str:
     return path
 
 
+# -- boards --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Board:
+    """A QEMU machine model and how the lab drives it."""
+
+    args: tuple[str, ...]  # -M and -cpu
+    tcg: str  # the -accel value under TCG
+    tty: str  # the guest's name for the console the lab attaches to
+    serial_index: int  # which -serial that console is (those before it get null)
+    caps: Capabilities
+    memory_mb: int | None = None  # fixed by the board (None: as the spec asks)
+    network: bool = True
+
+
+BOARDS = {
+    "pc": Board((), "tcg", "ttyS0", 0, Capabilities(
+        arches=("x86_64",), console=True, ssh=True, power_button=True,
+        snapshot=False,  # savevm/migrate are measured (PLATFORM-NOTES), not wired up yet
+        datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL, ISO, DISK), board="pc")),
+    "virt": Board(("-M", "virt", "-cpu", "cortex-a57"), "tcg", "ttyAMA0", 0, Capabilities(
+        arches=("aarch64",), console=True, ssh=True, power_button=False, snapshot=False,
+        datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL,), board="virt",
+        slowdown=4.0,  # emulated arm64 on x86: `roslab bench` medians, virt vs pc
+        why_not={"power_button": "acpid is x86 only, as on RancherOS: nothing in an arm64 "
+                                 "guest handles the power button"})),
+    # 4 vCPUs spin in the boot stub under multi-threaded TCG: single-threaded boots 5x faster
+    "raspi3b": Board(("-M", "raspi3b"), "tcg,thread=single", "ttyS1", 1, Capabilities(
+        arches=("aarch64",), console=True, ssh=False, power_button=False, snapshot=False,
+        datasources=("cmdline",), image_kinds=(SDCARD,), board="raspi3b", slowdown=6.0,
+        why_not={
+            "ssh": "QEMU's raspi3b model has no network (no USB Ethernet), so no SSH",
+            "power_button": "a Raspberry Pi 3 has no power button and QEMU's raspi3b cannot "
+                            "power off",
+        }), memory_mb=1024, network=False),
+}
+
+
+def board_for(image: Image, arch: str) -> Board:
+    """raspi3b for a Pi SD card (as flashed), else the arch's general-purpose board."""
+    if image.kind == SDCARD:
+        return BOARDS["raspi3b"]
+    return BOARDS["virt" if (image.arch or arch) == "aarch64" else "pc"]
+
+
 # -- accelerator ---------------------------------------------------------------------------
 
 _accel_cache: dict[tuple[str, str], tuple[str, str]] = {}
@@ -83,7 +134,8 @@ def probe_kvm(arch: str, kernel: Path, budget: float = PROBE_SECONDS) -> tuple[b
     `/dev/kvm` being there is not enough: on some hosts a KVM guest hangs right after
     the kernel is decompressed. A kernel that says "Linux version" is running.
     """
-    argv = [binary(arch), "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
+    board = ["-M", "virt"] if arch == "aarch64" else []
+    argv = [binary(arch), *board, "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
             "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
             "-append", f"console={CONSOLE_TTY[arch]} panic=-1"]
     proc = popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -156,15 +208,19 @@ def probe_kernel(image: Image, scratch: Path) -> Iterator[Path | None]:
 
 class QemuDriver(Driver):
     name = "qemu"
-    capabilities: ClassVar[Capabilities] = Capabilities(
-        arches=("x86_64",),  # aarch64 (virt) and raspi3b are planned
+    capabilities: ClassVar[Capabilities] = Capabilities(  # any board; see BOARDS
+        arches=("x86_64", "aarch64"),
         console=True,
         ssh=True,
         power_button=True,
-        snapshot=False,  # savevm/migrate are measured (PLATFORM-NOTES), not wired up yet
+        snapshot=False,
         datasources=cloudconfig.DATASOURCES,
-        image_kinds=(KERNEL, ISO, DISK),
+        image_kinds=(KERNEL, ISO, DISK, SDCARD),
     )
+
+    @classmethod
+    def capabilities_for(cls, image: Image, arch: str) -> Capabilities:
+        return board_for(image, arch).caps
 
     def __init__(self) -> None:
         self.spec: MachineSpec | None = None
@@ -176,6 +232,7 @@ class QemuDriver(Driver):
         self._exit_stack = contextlib.ExitStack()
         self._disks: list[str] = []
         self._kernel_args: list[str] = []
+        self.board = BOARDS["pc"]
         self.sockdir: Path | None = None
 
     def resolve_accel(self, requested: str, image: Image, scratch: Path) -> tuple[str, str]:
@@ -187,12 +244,13 @@ class QemuDriver(Driver):
     # prepare ------------------------------------------------------------------------------
 
     def prepare(self, spec: MachineSpec) -> None:
-        if spec.arch not in self.capabilities.arches:
+        board = board_for(spec.image, spec.arch)
+        if spec.arch not in board.caps.arches or spec.image.kind not in board.caps.image_kinds:
             raise ConfigError(
-                f"the qemu driver boots {', '.join(self.capabilities.arches)} today, "
-                f"not {spec.arch}"
+                f"the qemu board {board.caps.board} boots {', '.join(board.caps.arches)} "
+                f"{'/'.join(board.caps.image_kinds)} images, not a {spec.arch} {spec.image.kind}"
             )
-        self.spec = spec
+        self.spec, self.board = spec, board
         spec.workdir.mkdir(parents=True, exist_ok=True)
         self.sockdir = spec.workdir
         if len(str(spec.workdir / "console.sock")) > 100:  # sun_path holds 108 bytes
@@ -201,14 +259,17 @@ class QemuDriver(Driver):
                                                  dir=base if len(base) < 60 else "/tmp"))
         self._disks = self._boot_media(spec.image)
         ds = self._deliver(spec)
+        lab_args = [
+            f"rancher.password={spec.password}",
+            *([f"rancher.cloud_init.datasources=[{ds}]"] if ds else []),
+            "panic=-1", *self._kernel_args, *spec.cmdline_extra,
+        ]
         if spec.image.kind == KERNEL:
-            tty = CONSOLE_TTY[spec.arch]
-            self._kernel_args = [
-                f"console={tty},115200n8", f"rancher.autologin={tty}",
-                f"rancher.password={spec.password}",
-                *([f"rancher.cloud_init.datasources=[{ds}]"] if ds else []),
-                "panic=-1", *self._kernel_args, *spec.cmdline_extra,
-            ]
+            tty = board.tty
+            self._kernel_args = [f"console={tty},115200n8", f"rancher.autologin={tty}",
+                                 *lab_args]
+        elif spec.image.kind == SDCARD:  # the card's cmdline.txt, as the firmware passes it
+            self._kernel_args = [*spec.image.cmdline.split(), *lab_args]
 
     def _boot_media(self, image: Image) -> list[str]:
         """QEMU args for the image; the user's file is never written."""
@@ -217,21 +278,39 @@ class QemuDriver(Driver):
             return ["-kernel", str(image.kernel), "-initrd", str(image.initrd)]
         if image.kind == ISO:
             return ["-drive", f"media=cdrom,readonly=on,file={image.path}", "-boot", "d"]
+        if image.kind == SDCARD:
+            assert image.card is not None and image.dtb is not None and image.kernel is not None
+            # QEMU's SD model takes only power-of-two sizes: the overlay rounds the card up
+            size = 1 << (image.card.stat().st_size - 1).bit_length()
+            overlay = self._overlay(image.card, "raw", size)
+            initrd = ["-initrd", str(image.initrd)] if image.initrd else []
+            return ["-kernel", str(image.kernel), "-dtb", str(image.dtb), *initrd,
+                    "-drive", f"if=sd,format=qcow2,file={overlay}"]
+        overlay = self._overlay(image.path, image.disk_format or "raw")
+        return ["-drive", f"if=virtio,format=qcow2,file={overlay}"]
+
+    def _overlay(self, base: Path, fmt: str, size: int | None = None) -> Path:
+        """A copy-on-write layer over `base` in the machine's workdir."""
+        assert self.spec is not None
         overlay = self.spec.workdir / "overlay.qcow2"
         proc = subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", image.disk_format or "raw",
-             "-b", str(image.path.resolve()), str(overlay)],
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base.resolve()),
+             str(overlay), *([str(size)] if size else [])],
             capture_output=True, text=True,
         )
         if proc.returncode != 0:
-            raise ImageError(f"could not make an overlay for {image.path}: {proc.stderr.strip()}")
-        return ["-drive", f"if=virtio,format=qcow2,file={overlay}"]
+            raise ImageError(f"could not make an overlay for {base}: {proc.stderr.strip()}")
+        return overlay
 
     def _deliver(self, spec: MachineSpec) -> str:
         """Make the cloud-config reachable; returns the datasource for the kernel cmdline."""
         cc, ds = spec.cloud_config, spec.datasource
         if cc is None or ds == "none":
             return ""
+        if ds not in self.board.caps.datasources:
+            raise ConfigError(f"the qemu board {self.board.caps.board} cannot deliver "
+                              f"cloud-config by {ds}: it can by "
+                              f"{', '.join(self.board.caps.datasources)}")
         if ds in ("configdrive", "nocloud"):
             kind = "config-2" if ds == "configdrive" else "cidata"
             iso = cloudconfig.config_drive(cc, spec.workdir / f"{kind}.iso", kind, spec.name)
@@ -241,8 +320,9 @@ class QemuDriver(Driver):
             port = self._exit_stack.enter_context(cloudconfig.http_server(cc))
             return f"url:http://{GUEST_HOST_IP}:{port}/user-data"
         if ds == "cmdline":
-            if spec.image.kind != KERNEL:
-                raise ConfigError("datasource cmdline needs direct kernel boot (an image folder)")
+            if spec.image.kind not in (KERNEL, SDCARD):
+                raise ConfigError("datasource cmdline needs direct kernel boot (an image folder "
+                                  "or a Pi SD card)")
             self._kernel_args += cloudconfig.cmdline_args(cc)
             return "cmdline"
         raise ConfigError(
@@ -250,23 +330,29 @@ class QemuDriver(Driver):
         )
 
     def _argv(self) -> list[str]:
-        spec = self.spec
+        spec, board = self.spec, self.board
         assert spec is not None
         work = spec.workdir
-        accel = ["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm" else ["-accel", "tcg"]
+        accel = (["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm"
+                 else ["-accel", board.tcg])
+        size = (["-m", str(board.memory_mb)] if board.memory_mb
+                else ["-m", str(spec.memory_mb), "-smp", str(spec.cpus)])
         argv = [
-            binary(spec.arch), "-name", spec.name, "-nodefaults", "-display", "none",
-            "-no-reboot", "-S", *accel, "-m", str(spec.memory_mb), "-smp", str(spec.cpus),
+            binary(spec.arch), "-name", spec.name, *board.args, "-nodefaults",
+            "-display", "none", "-no-reboot", "-S", *accel, *size,
             "-chardev", f"socket,id=ser0,path={self.sockdir / 'console.sock'},server=on,wait=off,"
                         f"logfile={work / 'serial.raw'},logappend=on",
-            "-serial", "chardev:ser0",
+            *["-serial", "null"] * board.serial_index, "-serial", "chardev:ser0",
             "-qmp", f"unix:{self.sockdir / 'qmp.sock'},server=on,wait=off",
-            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
-            # no option ROM: nothing here netboots, and iPXE's probe costs a second of TCG
-            "-device", "virtio-net-pci,netdev=net0,romfile=",
-            "-device", "virtio-rng-pci",  # entropy for sshd and dockerd early in boot
-            *self._disks,
         ]
+        if board.network:
+            argv += [
+                "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+                # no option ROM: nothing here netboots, and iPXE's probe costs a second of TCG
+                "-device", "virtio-net-pci,netdev=net0,romfile=",
+                "-device", "virtio-rng-pci",  # entropy for sshd and dockerd early in boot
+            ]
+        argv += self._disks
         if self._kernel_args:
             argv += ["-append", " ".join(self._kernel_args)]
         return argv

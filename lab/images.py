@@ -1,22 +1,31 @@
 """Images a user brings: what kind each is and which arch it is for, checked before any boot.
 
 Kinds: a folder with `vmlinuz` + `initrd` (direct kernel boot), an `.iso` (CD-ROM boot),
-a disk (`.img`/`.qcow2`). The arch is read from the kernel itself (the file's boot
-header), so an arm64 kernel handed to an x86_64 run fails here, not after a silent hang.
+a disk (`.img`/`.qcow2`), a Raspberry Pi SD card release (`.zip` holding one `.img`).
+The arch is read from the kernel itself (the file's boot header), so an arm64 kernel
+handed to an x86_64 run fails here, not after a silent hang.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import shutil
+import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab import sdcard
 from lab.errors import ImageError
 
 ARCHES = ("x86_64", "aarch64")
 KERNEL = "kernel"
 ISO = "iso"
 DISK = "disk"
+SDCARD = "sdcard"
+CMDLINE_KINDS = (KERNEL, SDCARD)  # kinds whose kernel command line the lab controls
 DISK_SUFFIXES = {".img": "raw", ".raw": "raw", ".qcow2": "qcow2"}
 KERNEL_NAMES = ("vmlinuz", "vmlinuz-*", "bzImage", "Image")
 INITRD_NAMES = ("initrd", "initrd.img", "initrd-*", "initramfs*")
@@ -42,11 +51,14 @@ def _first(folder: Path, patterns: tuple[str, ...]) -> Path | None:
 @dataclass(frozen=True)
 class Image:
     path: Path
-    kind: str  # KERNEL, ISO or DISK
+    kind: str  # KERNEL, ISO, DISK or SDCARD
     arch: str | None  # None when the image gives no way to tell (a disk)
     kernel: Path | None = None
     initrd: Path | None = None
     disk_format: str | None = None
+    card: Path | None = None  # SDCARD: the card image unpacked from the zip (never written)
+    dtb: Path | None = None  # SDCARD: the device tree config.txt names
+    cmdline: str = ""  # SDCARD: cmdline.txt
     manifest: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -65,10 +77,39 @@ class Image:
             return cls(path, ISO, iso_arch(path))
         if suffix in DISK_SUFFIXES:
             return cls(path, DISK, None, disk_format=DISK_SUFFIXES[suffix])
+        if suffix == ".zip":
+            return cls._sd_card(path)
         raise ImageError(
             f"image {path}: unknown kind; give a folder with vmlinuz and initrd, "
-            "an .iso, or a disk (.img, .qcow2)"
+            "an .iso, a disk (.img, .qcow2) or a Raspberry Pi SD card .zip"
         )
+
+    @classmethod
+    def _sd_card(cls, path: Path) -> Image:
+        """A Pi release zip: boots as the Pi's firmware would, from its boot partition."""
+        unpacked = _unpack_card(path)
+        boot = unpacked / "boot"
+        conf = sdcard.pi_config((boot / "config.txt").read_text(errors="replace")
+                                if (boot / "config.txt").exists() else "")
+        def boot_file(key: str) -> Path:
+            name = conf[key]
+            if not name or not (boot / name).is_file():
+                raise ImageError(
+                    f"{path}: the boot partition has no {key} "
+                    f"{name or '(config.txt names none)'}; found: "
+                    f"{', '.join(sorted(p.name for p in boot.iterdir()))}")
+            return boot / name
+        kernel = boot_file("kernel")
+        with kernel.open("rb") as f:
+            arch = kernel_arch(f.read(0x240))
+        if arch is None:
+            raise ImageError(f"{path}: {kernel.name} on the boot partition is not a Linux "
+                             "kernel this lab knows (x86 bzImage, arm64 Image)")
+        cmdline = (boot / "cmdline.txt").read_text().strip() if (boot / "cmdline.txt").exists() \
+            else ""
+        return cls(path, SDCARD, arch, kernel=kernel,
+                   initrd=boot_file("initramfs") if conf["initramfs"] else None,
+                   card=unpacked / "card.img", dtb=boot_file("device_tree"), cmdline=cmdline)
 
     @classmethod
     def _folder(cls, path: Path) -> Image:
@@ -99,8 +140,10 @@ class Image:
         if arch not in ARCHES:
             raise ImageError(f"unknown arch {arch!r}: known arches are {', '.join(ARCHES)}")
         if self.arch is not None and self.arch != arch:
-            what = self.kernel or self.path
-            raise ImageError(f"image {what} is for {self.arch}, but this run is for {arch}")
+            what = self.path if self.kind == SDCARD else self.kernel or self.path
+            raise ImageError(
+                f"image {what} is for {self.arch} (read from its kernel"
+                f"{' ' + self.kernel.name if self.kernel else ''}), but this run is for {arch}")
 
 
 def _iso_kernel(path: Path, dest: Path | None) -> bytes | None:
@@ -138,3 +181,40 @@ def iso_arch(path: Path) -> str | None:
 def extract_iso_kernel(path: Path, dest: Path) -> Path | None:
     """Copy the ISO's kernel to `dest` (to probe KVM with it); None if it has none."""
     return dest if _iso_kernel(path, dest) else None
+
+
+def _unpack_card(path: Path) -> Path:
+    """Unzip a Pi release once (cached by path, size and mtime); copy out its boot partition.
+
+    The user's zip is only read; the lab boots a copy-on-write overlay of the unpacked card.
+    """
+    from lab.refimage.debs import cache_root
+
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    cards = cache_root() / "cards"
+    dest = cards / key[:16]
+    cards.mkdir(parents=True, exist_ok=True)
+    with open(cards / f".{key[:16]}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (dest / "card.img").exists():
+            return dest
+        tmp = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=cards))
+        try:
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    imgs = [n for n in zf.namelist() if n.lower().endswith(".img")]
+                    if len(imgs) != 1:
+                        found = ", ".join(imgs) or "none"
+                        raise ImageError(f"{path}: expected one .img inside, found {found}")
+                    with zf.open(imgs[0]) as src, open(tmp / "card.img", "wb") as out:
+                        shutil.copyfileobj(src, out, 4 << 20)
+            except (zipfile.BadZipFile, OSError) as exc:
+                raise ImageError(f"{path} is not a readable zip: {exc}") from exc
+            (tmp / "boot").mkdir()
+            for name in sdcard.boot_names(tmp / "card.img"):
+                sdcard.copy_from_boot(tmp / "card.img", name, tmp / "boot" / name)
+            tmp.rename(dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest

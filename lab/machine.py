@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from drivers import driver_class
-from drivers.base import Driver, MachineSpec
+from drivers.base import Capabilities, Driver, MachineSpec
 from lab import timeline as tl
 from lab.cloudconfig import DATASOURCES, CloudConfig
 from lab.console import Console
 from lab.errors import BootError, BootTimeout, ConfigError, ImageError
-from lab.images import KERNEL, Image
+from lab.images import CMDLINE_KINDS, Image
 from lab.result import Result
 from lab.ssh import SSH, KeyPair
 
@@ -54,8 +54,10 @@ def _stop_all() -> None:
 class Machine:
     def __init__(self, driver: Driver, spec: MachineSpec, platform: str, image: Image,
                  ssh_key: KeyPair | None, password: str, accel_reason: str = "",
-                 boot_timeout: float = DEFAULT_BOOT_TIMEOUT) -> None:
+                 boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
+                 capabilities: Capabilities | None = None) -> None:
         self.driver = driver
+        self.capabilities = capabilities or driver.capabilities_for(image, spec.arch)
         self.spec = spec
         self.name = spec.name
         self.arch = spec.arch
@@ -75,6 +77,7 @@ class Machine:
             "platform": platform, "arch": spec.arch, "accel": spec.accel,
             "accel_reason": accel_reason, "image": str(image.path), "image_kind": image.kind,
             "image_version": image.version, "datasource": spec.datasource,
+            "board": self.capabilities.board,
         }
         _live.add(self)
 
@@ -83,9 +86,18 @@ class Machine:
 
     # lifecycle -----------------------------------------------------------------------------
 
+    def scaled(self, seconds: float) -> float:
+        """A timeout written for x86_64 under TCG, stretched for this (maybe emulated) machine."""
+        return seconds * self.capabilities.slowdown
+
+    def _need(self, capability: str, action: str) -> None:
+        why = self.capabilities.lacks(capability)
+        if why is not None:
+            raise ConfigError(f"machine {self.name} cannot {action}: {why}")
+
     def boot(self, timeout: float | None = None) -> Machine:
         """Power on and log in on the console; BootError (GuestPanic, BootTimeout) if not."""
-        timeout = timeout or self.boot_timeout
+        timeout = self.scaled(timeout or self.boot_timeout)
         self.driver.prepare(self.spec)
         self.timeline.t0 = self.driver.start()
         self.info.update(self.driver.info())
@@ -107,12 +119,13 @@ class Machine:
         return self.console
 
     def run(self, cmd: str, timeout: float = 60, check: bool = False) -> Result:
-        """Run `cmd` as rancher in the console shell."""
-        return self._need_console().run(cmd, timeout, check)
+        """Run `cmd` as rancher in the console shell (`timeout` in x86_64-TCG seconds)."""
+        return self._need_console().run(cmd, self.scaled(timeout), check)
 
     @property
     def ssh(self) -> SSH:
         """SSH as rancher with the lab's key; connects on first use, waiting (bounded)."""
+        self._need("ssh", "be reached by SSH")
         if self.ssh_key is None:
             raise ConfigError(f"machine {self.name} was made without an SSH key")
         if self._ssh is None:
@@ -121,9 +134,10 @@ class Machine:
         return self._ssh.connect()
 
     def wait_for_user_docker(self, timeout: float = 180) -> None:
+        timeout = self.scaled(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.run("docker version >/dev/null 2>&1", timeout=60).ok:
+            if self.run("docker version >/dev/null 2>&1").ok:
                 self.timeline.mark(tl.USER_DOCKER)
                 return
             time.sleep(1)
@@ -167,6 +181,7 @@ class Machine:
         return self.timeline.to_dict()
 
     def power_button(self) -> None:
+        self._need("power_button", "press a power button")
         self.driver.power_button()
 
     def wait_stopped(self, timeout: float = 60) -> bool:
@@ -248,18 +263,23 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
     boot_timeout, progress (callable for the reference image build), name.
     """
     cls = driver_class(platform)
-    caps = cls.capabilities
-    if arch not in caps.arches:
-        raise ConfigError(f"platform {platform} boots {', '.join(caps.arches)}, not {arch!r}")
+    if arch not in cls.capabilities.arches:
+        raise ConfigError(f"platform {platform} boots {', '.join(cls.capabilities.arches)}, "
+                          f"not {arch!r}")
     img = image if isinstance(image, Image) else resolve_image(image, arch, opts.get("progress"))
     img.check_arch(arch)
+    caps = cls.capabilities_for(img, arch)
+    where = f"platform {platform}" + (f" (board {caps.board})" if caps.board else "")
     if img.kind not in caps.image_kinds:
-        raise ImageError(f"platform {platform} cannot boot a {img.kind} image ({img.path})")
+        raise ImageError(f"{where} cannot boot a {img.kind} image ({img.path})")
+    if datasource == "default":
+        datasource = caps.datasources[0]
     if datasource not in (*DATASOURCES, "none"):
         raise ConfigError(f"unknown datasource {datasource!r}: known are {', '.join(DATASOURCES)}")
     if datasource not in (*caps.datasources, "none"):
-        raise ConfigError(f"platform {platform} cannot deliver cloud-config by {datasource}")
-    if img.kind != KERNEL and datasource in ("url", "cmdline"):
+        raise ConfigError(f"{where} cannot deliver cloud-config by {datasource}: it can by "
+                          f"{', '.join(caps.datasources)}")
+    if img.kind not in CMDLINE_KINDS and datasource in ("url", "cmdline"):
         raise ConfigError(f"datasource {datasource} needs direct kernel boot (an image folder): "
                           f"{img.path} boots with the datasources baked into it")
     ssh_key: KeyPair | None = opts.get("ssh_key")
@@ -276,7 +296,7 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
         accel_used, why = driver.resolve_accel(accel, img, workdir)
         if cc is not None:
             (workdir / "cloud-config.yml").write_text(cc.text)
-        password = RUN_PASSWORD if img.kind == KERNEL else BAKED_PASSWORD
+        password = RUN_PASSWORD if img.kind in CMDLINE_KINDS else BAKED_PASSWORD
         spec = MachineSpec(
             name=name, arch=arch, image=img, workdir=workdir, cloud_config=cc,
             datasource=datasource if cc is not None else "none", password=password,
@@ -285,7 +305,7 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
             keep_on_exit=opts.get("keep_on_exit", False),
         )
         return Machine(driver, spec, platform, img, ssh_key, password, why,
-                       opts.get("boot_timeout", DEFAULT_BOOT_TIMEOUT))
+                       opts.get("boot_timeout", DEFAULT_BOOT_TIMEOUT), caps)
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lab.errors import BuildError
-from lab.refimage import archive, iso, rootfs
+from lab.refimage import archive, iso, pi, rootfs
 from lab.refimage.debs import Apt, Package, cache_root, extract
 
 OS_NAME = "RoslabOS"
@@ -29,9 +29,15 @@ OS_VERSION = "v0.1.0"
 BUILDER_REVISION = "1"  # bump when the image layout changes in a way the hash cannot see
 GUEST = Path(__file__).parent / "guest"
 BUILDER_SOURCES = [
-    Path(__file__).parent / n for n in ("build.py", "rootfs.py", "archive.py", "iso.py")
+    Path(__file__).parent / n
+    for n in ("build.py", "rootfs.py", "archive.py", "iso.py", "pi.py", "../sdcard.py")
 ]
-ARTIFACTS = ["vmlinuz", "initrd", "rancheros.iso", "iso-checksums.txt", "manifest.json"]
+# A release's files per arch (RancherOS publishes arm64 as a rootfs tarball and a Pi zip).
+ARTIFACTS = {
+    "x86_64": ["vmlinuz", "initrd", "rancheros.iso", "iso-checksums.txt", "manifest.json"],
+    "aarch64": ["vmlinuz", "initrd", pi.ROOTFS_TAR, pi.PI_ZIP, "iso-checksums.txt",
+                "manifest.json"],
+}
 CONSOLE = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
 
 Progress = Callable[[str], None]
@@ -75,7 +81,7 @@ def read_manifest(folder: Path) -> dict | None:
         manifest = json.loads((folder / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
-    if not all((folder / name).exists() for name in ARTIFACTS):
+    if not all((folder / name).exists() for name in ARTIFACTS.get(manifest.get("arch"), [])):
         return None
     return manifest
 
@@ -98,17 +104,13 @@ def ensure_image(
 ) -> Path:
     """The reference image folder for `arch`, built only if its inputs changed."""
     say = progress or (lambda msg: None)
-    if arch != "x86_64":
-        # the packages resolve for arm64 already; the Image, the Pi SD zip and booting it
-        # are not done, so refuse rather than hand out an image nobody has booted
-        raise BuildError(f"the {arch} reference image is not available yet: only x86_64 is")
     out = (out or default_out(arch)).resolve()
     with _lock(out.parent / f".{out.name}.lock"):
         apt = Apt(arch, mirror=mirror)
         if refresh or not apt.lists_present():
             say(f"updating the Debian package lists ({apt.mirror})")
             apt.update()
-        names = [*rootfs.USERLAND, rootfs.KERNEL.replace("amd64", apt.deb_arch), *_bootloader(arch)]
+        names = [*rootfs.USERLAND, rootfs.KERNEL[arch], *_bootloader(arch)]
         say("resolving packages")
         packages = apt.fetch(names)
         digest = inputs_hash(arch, packages)
@@ -138,7 +140,7 @@ def _build(
                 p
                 for p in packages
                 if p.name.startswith("linux-image-")
-                and p.name != rootfs.KERNEL.replace("amd64", apt.deb_arch)
+                and p.name != rootfs.KERNEL[arch]
             ),
             None,
         )
@@ -197,6 +199,23 @@ def _build(
                 cfg=iso.isolinux_cfg(OS_NAME, OS_VERSION, default_cmdline(arch)),
             )
             iso.write_checksums(tmp_out, ["rancheros.iso"], tmp_out / "iso-checksums.txt")
+        else:
+            say(f"writing {pi.ROOTFS_TAR}")
+            pi.write_rootfs_tar(root, tmp_out / pi.ROOTFS_TAR)
+            say(f"writing {pi.PI_ZIP} (SD card: vfat boot, ext4 root)")
+            pi.write_boot_initrd(root, release, work, work / "sdboot.initrd")
+            pi.write_pi_zip(
+                tmp_out / pi.PI_ZIP,
+                vmlinuz=vmlinuz,
+                dtb=work / "kernel/usr/lib" / f"linux-image-{release}" / rootfs.PI_DTB,
+                boot_initrd=work / "sdboot.initrd",
+                root=root,
+                label=OS_NAME,
+                work=work,
+            )
+            iso.write_checksums(
+                tmp_out, [pi.ROOTFS_TAR, pi.PI_ZIP], tmp_out / "iso-checksums.txt"
+            )
         manifest = {
             "os_name": OS_NAME,
             "version": OS_VERSION,
@@ -215,7 +234,7 @@ def _build(
             },
             "sizes": {
                 n: (tmp_out / n).stat().st_size
-                for n in ("vmlinuz", "initrd", "rancheros.iso")
+                for n in ("vmlinuz", "initrd", "rancheros.iso", pi.ROOTFS_TAR, pi.PI_ZIP)
                 if (tmp_out / n).exists()
             },
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -31,7 +31,11 @@ USERLAND = [
     "python3",  # the ros CLI, the service starter and cloud-init are Python
     "python3-yaml",
 ]
-KERNEL = "linux-image-cloud-amd64"
+# The cloud kernel where it is enough; on arm64 the generic one, because only it has the
+# Raspberry Pi's SD host, mini-UART and device trees.
+KERNEL = {"x86_64": "linux-image-cloud-amd64", "aarch64": "linux-image-arm64"}
+# The Pi 3 device tree the SD image boots with (QEMU's raspi3b models this board).
+PI_DTB = "broadcom/bcm2837-rpi-3-b.dtb"
 BOOTLOADER = ["isolinux", "syslinux-common"]
 
 SKIP = {
@@ -116,6 +120,7 @@ DROP_DIRS = [
     "usr/lib/python3.11/pydoc_data",
     "usr/lib/python3.11/unittest",
     "usr/lib/python3.11/config-3.11-x86_64-linux-gnu",
+    "usr/lib/python3.11/config-3.11-aarch64-linux-gnu",
     "usr/lib/python3.11/distutils",
     "usr/lib/python3.11/asyncio",
     "usr/lib/python3.11/sqlite3",
@@ -148,6 +153,8 @@ MODULE_DIRS = [
     "kernel/drivers/cdrom",
     "kernel/drivers/scsi",
     "kernel/drivers/ata",
+    "kernel/drivers/mmc",  # the Pi's SD card (sdhost, sdhci-iproc)
+    "kernel/fs/ext4",  # the Pi image's root partition
     "kernel/drivers/block",
     "kernel/drivers/virtio",
     "kernel/drivers/net/virtio_net.ko",
@@ -315,7 +322,7 @@ def stage_kernel(kernel_deb: Package, work: Path, root: Path) -> tuple[Path, str
     release = releases[0]
     src = kdir / "lib/modules" / release
     _depmod(kdir, release)  # the package's postinst would have made modules.dep
-    deps = _module_deps(src)
+    deps = module_deps(src)
     wanted: set[str] = set()
     for pattern in MODULE_DIRS:
         for mod in deps:
@@ -349,7 +356,7 @@ def _depmod(base: Path, release: str) -> None:
         raise BuildError(f"depmod failed for {release}: {proc.stderr.strip()}")
 
 
-def _module_deps(moddir: Path) -> dict[str, list[str]]:
+def module_deps(moddir: Path) -> dict[str, list[str]]:
     deps: dict[str, list[str]] = {}
     for line in (moddir / "modules.dep").read_text().splitlines():
         mod, _, rest = line.partition(":")

@@ -56,9 +56,14 @@ def cmdline_tokens(path: str = "/proc/cmdline") -> list[str]:
         return text.split()
 
 
+# keys a cmdline may repeat, each adding a value (an ISO autologins on several consoles)
+REPEATABLE = {"rancher.autologin"}
+
+
 def cmdline_config(tokens: list[str] | None = None) -> dict:
     """rancher.a.b=v sets rancher.a.b; cc.k=v sets the top-level key k."""
     out: dict = {}
+    repeated: dict[str, list] = {}
     for token in cmdline_tokens() if tokens is None else tokens:
         if token == "--":
             break
@@ -76,7 +81,11 @@ def cmdline_config(tokens: list[str] | None = None) -> dict:
             if not isinstance(node, dict):
                 break
         else:
-            node[parts[-1]] = parse_value(value)
+            if key in REPEATABLE:
+                repeated.setdefault(key, []).append(parse_value(value))
+                node[parts[-1]] = repeated[key]
+            else:
+                node[parts[-1]] = parse_value(value)
     return out
 
 
