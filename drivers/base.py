@@ -27,6 +27,7 @@ class Capabilities:
     snapshot: bool  # save and restore a running machine
     datasources: tuple[str, ...]  # cloud-config delivery this platform can do; first = default
     image_kinds: tuple[str, ...]  # lab.images kinds it boots
+    network: bool = True  # a network interface the guest configures (eth0)
     board: str = ""  # the machine model, when a platform has several (qemu: pc, virt, raspi3b)
     # how much slower than x86_64 under TCG this machine runs; timeouts are scaled by it
     slowdown: float = 1.0

@@ -99,9 +99,11 @@ BOARDS = {
     # 4 vCPUs spin in the boot stub under multi-threaded TCG: single-threaded boots 5x faster
     "raspi3b": Board(("-M", "raspi3b"), "tcg,thread=single", "ttyS1", 1, Capabilities(
         arches=("aarch64",), console=True, ssh=False, power_button=False, snapshot=False,
-        datasources=("cmdline",), image_kinds=(SDCARD,), board="raspi3b", slowdown=6.0,
+        datasources=("cmdline",), image_kinds=(SDCARD,), network=False, board="raspi3b",
+        slowdown=6.0,  # see virt
         why_not={
             "ssh": "QEMU's raspi3b model has no network (no USB Ethernet), so no SSH",
+            "network": "QEMU's raspi3b model has no network interface (no USB Ethernet)",
             "power_button": "a Raspberry Pi 3 has no power button and QEMU's raspi3b cannot "
                             "power off",
         }), memory_mb=1024, network=False),
@@ -270,6 +272,7 @@ class QemuDriver(Driver):
                                  *lab_args]
         elif spec.image.kind == SDCARD:  # the card's cmdline.txt, as the firmware passes it
             self._kernel_args = [*spec.image.cmdline.split(), *lab_args]
+        cloudconfig.check_cmdline(self._kernel_args)
 
     def _boot_media(self, image: Image) -> list[str]:
         """QEMU args for the image; the user's file is never written."""

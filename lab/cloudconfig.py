@@ -151,12 +151,31 @@ def cmdline_args(cc: CloudConfig) -> list[str]:
     return args
 
 
+# Linux's COMMAND_LINE_SIZE on x86 and arm64; a longer line is cut off silently
+CMDLINE_MAX = 2048
+
+
 def _cmdline_value(value: Any) -> str:
-    # YAML flow style (JSON is valid YAML); a bare string with spaces is quoted for the kernel
-    rendered = value if isinstance(value, str) else json.dumps(value)
-    if " " in rendered and not rendered.startswith(("[", "{")):
-        rendered = f'"{rendered}"'
-    return rendered
+    """A value the kernel keeps in one token and the guest reads back as the same YAML.
+
+    Plain words go as they are. Anything else goes as compact JSON (valid YAML, with no
+    space outside its strings, so the kernel does not split it) in single quotes, which a
+    shell-style reader of /proc/cmdline removes while keeping the JSON's double quotes.
+    """
+    plain = isinstance(value, str) and value and not any(c in value for c in " \t\n'\"\\[]{}#:,")
+    if plain and yaml.safe_load(value) == value:  # "true" or "42" would come back retyped
+        return value
+    rendered = json.dumps(value, separators=(",", ":")).replace("'", "\\u0027")
+    return f"'{rendered}'"
+
+
+def check_cmdline(args: list[str]) -> None:
+    length = len(" ".join(args))
+    if length >= CMDLINE_MAX:
+        raise ConfigError(
+            f"the kernel command line would be {length} bytes, over the kernel's limit of "
+            f"{CMDLINE_MAX}: deliver this cloud-config by a config drive or url instead"
+        )
 
 
 @contextmanager

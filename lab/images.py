@@ -31,6 +31,9 @@ KERNEL_NAMES = ("vmlinuz", "vmlinuz-*", "bzImage", "Image")
 INITRD_NAMES = ("initrd", "initrd.img", "initrd-*", "initramfs*")
 
 
+KERNEL_FORMAT = {"x86_64": "an x86 bzImage", "aarch64": "an arm64 Image"}
+
+
 def kernel_arch(header: bytes) -> str | None:
     """The arch of a Linux kernel from its first bytes (x86 bzImage or arm64 Image)."""
     if header[0x202:0x206] == b"HdrS":  # x86 boot protocol header
@@ -140,10 +143,9 @@ class Image:
         if arch not in ARCHES:
             raise ImageError(f"unknown arch {arch!r}: known arches are {', '.join(ARCHES)}")
         if self.arch is not None and self.arch != arch:
-            what = self.path if self.kind == SDCARD else self.kernel or self.path
-            raise ImageError(
-                f"image {what} is for {self.arch} (read from its kernel"
-                f"{' ' + self.kernel.name if self.kernel else ''}), but this run is for {arch}")
+            kernel = f"its kernel {self.kernel.name}" if self.kernel else "its kernel"
+            raise ImageError(f"image {self.path}: {kernel} is {KERNEL_FORMAT[self.arch]} "
+                             f"({self.arch}), but this run is for {arch}")
 
 
 def _iso_kernel(path: Path, dest: Path | None) -> bytes | None:
@@ -184,20 +186,22 @@ def extract_iso_kernel(path: Path, dest: Path) -> Path | None:
 
 
 def _unpack_card(path: Path) -> Path:
-    """Unzip a Pi release once (cached by path, size and mtime); copy out its boot partition.
+    """Unzip a Pi release once (one cache slot per zip path, refreshed when the zip changes);
+    copy out its boot partition.
 
     The user's zip is only read; the lab boots a copy-on-write overlay of the unpacked card.
     """
     from lab.refimage.debs import cache_root
 
     st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    stamp = f"{st.st_size} {st.st_mtime_ns}\n"
+    slot = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
     cards = cache_root() / "cards"
-    dest = cards / key[:16]
+    dest = cards / slot
     cards.mkdir(parents=True, exist_ok=True)
-    with open(cards / f".{key[:16]}.lock", "w") as lock:
+    with open(cards / f".{slot}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (dest / "card.img").exists():
+        if (dest / "stamp").exists() and (dest / "stamp").read_text() == stamp:
             return dest
         tmp = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=cards))
         try:
@@ -212,8 +216,14 @@ def _unpack_card(path: Path) -> Path:
             except (zipfile.BadZipFile, OSError) as exc:
                 raise ImageError(f"{path} is not a readable zip: {exc}") from exc
             (tmp / "boot").mkdir()
-            for name in sdcard.boot_names(tmp / "card.img"):
-                sdcard.copy_from_boot(tmp / "card.img", name, tmp / "boot" / name)
+            try:
+                for name in sdcard.boot_names(tmp / "card.img"):
+                    sdcard.copy_from_boot(tmp / "card.img", name, tmp / "boot" / name)
+            except ImageError as exc:  # name the user's file, not the unpacked copy
+                message = str(exc).replace(str(tmp / "card.img"), f"{path}:{imgs[0]}")
+                raise ImageError(message) from None
+            (tmp / "stamp").write_text(stamp)  # last: a slot without it is incomplete
+            shutil.rmtree(dest, ignore_errors=True)
             tmp.rename(dest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -187,7 +187,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _warn_mixed(console: Console, *selections: list[history.Record]) -> None:
     # Boot times from KVM and TCG, or QEMU and a cloud, are different quantities.
-    for key in ("platform", "arch", "accel"):
+    for key in ("platform", "arch", "board", "accel"):
         values = sorted({v for records in selections for v in describe(records)[key]})
         if len(values) > 1:
             console.print(

@@ -13,7 +13,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from drivers.base import Capabilities
 from lab.timeline import Timeline
+
+# what the fake claims it can do: a networked VM, as QEMU's pc and virt boards
+CAPABILITIES = Capabilities(arches=("x86_64", "aarch64"), console=True, ssh=True,
+                            power_button=True, snapshot=False, datasources=("configdrive",),
+                            image_kinds=("kernel",))
 
 DEFAULT_MILESTONES = {
     "kernel": 0.4,
@@ -55,6 +61,7 @@ class FakeMachine:
             "image": str(image),
             "image_version": version,
         }
+        self.capabilities = CAPABILITIES
         self.console_log = self.workdir / "console.log"
         self.timeline = Timeline(t0=time.monotonic())
         self._milestones = dict(milestones or DEFAULT_MILESTONES)

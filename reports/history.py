@@ -33,7 +33,7 @@ Record = dict[str, Any]
 SIZE_PATTERNS = {"initrd": ("initrd*",), "vmlinuz": ("vmlinuz*",), "iso": ("*.iso",)}
 
 # Top-level fields a `key=value` filter may name.
-FILTER_KEYS = ("platform", "arch", "accel", "host", "image_version", "run_id", "ok")
+FILTER_KEYS = ("platform", "arch", "board", "accel", "host", "image_version", "run_id", "ok")
 
 
 def utc_now() -> str:
@@ -47,6 +47,7 @@ def machine_context(info: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "platform": str(info.get("platform") or "unknown"),
         "arch": str(info.get("arch") or "unknown"),
+        "board": str(info.get("board") or ""),  # qemu: pc, virt or raspi3b
         "accel": str(info.get("accel") or "unknown"),
         "image": str(image) if image else None,
         "image_version": str(info.get("image_version") or "unknown"),

@@ -120,8 +120,8 @@ def _trend_sections(runs: Sequence[Sequence[Record]]) -> str:
     return "".join(out)
 
 
-def _group_section(key: tuple[str, str, str], records: Sequence[Record]) -> str:
-    platform, arch, accel = key
+def _group_section(key: tuple[str, str, str, str], records: Sequence[Record]) -> str:
+    platform, arch, board, accel = key
     runs = _runs(records)
     latest = runs[-1]
     ok, failed = failure_counts(records)
@@ -132,7 +132,8 @@ def _group_section(key: tuple[str, str, str], records: Sequence[Record]) -> str:
         f"hosts: {escape(', '.join(hosts))}"
     )
     parts = [
-        f"<h2>{escape(platform)} / {escape(arch)} / accel {escape(accel)}</h2>",
+        f"<h2>{escape(platform)} / {escape(arch)}{' / ' + escape(board) if board else ''}"
+        f" / accel {escape(accel)}</h2>",
         f"<p class='meta'>{meta}</p>",
         _waterfall_section(latest),
     ]
@@ -149,9 +150,10 @@ def _group_section(key: tuple[str, str, str], records: Sequence[Record]) -> str:
 
 
 def render(records: Sequence[Record], source: str) -> str:
-    groups: dict[tuple[str, str, str], list[Record]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, str], list[Record]] = defaultdict(list)
     for r in records:
-        key = (str(r.get("platform")), str(r.get("arch")), str(r.get("accel")))
+        key = (str(r.get("platform")), str(r.get("arch")), str(r.get("board") or ""),
+               str(r.get("accel")))
         groups[key].append(r)
     body = "".join(_group_section(k, v) for k, v in sorted(groups.items()))
     if not groups:

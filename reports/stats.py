@@ -178,6 +178,6 @@ def describe(records: Iterable[Record]) -> dict[str, Any]:
     """Distinct context values of a selection, to warn when it mixes what should not mix."""
     out: dict[str, set[str]] = defaultdict(set)
     for r in records:
-        for key in ("platform", "arch", "accel", "host", "image_version"):
+        for key in ("platform", "arch", "board", "accel", "host", "image_version"):
             out[key].add(str(r.get(key)))
     return {k: sorted(v) for k, v in out.items()}

@@ -90,12 +90,15 @@ def budgets(pytestconfig: pytest.Config) -> dict[str, float]:
     path: Path = pytestconfig.getoption("--budgets")
     data = yaml.safe_load(path.read_text()) or {}
     accel, _ = lab.resolved_accel()
+    board = lab.capabilities().board
     try:
-        table = dict(data[lab.platform][lab.arch][accel])
+        rows = data[lab.platform][lab.arch]
+        if board in rows:  # a platform with several boards per arch keeps a row for each
+            rows = rows[board]
+        table = dict(rows[accel])
     except KeyError:
-        raise pytest.UsageError(
-            f"roslab: {path} has no budgets for {lab.platform}/{lab.arch}/{accel}"
-        ) from None
+        where = "/".join(p for p in (lab.platform, lab.arch, board, accel) if p)
+        raise pytest.UsageError(f"roslab: {path} has no budgets for {where}") from None
     for item in pytestconfig.getoption("--budget"):
         phase, _, seconds = item.partition("=")
         try:
@@ -120,6 +123,6 @@ def machine(request: pytest.FixtureRequest, machine: Machine, profile: Profile) 
             return all(not states.get(name, "").startswith("running")
                        for name in profile.completed)
 
-        wait_until(one_shots_done, timeout=120, interval=2)
+        wait_until(one_shots_done, timeout=machine.scaled(120), interval=2)
         machine.info["boot_complete"] = True
     return machine

@@ -43,14 +43,17 @@ CONSOLE_ERRORS = [
 def booted(machine: Machine) -> Machine:
     """The module's machine with every milestone recorded: SSH, user Docker, services."""
     if tl.USER_DOCKER not in machine.timeline.marks:
-        machine.ssh.run("true", check=True)  # marks SSH
+        if machine.capabilities.ssh:
+            machine.ssh.run("true", check=True)  # marks SSH
         machine.wait_for_user_docker(timeout=300)
         machine.collect_boot_times()
     return machine
 
 
 def test_reaches_every_boot_milestone(booted: Machine) -> None:
-    missing = [m for m in REQUIRED if m not in booted.timeline.marks]
+    # a machine without a network (QEMU's raspi3b) has no SSH milestone to reach
+    required = [m for m in REQUIRED if m != tl.SSH or booted.capabilities.ssh]
+    missing = [m for m in required if m not in booted.timeline.marks]
     assert not missing, (
         f"milestones never reached: {', '.join(missing)}; reached: {booted.timeline.to_dict()}"
     )
@@ -97,7 +100,8 @@ def test_console_shows_no_kernel_error_or_failed_service(booted: Machine) -> Non
 
 def test_boot_completes_with_started_banner(booted: Machine, profile: Profile) -> None:
     # the banner ends the boot: it can come after the user Docker answers
-    started = wait_until(lambda: booted.console.started if booted.console else None, 180)
+    started = wait_until(lambda: booted.console.started if booted.console else None,
+                         booted.scaled(180))
     assert started is not None, "the console never printed '<OS name> <version> started'"
     assert re.fullmatch(profile.os_name, started[0]), (
         f"the console says {' '.join(started)} started; profile {profile.name} expects "

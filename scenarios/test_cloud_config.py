@@ -52,11 +52,13 @@ def test_hostname_is_set(machine: Machine) -> None:
     assert got == HOSTNAME, f"hostname is {got!r}, cloud-config asked for {HOSTNAME!r}"
 
 
+@pytest.mark.needs("ssh")
 def test_ssh_with_the_authorized_key_works(machine: Machine) -> None:
     result = machine.ssh.run("id -un")
     assert result.ok and result.stdout.strip() == "rancher", result
 
 
+@pytest.mark.needs("ssh")
 def test_ssh_with_another_key_is_refused(machine: Machine) -> None:
     host, port = machine.driver.ssh_endpoint()
     client = paramiko.SSHClient()

@@ -90,7 +90,8 @@ def test_killed_service_comes_back(machine: Machine) -> None:
     before = pid()
     assert before not in ("", "0"), "syslog is not running, so it cannot be killed"
     machine.run(f"sudo kill -9 {before}", check=True)
-    after = wait_until(lambda: (p := pid()) not in ("0", before) and p, timeout=60)
+    after = wait_until(lambda: (p := pid()) not in ("0", before) and p,
+                       timeout=machine.scaled(60))
     assert after, f"syslog (pid {before}) was killed and did not come back within 60 s"
 
 
@@ -103,11 +104,12 @@ def test_syslog_stores_what_logger_sends(machine: Machine, profile: Profile) -> 
         machine.run(f"logger -t roslab-scenario {word}", check=True)
         return machine.run(f"sudo grep -q {word} {profile.syslog_file}").ok
 
-    assert wait_until(delivered, timeout=60, interval=2), (
+    assert wait_until(delivered, timeout=machine.scaled(60), interval=2), (
         f"logger's message {word} never reached {profile.syslog_file} within 60 s"
     )
 
 
+@pytest.mark.needs("network")
 def test_network_service_gave_eth0_an_address(machine: Machine) -> None:
     out = machine.run("ip -4 -o addr show dev eth0").output
     assert " inet " in out, f"eth0 has no IPv4 address: {out.strip()!r}"

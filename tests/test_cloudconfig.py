@@ -75,7 +75,7 @@ def test_merge_appends_keys_once() -> None:
 
 def test_cmdline_keys() -> None:
     cc = CloudConfig.parse({"hostname": "h", "rancher": {"docker": {"extra_args": ["--debug"]}}})
-    assert cmdline_args(cc) == ["cc.hostname=h", 'rancher.docker.extra_args=["--debug"]']
+    assert cmdline_args(cc) == ["cc.hostname=h", "rancher.docker.extra_args='[\"--debug\"]'"]
 
 
 def test_http_server_serves_user_data_for_its_lifetime() -> None:
@@ -85,3 +85,25 @@ def test_http_server_serves_user_data_for_its_lifetime() -> None:
         assert urllib.request.urlopen(url, timeout=5).read().decode() == TEXT
     with pytest.raises(OSError):
         urllib.request.urlopen(url, timeout=2)
+
+
+def test_cmdline_round_trip_through_the_guest_reader(tmp_path: Path) -> None:
+    """What the lab puts on the kernel command line, the guest's parser reads back intact."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "lab/refimage/guest/rootfs/usr/lib/ros"))
+    try:
+        from ros import config as guest_config  # the guest's own reader, run here
+    finally:
+        sys.path.pop(0)
+    data = {
+        "hostname": "pi-1",
+        "runcmd": ["echo one > /tmp/a", "echo 'two: 2' >> /tmp/a"],
+        "write_files": [{"path": "/etc/x", "content": "line 1\nline \"2\"\n# not a comment\n",
+                         "permissions": "0640"}],
+        "rancher": {"docker": {"extra_args": ["--debug", "--label", "a=b c"]}, "flag": "true"},
+    }
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=ttyS1,115200 root=/dev/mmcblk0p2 "
+                       + " ".join(cmdline_args(CloudConfig.parse(data))) + "\n")
+    assert guest_config.cmdline_config(guest_config.cmdline_tokens(str(cmdline))) == data

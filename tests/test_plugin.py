@@ -133,7 +133,7 @@ def test_wrong_arch_image_stops_before_any_machine(tmp_path: Path,
     proc, scratch = _run(tmp_path, folder)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 4, out
-    assert "is for aarch64, but this run is for x86_64" in out
+    assert "is an arm64 Image (aarch64), but this run is for x86_64" in out
     _nothing_left(scratch)
 
 
