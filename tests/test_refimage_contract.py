@@ -106,7 +106,9 @@ def test_every_named_service_container_runs_under_the_system_docker(booted: Mach
 
 def test_the_guest_runs_the_targets_kernel_and_root(booted: Machine) -> None:
     assert booted.run("uname -m", check=True).output.strip() == booted.arch
-    root = booted.run("awk '$2 == \"/\" {print $1, $3}' /proc/mounts", check=True).output.split()
+    # PID 1's mounts: the console itself runs in a container, on an overlay
+    root = booted.run("sudo awk '$2 == \"/\" {print $1, $3}' /proc/1/mounts",
+                      check=True).output.split()
     if booted.capabilities.board == "raspi3b":  # the card's root partition, as flashed
         assert root[-2:] == ["/dev/mmcblk0p2", "ext4"], root
     else:  # the whole OS in the initrd, as RancherOS runs from RAM
