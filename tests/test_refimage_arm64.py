@@ -4,6 +4,8 @@ refused by a run for the other before anything boots."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -102,3 +104,41 @@ def test_a_card_without_a_partition_table_is_refused(tmp_path: Path) -> None:
     (tmp_path / "blank.zip").write_bytes(buf.getvalue())
     with pytest.raises(ImageError, match="has no MBR partition table"):
         Image.open(tmp_path / "blank.zip")
+
+
+NOT_APPLICABLE = '''
+import pytest
+
+@pytest.mark.needs("ssh")
+def test_needs_ssh(machine):
+    raise AssertionError("must not run")
+
+@pytest.mark.needs("network")
+def test_needs_network(machine):
+    raise AssertionError("must not run")
+
+@pytest.mark.cloud_config({"hostname": "x"}, datasource="nocloud")
+def test_needs_a_config_drive(machine):
+    raise AssertionError("must not run")
+'''
+
+
+def test_checks_a_pi_cannot_make_are_reported_not_applicable(arm64: Path, tmp_path: Path) -> None:
+    """On raspi3b, what needs SSH, a network or a config drive is reported, with the
+    reason, as not applicable: neither passed nor failed, and no machine is booted for it."""
+    (tmp_path / "test_na.py").write_text(NOT_APPLICABLE)
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "test_na.py", "-p", "no:cacheprovider", "-rs",
+         "--platform", "qemu", "--arch", "aarch64", "--image", str(arm64 / pi.PI_ZIP),
+         "--accel", "tcg", "--rootdir", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 skipped" in out.stdout, out.stdout
+    for reason in (
+        "not applicable on qemu raspi3b: QEMU's raspi3b model has no network (no USB "
+        "Ethernet), so no SSH",
+        "not applicable on qemu raspi3b: QEMU's raspi3b model has no network interface",
+        "not applicable on qemu raspi3b: it delivers cloud-config by cmdline only, not nocloud",
+    ):
+        assert reason in out.stdout, out.stdout
