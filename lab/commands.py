@@ -26,11 +26,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     boot = sub.add_parser("boot", help="boot an image and attach its console (Ctrl-] stops)")
     boot.add_argument("--platform", default="qemu", choices=sorted(PLATFORMS))
     boot.add_argument("--image", type=Path, default=None,
-                      help="folder with vmlinuz+initrd, .iso or disk (default: reference image)")
+                      help="folder with vmlinuz+initrd, .iso, disk or Pi SD .zip "
+                           "(default: reference image)")
     boot.add_argument("--arch", default="x86_64", choices=ARCHES)
     boot.add_argument("--accel", default="auto", choices=("auto", "kvm", "tcg"))
     boot.add_argument("--cloud-config", type=Path, default=None, help="a #cloud-config file")
-    boot.add_argument("--datasource", default="configdrive", choices=DATASOURCES)
+    boot.add_argument("--datasource", default="default", choices=("default", *DATASOURCES),
+                      help="how the cloud-config reaches the guest (default: the board's "
+                           "first choice, a config drive where there is one)")
     boot.set_defaults(func=cmd_boot)
     doctor = sub.add_parser("doctor", help="check QEMU, KVM and disk space; say what to install")
     doctor.add_argument("--arch", default="x86_64", choices=ARCHES)
@@ -92,6 +95,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
              f"apt-get install {package}")
     line(shutil.which("qemu-img") is not None, "qemu-img (disk overlays)",
          "apt-get install qemu-utils")
+    sd_tools = ("mkfs.vfat", "mcopy", "mdir", "mke2fs")
+    line(all(shutil.which(t) for t in sd_tools) or args.arch != "aarch64",
+         "dosfstools, mtools, e2fsprogs (Raspberry Pi SD images)",
+         "apt-get install dosfstools mtools e2fsprogs")
     usable, why = kvm_usable()
     line(True, f"KVM device: {why}")
     image = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from lab import timeline as tl
 from lab.errors import BootTimeout, CommandError
 from lab.result import Result
+
+# Connecting while sshd starts makes paramiko's transport thread log tracebacks; with no
+# handler Python prints them on stderr (over the bench's progress bar). The retry loop
+# here reports what matters, with the console context.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)
