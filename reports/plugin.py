@@ -2,8 +2,9 @@
 test used.
 
 Per test, for each machine (`fixtures.plugin.machines_of(item)`):
-- JUnit properties platform/arch/image_version (item.user_properties), always;
-- allure labels platform/arch/image_version, parent suite "<platform> <arch>", suite
+- JUnit properties platform/arch/board/image_version (item.user_properties), always;
+- allure labels platform/arch/board/image_version, parent suite "<platform> <arch>
+  <board>", suite
   = the scenario module, when allure is active (allure-pytest and --alluredir);
 - allure attachments: console log and boot timeline (SVG picture + JSON data) on the
   first test that uses a machine (the one that saw it boot) and on every failing test;
@@ -86,8 +87,8 @@ def add_junit_properties(item: pytest.Item, machines: list[Any]) -> None:
         ctx = _context(machine)
         # One machine: plain names; more: prefixed, so values are not ambiguous.
         prefix = "" if len(machines) == 1 else f"{_name(machine, i)}."
-        for key in ("platform", "arch", "image_version"):
-            if prefix + key not in have:
+        for key in ("platform", "arch", "board", "image_version"):
+            if prefix + key not in have and ctx[key]:
                 item.user_properties.append((prefix + key, ctx[key]))
 
 
@@ -95,11 +96,12 @@ def add_allure_labels(item: pytest.Item, machines: list[Any]) -> None:
     import allure
 
     contexts = [_context(m) for m in machines]
-    for key in ("platform", "arch", "image_version"):
-        for value in sorted({c[key] for c in contexts}):
+    for key in ("platform", "arch", "board", "image_version"):
+        for value in sorted({c[key] for c in contexts if c[key]}):
             allure.dynamic.label(key, value)
     first = contexts[0]
-    allure.dynamic.parent_suite(f"{first['platform']} {first['arch']}")
+    allure.dynamic.parent_suite(" ".join(first[k] for k in ("platform", "arch", "board")
+                                         if first[k]))
     allure.dynamic.suite(item.module.__name__ if getattr(item, "module", None) else item.nodeid)
 
 
