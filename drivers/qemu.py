@@ -32,7 +32,6 @@ from lab.errors import BootError, ConfigError, ImageError
 from lab.images import DISK, ISO, KERNEL, SDCARD, Image
 
 QEMU_BINARY = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
-CONSOLE_TTY = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
 GUEST_HOST_IP = "10.0.2.2"  # the host as QEMU user-mode networking shows it to the guest
 PR_SET_PDEATHSIG = 1
 PROBE_SECONDS = 10.0
@@ -76,21 +75,21 @@ def binary(arch: str) -> str:
 class Board:
     """A QEMU machine model and how the lab drives it."""
 
-    args: tuple[str, ...]  # -M and -cpu
+    machine: str  # -M ("" for QEMU's default, the x86 pc)
+    cpu: str  # -cpu under TCG ("" for the machine's default); KVM always takes the host's
     tcg: str  # the -accel value under TCG
     tty: str  # the guest's name for the console the lab attaches to
     serial_index: int  # which -serial that console is (those before it get null)
     caps: Capabilities
     memory_mb: int | None = None  # fixed by the board (None: as the spec asks)
-    network: bool = True
 
 
 BOARDS = {
-    "pc": Board((), "tcg", "ttyS0", 0, Capabilities(
+    "pc": Board("", "", "tcg", "ttyS0", 0, Capabilities(
         arches=("x86_64",), console=True, ssh=True, power_button=True,
         snapshot=False,  # savevm/migrate are measured (PLATFORM-NOTES), not wired up yet
         datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL, ISO, DISK), board="pc")),
-    "virt": Board(("-M", "virt", "-cpu", "cortex-a57"), "tcg", "ttyAMA0", 0, Capabilities(
+    "virt": Board("virt", "cortex-a57", "tcg", "ttyAMA0", 0, Capabilities(
         arches=("aarch64",), console=True, ssh=True, power_button=False, snapshot=False,
         datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL,), board="virt",
         # emulated arm64 on x86, from `roslab bench` medians to the user Docker: virt 1.3x
@@ -99,7 +98,7 @@ BOARDS = {
         why_not={"power_button": "acpid is x86 only, as on RancherOS: nothing in an arm64 "
                                  "guest handles the power button"})),
     # 4 vCPUs spin in the boot stub under multi-threaded TCG: single-threaded boots 5x faster
-    "raspi3b": Board(("-M", "raspi3b"), "tcg,thread=single", "ttyS1", 1, Capabilities(
+    "raspi3b": Board("raspi3b", "", "tcg,thread=single", "ttyS1", 1, Capabilities(
         arches=("aarch64",), console=True, ssh=False, power_button=False, snapshot=False,
         datasources=("cmdline",), image_kinds=(SDCARD,), network=False, board="raspi3b",
         slowdown=4.0,  # see virt
@@ -108,15 +107,22 @@ BOARDS = {
             "network": "QEMU's raspi3b model has no network interface (no USB Ethernet)",
             "power_button": "a Raspberry Pi 3 has no power button and QEMU's raspi3b cannot "
                             "power off",
-        }), memory_mb=1024, network=False),
+        }), memory_mb=1024),
 }
+GENERAL_BOARD = {"x86_64": BOARDS["pc"], "aarch64": BOARDS["virt"]}
+
+
+def machine_args(board: Board, accel: str) -> list[str]:
+    """-M, -accel and -cpu for `board` under "kvm" or "tcg"."""
+    args = ["-M", board.machine] if board.machine else []
+    if accel == "kvm":
+        return [*args, "-accel", "kvm", "-cpu", "host"]
+    return [*args, "-accel", board.tcg, *(["-cpu", board.cpu] if board.cpu else [])]
 
 
 def board_for(image: Image, arch: str) -> Board:
     """raspi3b for a Pi SD card (as flashed), else the arch's general-purpose board."""
-    if image.kind == SDCARD:
-        return BOARDS["raspi3b"]
-    return BOARDS["virt" if (image.arch or arch) == "aarch64" else "pc"]
+    return BOARDS["raspi3b"] if image.kind == SDCARD else GENERAL_BOARD[image.arch or arch]
 
 
 # -- accelerator ---------------------------------------------------------------------------
@@ -138,10 +144,10 @@ def probe_kvm(arch: str, kernel: Path, budget: float = PROBE_SECONDS) -> tuple[b
     `/dev/kvm` being there is not enough: on some hosts a KVM guest hangs right after
     the kernel is decompressed. A kernel that says "Linux version" is running.
     """
-    board = ["-M", "virt"] if arch == "aarch64" else []
-    argv = [binary(arch), *board, "-accel", "kvm", "-cpu", "host", "-m", "256", "-nodefaults",
+    board = GENERAL_BOARD[arch]
+    argv = [binary(arch), *machine_args(board, "kvm"), "-m", "256", "-nodefaults",
             "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
-            "-append", f"console={CONSOLE_TTY[arch]} panic=-1"]
+            "-append", f"console={board.tty} panic=-1"]
     proc = popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     assert proc.stdout is not None
     os.set_blocking(proc.stdout.fileno(), False)
@@ -248,13 +254,9 @@ class QemuDriver(Driver):
     # prepare ------------------------------------------------------------------------------
 
     def prepare(self, spec: MachineSpec) -> None:
-        board = board_for(spec.image, spec.arch)
-        if spec.arch not in board.caps.arches or spec.image.kind not in board.caps.image_kinds:
-            raise ConfigError(
-                f"the qemu board {board.caps.board} boots {', '.join(board.caps.arches)} "
-                f"{'/'.join(board.caps.image_kinds)} images, not a {spec.arch} {spec.image.kind}"
-            )
-        self.spec, self.board = spec, board
+        # make_machine checked the spec against this board's capabilities
+        self.spec = spec
+        self.board = board = board_for(spec.image, spec.arch)
         spec.workdir.mkdir(parents=True, exist_ok=True)
         self.sockdir = spec.workdir
         if len(str(spec.workdir / "console.sock")) > 100:  # sun_path holds 108 bytes
@@ -312,10 +314,6 @@ class QemuDriver(Driver):
         cc, ds = spec.cloud_config, spec.datasource
         if cc is None or ds == "none":
             return ""
-        if ds not in self.board.caps.datasources:
-            raise ConfigError(f"the qemu board {self.board.caps.board} cannot deliver "
-                              f"cloud-config by {ds}: it can by "
-                              f"{', '.join(self.board.caps.datasources)}")
         if ds in ("configdrive", "nocloud"):
             kind = "config-2" if ds == "configdrive" else "cidata"
             iso = cloudconfig.config_drive(cc, spec.workdir / f"{kind}.iso", kind, spec.name)
@@ -325,9 +323,6 @@ class QemuDriver(Driver):
             port = self._exit_stack.enter_context(cloudconfig.http_server(cc))
             return f"url:http://{GUEST_HOST_IP}:{port}/user-data"
         if ds == "cmdline":
-            if spec.image.kind not in (KERNEL, SDCARD):
-                raise ConfigError("datasource cmdline needs direct kernel boot (an image folder "
-                                  "or a Pi SD card)")
             self._kernel_args += cloudconfig.cmdline_args(cc)
             return "cmdline"
         raise ConfigError(
@@ -338,19 +333,17 @@ class QemuDriver(Driver):
         spec, board = self.spec, self.board
         assert spec is not None
         work = spec.workdir
-        accel = (["-accel", "kvm", "-cpu", "host"] if spec.accel == "kvm"
-                 else ["-accel", board.tcg])
         size = (["-m", str(board.memory_mb)] if board.memory_mb
                 else ["-m", str(spec.memory_mb), "-smp", str(spec.cpus)])
         argv = [
-            binary(spec.arch), "-name", spec.name, *board.args, "-nodefaults",
-            "-display", "none", "-no-reboot", "-S", *accel, *size,
+            binary(spec.arch), "-name", spec.name, *machine_args(board, spec.accel),
+            "-nodefaults", "-display", "none", "-no-reboot", "-S", *size,
             "-chardev", f"socket,id=ser0,path={self.sockdir / 'console.sock'},server=on,wait=off,"
                         f"logfile={work / 'serial.raw'},logappend=on",
             *["-serial", "null"] * board.serial_index, "-serial", "chardev:ser0",
             "-qmp", f"unix:{self.sockdir / 'qmp.sock'},server=on,wait=off",
         ]
-        if board.network:
+        if board.caps.network:
             argv += [
                 "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
                 # no option ROM: nothing here netboots, and iPXE's probe costs a second of TCG

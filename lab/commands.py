@@ -14,6 +14,7 @@ import tty
 from pathlib import Path
 
 from drivers import PLATFORMS
+from lab.cache import cache_root
 from lab.cloudconfig import DATASOURCES
 from lab.errors import LabError
 from lab.images import ARCHES, Image
@@ -114,7 +115,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="roslab-doctor-") as scratch:
             accel, why = QemuDriver().resolve_accel("auto", image, Path(scratch))
     line(True, f"accelerator: {accel} ({why})")
-    cache = Path(os.environ.get("ROSLAB_CACHE", Path.home() / ".cache" / "roslab"))
+    cache = cache_root()
     probe = cache if cache.exists() else Path.home()
     free = shutil.disk_usage(probe).free / 2**30
     line(free > 4, f"free disk at {probe}: {free:.1f} GiB", "free at least 4 GiB")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import sdcard
+from lab.cache import cache_root
 from lab.errors import ImageError
 
 ARCHES = ("x86_64", "aarch64")
@@ -191,8 +192,6 @@ def _unpack_card(path: Path) -> Path:
 
     The user's zip is only read; the lab boots a copy-on-write overlay of the unpacked card.
     """
-    from lab.refimage.debs import cache_root
-
     st = path.stat()
     stamp = f"{st.st_size} {st.st_mtime_ns}\n"
     slot = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers import driver_class
-from drivers.base import Capabilities, Driver, MachineSpec
+from drivers.base import Driver, MachineSpec
 from lab import timeline as tl
 from lab.cloudconfig import DATASOURCES, CloudConfig
 from lab.console import Console
@@ -54,10 +54,9 @@ def _stop_all() -> None:
 class Machine:
     def __init__(self, driver: Driver, spec: MachineSpec, platform: str, image: Image,
                  ssh_key: KeyPair | None, password: str, accel_reason: str = "",
-                 boot_timeout: float = DEFAULT_BOOT_TIMEOUT,
-                 capabilities: Capabilities | None = None) -> None:
+                 boot_timeout: float = DEFAULT_BOOT_TIMEOUT) -> None:
         self.driver = driver
-        self.capabilities = capabilities or driver.capabilities_for(image, spec.arch)
+        self.capabilities = driver.capabilities_for(image, spec.arch)
         self.spec = spec
         self.name = spec.name
         self.arch = spec.arch
@@ -89,6 +88,16 @@ class Machine:
     def scaled(self, seconds: float) -> float:
         """A timeout written for x86_64 under TCG, stretched for this (maybe emulated) machine."""
         return seconds * self.capabilities.slowdown
+
+    def wait_until(self, check: Callable[[], Any], timeout: float, interval: float = 1.0) -> Any:
+        """Poll `check` until it returns something truthy (`timeout` in x86_64-TCG seconds,
+        scaled for this machine); returns that value, or the last falsy one."""
+        deadline = time.monotonic() + self.scaled(timeout)
+        value = check()
+        while not value and time.monotonic() < deadline:
+            time.sleep(interval)
+            value = check()
+        return value
 
     def _need(self, capability: str, action: str) -> None:
         why = self.capabilities.lacks(capability)
@@ -134,14 +143,10 @@ class Machine:
         return self._ssh.connect()
 
     def wait_for_user_docker(self, timeout: float = 180) -> None:
-        timeout = self.scaled(timeout)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.run("docker version >/dev/null 2>&1").ok:
-                self.timeline.mark(tl.USER_DOCKER)
-                return
-            time.sleep(1)
-        raise BootTimeout(f"the user Docker did not answer within {timeout:.0f} s",
+        if self.wait_until(lambda: self.run("docker version >/dev/null 2>&1").ok, timeout):
+            self.timeline.mark(tl.USER_DOCKER)
+            return
+        raise BootTimeout(f"the user Docker did not answer within {self.scaled(timeout):.0f} s",
                           expected="`docker version` to succeed as rancher", **self._context())
 
     def collect_boot_times(self) -> dict[str, float]:
@@ -305,7 +310,7 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
             keep_on_exit=opts.get("keep_on_exit", False),
         )
         return Machine(driver, spec, platform, img, ssh_key, password, why,
-                       opts.get("boot_timeout", DEFAULT_BOOT_TIMEOUT), caps)
+                       opts.get("boot_timeout", DEFAULT_BOOT_TIMEOUT))
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
         raise

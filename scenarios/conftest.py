@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fixtures.guest import system_containers, wait_until
+from fixtures.guest import system_containers
 from fixtures.plugin import options
 from fixtures.profiles import Profile
 from lab.machine import Machine
@@ -123,6 +123,6 @@ def machine(request: pytest.FixtureRequest, machine: Machine, profile: Profile) 
             return all(not states.get(name, "").startswith("running")
                        for name in profile.completed)
 
-        wait_until(one_shots_done, timeout=machine.scaled(120), interval=2)
+        machine.wait_until(one_shots_done, timeout=120, interval=2)
         machine.info["boot_complete"] = True
     return machine

@@ -7,7 +7,6 @@ import re
 
 import pytest
 
-from fixtures.guest import wait_until
 from fixtures.profiles import Profile
 from lab import timeline as tl
 from lab.machine import Machine
@@ -100,8 +99,8 @@ def test_console_shows_no_kernel_error_or_failed_service(booted: Machine) -> Non
 
 def test_boot_completes_with_started_banner(booted: Machine, profile: Profile) -> None:
     # the banner ends the boot: it can come after the user Docker answers
-    started = wait_until(lambda: booted.console.started if booted.console else None,
-                         booted.scaled(180))
+    started = booted.wait_until(lambda: booted.console.started if booted.console else None,
+                                180)
     assert started is not None, "the console never printed '<OS name> <version> started'"
     assert re.fullmatch(profile.os_name, started[0]), (
         f"the console says {' '.join(started)} started; profile {profile.name} expects "

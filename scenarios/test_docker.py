@@ -8,7 +8,7 @@ import secrets
 
 import pytest
 
-from fixtures.guest import system_containers, wait_until
+from fixtures.guest import system_containers
 from fixtures.profiles import Profile
 from lab.machine import Machine
 
@@ -93,9 +93,9 @@ def test_published_port_is_reachable_in_the_guest(machine: Machine, local_image:
         timeout=120,
     )
     try:
-        got = wait_until(
+        got = machine.wait_until(
             lambda: word in machine.run("wget -q -O - http://127.0.0.1:18080/index.html").output,
-            timeout=machine.scaled(30),
+            timeout=30,
         )
         assert got, "a port published by the user Docker (18080 -> 80) is not reachable"
     finally:
@@ -126,7 +126,7 @@ def test_removing_every_user_container_leaves_the_os_running(
 def test_restarting_the_docker_service_brings_the_user_docker_back(machine: Machine) -> None:
     before = _info(machine, "docker", "ID")
     machine.run("sudo system-docker restart docker", check=True, timeout=120)
-    back = wait_until(lambda: machine.run("docker version >/dev/null 2>&1").ok,
-                      timeout=machine.scaled(120))
+    back = machine.wait_until(lambda: machine.run("docker version >/dev/null 2>&1").ok,
+                              timeout=120)
     assert back, "the user Docker did not answer within 120 s of `system-docker restart docker`"
     assert _info(machine, "docker", "ID") == before, "a different daemon answers after restart"

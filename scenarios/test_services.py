@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fixtures.guest import system_containers, wait_until
+from fixtures.guest import system_containers
 from fixtures.profiles import Profile
 from lab.machine import Machine
 
@@ -90,8 +90,7 @@ def test_killed_service_comes_back(machine: Machine) -> None:
     before = pid()
     assert before not in ("", "0"), "syslog is not running, so it cannot be killed"
     machine.run(f"sudo kill -9 {before}", check=True)
-    after = wait_until(lambda: (p := pid()) not in ("0", before) and p,
-                       timeout=machine.scaled(60))
+    after = machine.wait_until(lambda: (p := pid()) not in ("0", before) and p, timeout=60)
     assert after, f"syslog (pid {before}) was killed and did not come back within 60 s"
 
 
@@ -104,7 +103,7 @@ def test_syslog_stores_what_logger_sends(machine: Machine, profile: Profile) -> 
         machine.run(f"logger -t roslab-scenario {word}", check=True)
         return machine.run(f"sudo grep -q {word} {profile.syslog_file}").ok
 
-    assert wait_until(delivered, timeout=machine.scaled(60), interval=2), (
+    assert machine.wait_until(delivered, timeout=60, interval=2), (
         f"logger's message {word} never reached {profile.syslog_file} within 60 s"
     )
 

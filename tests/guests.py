@@ -15,7 +15,8 @@ import stat
 import tempfile
 from pathlib import Path
 
-from lab.refimage.debs import Apt, cache_root, extract
+from lab.cache import cache_root
+from lab.refimage.debs import Apt, extract
 
 MODULES = [  # insmod order: dependencies first (a virtio disk and ISO 9660 for config drives)
     "drivers/virtio/virtio.ko", "drivers/virtio/virtio_ring.ko",

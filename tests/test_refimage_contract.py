@@ -7,7 +7,6 @@ reason). Service containers, both Dockers, cloud-config. The destructive check
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -86,12 +85,10 @@ def states(machine: Machine) -> dict[str, str]:
 def boot_complete(machine: Machine) -> dict[str, str]:
     """States once the user Docker answers and the one-shots (image preload) have run."""
     machine.wait_for_user_docker(300)
-    for _ in range(int(machine.scaled(120))):
-        got = states(machine)
-        if not any(got.get(name, "").startswith("Up") for name in ONE_SHOT):
-            return got
-        time.sleep(1)
-    return got
+    machine.wait_until(
+        lambda: not any(states(machine).get(n, "").startswith("Up") for n in ONE_SHOT), 120
+    )
+    return states(machine)
 
 
 def test_every_named_service_container_runs_under_the_system_docker(booted: Machine) -> None:

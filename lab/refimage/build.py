@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from lab.cache import cache_root
 from lab.errors import BuildError
 from lab.refimage import archive, iso, pi, rootfs
-from lab.refimage.debs import Apt, Package, cache_root, extract
+from lab.refimage.debs import Apt, Package, extract
 
 OS_NAME = "RoslabOS"
 OS_VERSION = "v0.1.0"

@@ -14,15 +14,12 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from lab.cache import cache_root
 from lab.errors import BuildError
 
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 DEFAULT_SUITE = "bookworm"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("ROSLAB_CACHE", Path.home() / ".cache" / "roslab"))
 
 
 def host_debian_mirror() -> str | None:
