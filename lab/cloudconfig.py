@@ -24,6 +24,8 @@ from lab.errors import ConfigError
 
 HEADER = "#cloud-config"
 DATASOURCES = ("configdrive", "nocloud", "url", "cmdline")
+# the ones that carry the user-data text as written (cmdline carries parsed keys only)
+TEXT_DATASOURCES = ("configdrive", "nocloud", "url")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import json
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lab import sdcard
@@ -76,6 +76,11 @@ class Image:
             raise ImageError(f"image {path} does not exist")
         if path.is_dir():
             return cls._folder(path)
+        # a release file keeps its folder's manifest (version, OS name) when it lists the file
+        return replace(cls._file(path), manifest=_release_manifest(path.parent, path.name))
+
+    @classmethod
+    def _file(cls, path: Path) -> Image:
         suffix = path.suffix.lower()
         if suffix == ".iso":
             return cls(path, ISO, iso_arch(path))
@@ -132,13 +137,8 @@ class Image:
             raise ImageError(
                 f"{kernel} is not a Linux kernel this lab knows (x86 bzImage, arm64 Image)"
             )
-        manifest: dict = {}
-        if (path / "manifest.json").is_file():
-            try:
-                manifest = json.loads((path / "manifest.json").read_text())
-            except ValueError as exc:
-                raise ImageError(f"{path / 'manifest.json'} is not JSON: {exc}") from exc
-        return cls(path, KERNEL, arch, kernel=kernel, initrd=initrd, manifest=manifest)
+        return cls(path, KERNEL, arch, kernel=kernel, initrd=initrd,
+                   manifest=_release_manifest(path))
 
     def check_arch(self, arch: str) -> None:
         if arch not in ARCHES:
@@ -147,6 +147,19 @@ class Image:
             kernel = f"its kernel {self.kernel.name}" if self.kernel else "its kernel"
             raise ImageError(f"image {self.path}: {kernel} is {KERNEL_FORMAT[self.arch]} "
                              f"({self.arch}), but this run is for {arch}")
+
+
+def _release_manifest(folder: Path, member: str | None = None) -> dict:
+    """The folder's manifest.json (a reference image build); for a file of the folder, only
+    when the manifest lists it, so a stray file is not taken for the release."""
+    path = folder / "manifest.json"
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ImageError(f"{path} is not JSON: {exc}") from exc
+    return manifest if member is None or member in manifest.get("sizes", {}) else {}
 
 
 def _iso_kernel(path: Path, dest: Path | None) -> bytes | None:

@@ -120,11 +120,15 @@ def test_needs_network(machine):
 @pytest.mark.cloud_config({"hostname": "x"}, datasource="nocloud")
 def test_needs_a_config_drive(machine):
     raise AssertionError("must not run")
+
+@pytest.mark.cloud_config("#cloud-config\\nx: [", allow_invalid=True)
+def test_needs_yaml_text(machine):
+    raise AssertionError("must not run")
 '''
 
 
 def test_checks_a_pi_cannot_make_are_reported_not_applicable(arm64: Path, tmp_path: Path) -> None:
-    """On raspi3b, what needs SSH, a network or a config drive is reported, with the
+    """On raspi3b, what needs SSH, a network, a config drive or YAML text is reported, with the
     reason, as not applicable: neither passed nor failed, and no machine is booted for it."""
     (tmp_path / "test_na.py").write_text(NOT_APPLICABLE)
     out = subprocess.run(
@@ -134,11 +138,12 @@ def test_checks_a_pi_cannot_make_are_reported_not_applicable(arm64: Path, tmp_pa
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "3 skipped" in out.stdout, out.stdout
+    assert "4 skipped" in out.stdout, out.stdout
     for reason in (
         "not applicable on qemu raspi3b: QEMU's raspi3b model has no network (no USB "
         "Ethernet), so no SSH",
         "not applicable on qemu raspi3b: QEMU's raspi3b model has no network interface",
         "not applicable on qemu raspi3b: it delivers cloud-config by cmdline only, not nocloud",
+        "not applicable on qemu raspi3b: its cloud-config goes by cmdline, which carries keys",
     ):
         assert reason in out.stdout, out.stdout
