@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lab.cloudconfig import CloudConfig
+from lab.gc import Garbage
 from lab.images import Image
 
 
@@ -116,3 +117,13 @@ class Driver(ABC):
     def attach_hint(self) -> str:
         """How a person reaches a machine left running (--keep-failed)."""
         return ""
+
+    @classmethod
+    def collect_garbage(cls, older_than: float | None, dry_run: bool,
+                        options: dict[str, Any]) -> list[Garbage]:
+        """Find (and unless `dry_run`, remove) what dead runs left (see lab/gc.py).
+
+        Platforms whose machines die with the harness (QEMU: PR_SET_PDEATHSIG) leave
+        nothing outside the host process, so they have nothing to collect.
+        """
+        return []

@@ -15,6 +15,7 @@ COMMAND_MODULES = [
     "lab.refimage.command",  # roslab image build
     "lab.commands",  # roslab boot, roslab doctor
     "reports.command",  # roslab bench, bench compare, bench report
+    "lab.gc",  # roslab gc
 ]
 
 

@@ -1,0 +1,121 @@
+"""Ownership marks on what the lab makes outside its process, and `roslab gc`.
+
+Everything a driver creates that could outlive the harness (a libvirt domain, a cloud
+instance, key pair, security group, image, a held labgrid place) carries three marks:
+`created-by=roslab`, the run id and an expiry. `roslab gc --platform P` asks that
+platform's driver for what carries the marks and is expired (or older than
+`--older-than`), and removes it; a run that was killed (SIGKILL, a dead CI job) leaves
+nothing for longer than its TTL.
+
+A driver joins by implementing `Driver.collect_garbage` (see drivers/base.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+
+from lab.errors import ConfigError
+
+OWNER_KEY, OWNER = "created-by", "roslab"
+RUN_KEY = "roslab-run-id"
+EXPIRES_KEY = "roslab-expires"  # epoch seconds (an integer, as text): when gc may take it
+DEFAULT_TTL = 5 * 3600.0  # a cloud job longer than this is already broken
+RUN_ID_ENV = "ROSLAB_RUN_ID"  # shared by a pytest controller and its xdist workers
+
+
+def run_id() -> str:
+    """This run's id: inherited from the environment (xdist workers, CI) or made once."""
+    rid = os.environ.get(RUN_ID_ENV)
+    if not rid:
+        rid = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+        os.environ[RUN_ID_ENV] = rid
+    return rid
+
+
+def owner_marks(ttl: float = DEFAULT_TTL, now: float | None = None) -> dict[str, str]:
+    """The marks to put on something this run creates (as tags, labels or metadata)."""
+    now = time.time() if now is None else now
+    return {OWNER_KEY: OWNER, RUN_KEY: run_id(), EXPIRES_KEY: str(int(now + ttl))}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '30m', '5h', '2d' or plain seconds -> seconds; ConfigError names bad input."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m:
+        raise ConfigError(f"not a duration: {text!r} (use e.g. 90s, 30m, 5h, 2d)")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+@dataclass(frozen=True)
+class Garbage:
+    """One thing a dead run left: what it is, its id, and why it may go."""
+
+    kind: str  # "domain", "instance", "security-group", ...
+    ident: str
+    run: str
+    why: str  # "expired 2h ago", "older than 5h"
+
+
+def is_garbage(marks: dict[str, str], created: float | None, older_than: float | None,
+               now: float | None = None) -> str | None:
+    """Why something with these marks may be collected, or None (not ours, or still live).
+
+    With `older_than`, anything of ours created longer ago than that goes too, expired or
+    not (what a CI job's final step wants); without it, only what has expired.
+    """
+    if marks.get(OWNER_KEY) != OWNER:
+        return None
+    now = time.time() if now is None else now
+    try:
+        expires = float(marks.get(EXPIRES_KEY, ""))
+    except ValueError:
+        expires = None
+    if older_than is not None and created is not None and now - created >= older_than:
+        return f"created {_ago(now - created)} ago (older than {_ago(older_than)})"
+    if expires is None:
+        return "no valid expiry" if older_than is None else None
+    if now >= expires:
+        return f"expired {_ago(now - expires)} ago"
+    return None
+
+
+def _ago(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f}h"
+    if seconds >= 60:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds:.0f}s"
+
+
+# -- roslab gc -----------------------------------------------------------------------------
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from drivers import PLATFORMS
+
+    gc = sub.add_parser("gc", help="remove what dead runs left on a platform "
+                                   "(expired domains, instances, key pairs, images)")
+    gc.add_argument("--platform", required=True, choices=sorted(PLATFORMS))
+    gc.add_argument("--older-than", default=None, type=parse_duration,
+                    help="also take what roslab made longer ago than this (e.g. 5h), "
+                         "expired or not")
+    gc.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    gc.set_defaults(func=cmd_gc)
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from drivers import driver_class
+
+    cls = driver_class(args.platform)
+    found = cls.collect_garbage(older_than=args.older_than, dry_run=args.dry_run,
+                                options=vars(args))
+    verb = "would remove" if args.dry_run else "removed"
+    for item in found:
+        print(f"{verb} {args.platform} {item.kind} {item.ident} (run {item.run}: {item.why})")
+    print(f"roslab gc: {len(found)} {'found' if args.dry_run else 'removed'} on {args.platform}")
+    return 0
