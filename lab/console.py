@@ -25,6 +25,7 @@ from pexpect.spawnbase import SpawnBase
 
 from lab import timeline as tl
 from lab.errors import BootError, BootTimeout, CommandError, GuestPanic
+from lab.redact import redact
 from lab.result import Result
 
 # (what it means, regex on one console line). Any of these fails the boot at once, quoting
@@ -161,6 +162,7 @@ class Console:
                 self.timeline.mark(tl.LOGIN_PROMPT, now)
 
     def _line(self, line: str, now: float) -> None:
+        line = redact(line)  # the log and the lines quoted in errors are evidence
         self._log.write(f"[{now - self.timeline.t0:9.3f}] {line}\n")
         self._lines.append(line)
         self._line_count += 1
@@ -200,7 +202,7 @@ class Console:
         with self._lock:
             lines = list(self._lines)[-n:]
             if self._partial.strip():
-                lines.append(_strip(self._partial))
+                lines.append(redact(_strip(self._partial)))
         return lines
 
     def check_panic(self, expected: str = "") -> None:

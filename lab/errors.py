@@ -4,7 +4,12 @@ from __future__ import annotations
 
 
 class LabError(Exception):
-    """Base of every error the lab reports to a user."""
+    """Base of every error the lab reports to a user (never quoting a secret it knows)."""
+
+    def __str__(self) -> str:
+        from lab.redact import redact
+
+        return redact(super().__str__())
 
 
 class ConfigError(LabError):

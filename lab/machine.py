@@ -29,6 +29,7 @@ from lab.cloudconfig import DATASOURCES, CloudConfig
 from lab.console import Console
 from lab.errors import BootError, BootTimeout, ConfigError, ImageError
 from lab.images import CMDLINE_KINDS, Image
+from lab.redact import keep_cloud_config_secrets, keep_secret, redact, redact_bytes
 from lab.result import Result
 from lab.ssh import SSH, KeyPair
 
@@ -36,6 +37,7 @@ __all__ = ["Machine", "Result", "make_machine", "RUN_PASSWORD"]
 
 USER = "rancher"
 RUN_PASSWORD = secrets.token_hex(8)  # rancher's console password on direct kernel boot
+keep_secret(RUN_PASSWORD, "console password")  # the kernel prints its cmdline on the console
 BAKED_PASSWORD = "rancher"  # what ISO and disk images bake into their own cmdline
 DEFAULT_BOOT_TIMEOUT = 300.0  # TCG on a busy 2-core host; KVM boots need a fraction
 ARTIFACTS = ("console.log", "serial.raw", "qemu.stderr", "cloud-config.yml", "timeline.json")
@@ -201,7 +203,8 @@ class Machine:
         (self.workdir / "timeline.json").write_text(json.dumps(self.timeline.to_dict(), indent=1))
         for name in ARTIFACTS:
             if (self.workdir / name).exists():
-                shutil.copy2(self.workdir / name, dest / name)
+                # the emulator's own serial copy was written without the lab's redaction
+                (dest / name).write_bytes(redact_bytes((self.workdir / name).read_bytes()))
         return dest / "console.log"
 
     def attach_hint(self) -> str:
@@ -300,7 +303,8 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
     try:
         accel_used, why = driver.resolve_accel(accel, img, workdir)
         if cc is not None:
-            (workdir / "cloud-config.yml").write_text(cc.text)
+            keep_cloud_config_secrets(cc.data)
+            (workdir / "cloud-config.yml").write_text(redact(cc.text))  # evidence, not input
         password = RUN_PASSWORD if img.kind in CMDLINE_KINDS else BAKED_PASSWORD
         spec = MachineSpec(
             name=name, arch=arch, image=img, workdir=workdir, cloud_config=cc,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from lab.errors import CommandError
+from lab.redact import redact
 
 
 @dataclass
@@ -14,6 +15,11 @@ class Result:
     output: str = ""  # console: stdout and stderr as the terminal showed them
     stdout: str = ""  # ssh
     stderr: str = ""  # ssh
+
+    def __repr__(self) -> str:
+        # tracebacks in reports quote it (pytest shows a frame's `self`): never a secret
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return redact(f"Result({shown})")
 
     @property
     def ok(self) -> bool:

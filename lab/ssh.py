@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lab import timeline as tl
 from lab.errors import BootTimeout, CommandError
+from lab.redact import keep_secret
 from lab.result import Result
 
 # Connecting while sshd starts makes paramiko's transport thread log tracebacks; with no
@@ -37,6 +38,9 @@ class KeyPair:
         public = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                                serialization.PublicFormat.OpenSSH)
         directory.mkdir(parents=True, exist_ok=True)
+        directory.chmod(0o700)  # the private key's folder is nobody else's to list
+        for line in private.decode().splitlines()[1:-1]:  # the key's body, line by line
+            keep_secret(line, "SSH private key")
         path = directory / "id_ed25519"
         path.touch(mode=0o600)
         path.write_bytes(private)
