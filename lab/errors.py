@@ -64,6 +64,10 @@ class GuestPanic(BootError):
     """The console watchers saw a kernel panic, oops, BUG or an init crash."""
 
 
+class ServiceFailed(BootError):
+    """A system service that should run is crash-looping or exited (names it, with its log)."""
+
+
 class BootTimeout(BootError):
     """The guest did not reach an expected point in time."""
 

@@ -27,7 +27,7 @@ from drivers.base import Driver, MachineSpec
 from lab import timeline as tl
 from lab.cloudconfig import DATASOURCES, CloudConfig
 from lab.console import Console
-from lab.errors import BootError, BootTimeout, ConfigError, ImageError
+from lab.errors import BootError, BootTimeout, ConfigError, ImageError, ServiceFailed
 from lab.images import CMDLINE_KINDS, Image
 from lab.redact import keep_cloud_config_secrets, keep_secret, redact, redact_bytes
 from lab.result import Result
@@ -40,6 +40,11 @@ RUN_PASSWORD = secrets.token_hex(8)  # rancher's console password on direct kern
 keep_secret(RUN_PASSWORD, "console password")  # the kernel prints its cmdline on the console
 BAKED_PASSWORD = "rancher"  # what ISO and disk images bake into their own cmdline
 DEFAULT_BOOT_TIMEOUT = 300.0  # TCG on a busy 2-core host; KVM boots need a fraction
+SERVICE_CHECK_INTERVAL = 5.0  # seconds between looks at the system containers while waiting
+CRASH_LOOP_RESTARTS = 3  # a service restarted this often during one wait is not recovering
+SERVICE_LOG_LINES = 15
+SERVICE_STATE_FORMAT = ("{{.Name}}|{{.State.Status}}|{{.State.ExitCode}}|{{.RestartCount}}|"
+                        "{{.HostConfig.RestartPolicy.Name}}")
 ARTIFACTS = ("console.log", "serial.raw", "qemu.stderr", "cloud-config.yml", "timeline.json")
 
 _live: weakref.WeakSet[Machine] = weakref.WeakSet()
@@ -145,11 +150,60 @@ class Machine:
         return self._ssh.connect()
 
     def wait_for_user_docker(self, timeout: float = 180) -> None:
-        if self.wait_until(lambda: self.run("docker version >/dev/null 2>&1").ok, timeout):
+        expected = "`docker version` to succeed as rancher"
+        checked = time.monotonic()
+
+        def answering() -> bool:
+            nonlocal checked
+            if self.run("docker version >/dev/null 2>&1").ok:
+                return True
+            # a crash-looping service never recovers: say why now, not at the timeout
+            if time.monotonic() - checked >= SERVICE_CHECK_INTERVAL:
+                checked = time.monotonic()
+                self.check_services(expected)
+            return False
+
+        if self.wait_until(answering, timeout):
             self.timeline.mark(tl.USER_DOCKER)
             return
+        self.check_services(expected)
         raise BootTimeout(f"the user Docker did not answer within {self.scaled(timeout):.0f} s",
-                          expected="`docker version` to succeed as rancher", **self._context())
+                          expected=expected, **self._context())
+
+    def failing_services(self) -> list[str]:
+        """System containers that should run and do not: restarting, crash-looping, or
+        exited despite a restart policy; each described with its exit code and log tail."""
+        listing = self.run(f"sudo system-docker inspect --format '{SERVICE_STATE_FORMAT}' "
+                           "$(sudo system-docker ps -aq) 2>/dev/null", timeout=30)
+        if not listing.ok:
+            return []  # the system Docker itself is not answering (yet): the wait goes on
+        faults = []
+        for line in listing.output.splitlines():
+            parts = line.split("|")
+            if len(parts) != 5 or not parts[3].isdigit():
+                continue
+            name, status, code, restarts, policy = parts
+            name = name.lstrip("/")
+            keeps_running = policy in ("always", "unless-stopped", "on-failure")
+            if int(restarts) >= CRASH_LOOP_RESTARTS:  # one restart may be a recovery
+                # a running container's ExitCode was reset at its last start
+                last = "" if status == "running" else f", last exit code {code}"
+                why = f"is crash-looping (restarted {restarts} times, now {status}{last})"
+            elif keeps_running and status in ("exited", "dead"):
+                why = f"exited with code {code} although it should keep running (restart: {policy})"
+            else:
+                continue
+            log = self.run(f"sudo system-docker logs --tail {SERVICE_LOG_LINES} {name} 2>&1",
+                           timeout=30).output
+            faults.append(f"system service {name} {why}; its log ends:\n"
+                          + "\n".join(f"    | {x}" for x in log.splitlines()[-SERVICE_LOG_LINES:]))
+        return faults
+
+    def check_services(self, expected: str) -> None:
+        """Raise ServiceFailed naming every system service that should run and does not."""
+        faults = self.failing_services()
+        if faults:
+            raise ServiceFailed("\n".join(faults), expected=expected, **self._context())
 
     def collect_boot_times(self) -> dict[str, float]:
         """Milestones from the guest's own records (system-docker start times).
