@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import logging
 import os
 import shutil
 import signal
@@ -35,6 +36,19 @@ QEMU_BINARY = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 GUEST_HOST_IP = "10.0.2.2"  # the host as QEMU user-mode networking shows it to the guest
 PR_SET_PDEATHSIG = 1
 PROBE_SECONDS = 10.0
+
+
+class _PeerHangUp(logging.Filter):
+    """QEMU closing its QMP socket as it exits (a panic with panic=-1, a power-off) is how
+    a machine stops, not an error: qemu.qmp logs it as one from its reader task."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(e in message for e in ("BrokenPipeError", "ConnectionResetError",
+                                               "EOFError"))
+
+
+logging.getLogger("qemu.qmp.protocol").addFilter(_PeerHangUp())
 
 
 def _die_with_parent() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _pytest._code.code import Traceback
 
 from reports.history import machine_context
 from reports.svg import Bar, waterfall
@@ -139,15 +140,54 @@ def attach_evidence(machines: list[Any], failed: bool, seen: dict[int, Any]) -> 
             )
 
 
-@pytest.hookimpl(hookwrapper=True)
+def lab_source_dirs() -> tuple[Path, ...]:
+    import drivers
+    import fixtures
+    import lab
+
+    return tuple(Path(m.__file__).resolve().parent for m in (lab, drivers, fixtures))
+
+
+def hide_lab_frames(item: pytest.Item, call: pytest.CallInfo[Any],
+                    report: pytest.TestReport) -> None:
+    """A lab error (boot failure, panic, timeout, refused input) is reported as the test's
+    own frames and the error's message, which says everything a user can act on; the
+    lab's internals are noise there (`--tb=long` or `--fulltrace` still show them)."""
+    from lab.errors import LabError
+
+    excinfo = call.excinfo
+    if excinfo is None or not report.failed or not excinfo.errisinstance(LabError):
+        return
+    option = item.config.option
+    if getattr(option, "tbstyle", "auto") in ("long", "native", "no") or getattr(
+            option, "fulltrace", False):
+        return
+    internal = lab_source_dirs()
+    test_file = Path(str(item.path)).resolve()
+    entries = list(excinfo.traceback)
+    # from the test's own frame on (pytest's and pluggy's frames come before it)
+    first = next((i for i, e in enumerate(entries) if Path(e.path).resolve() == test_file), None)
+    frames = [e for e in entries[first or 0:] if first is not None
+              and not any(Path(e.path).resolve().is_relative_to(d) for d in internal)]
+    if not frames:
+        # a fixture's failure (the machine did not boot) has no frame of the test in it
+        report.longrepr = f"{excinfo.typename}: {excinfo.value}"
+        return
+    report.longrepr = excinfo.getrepr(
+        funcargs=True, style="short" if option.tbstyle == "short" else "long",
+        tbfilter=lambda _: Traceback(frames), truncate_locals=True)
+
+
+@pytest.hookimpl(hookwrapper=True, trylast=True)  # innermost: allure and JUnit read after it
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None]:
     machines = machines_of(item)
     if machines and call.when == "setup":
         add_junit_properties(item, machines)
     outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    hide_lab_frames(item, call, report)
     if not machines or not allure_active(item.config):
         return
-    report: pytest.TestReport = outcome.get_result()
     if call.when == "setup":
         add_allure_labels(item, machines)
     # Attach once per test: at its first failure, or after a passing call.
