@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from drivers.base import Capabilities, Driver, MachineSpec
 from lab import cloudconfig
-from lab.errors import BootError, ConfigError, ImageError
+from lab.errors import BootError, ConfigError, EmulatorError, ImageError
 from lab.images import DISK, ISO, KERNEL, SDCARD, Image
 
 QEMU_BINARY = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
@@ -414,7 +414,7 @@ class QemuDriver(Driver):
                     qmp.close()
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise BootError("QEMU did not start", expected="QEMU to open its sockets",
+                    raise EmulatorError("QEMU did not start", expected="QEMU to open its sockets",
                                     last_lines=self._stderr_tail().splitlines()[-10:]) from err
                 time.sleep(0.05)
         self._console, self._qmp = console, qmp

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 
 class LabError(Exception):
-    """Base of every error the lab reports to a user (never quoting a secret it knows)."""
+    """Base of every error the lab reports to a user (never quoting a secret it knows).
+
+    `blame` says whose failure it is, for soak runs and flake rates: the guest's (the OS
+    did not do what the contract says), the input's (options, image, cloud-config) or
+    the lab's own (an emulator that would not start, a bug: a flake to fix).
+    """
+
+    blame = "lab"
 
     def __str__(self) -> str:
         from lab.redact import redact
@@ -15,9 +22,13 @@ class LabError(Exception):
 class ConfigError(LabError):
     """Bad input found before any machine starts: options, cloud-config, inventory."""
 
+    blame = "input"
+
 
 class ImageError(LabError):
     """An image that is missing, corrupt, of the wrong kind or of the wrong arch."""
+
+    blame = "input"
 
 
 class BuildError(LabError):
@@ -30,6 +41,8 @@ class BootError(LabError):
     The message carries what was expected, the last milestone reached, the last
     console lines and where the full console log is.
     """
+
+    blame = "guest"
 
     def __init__(
         self,
@@ -72,5 +85,13 @@ class BootTimeout(BootError):
     """The guest did not reach an expected point in time."""
 
 
+class EmulatorError(BootError):
+    """The emulator or hypervisor would not start or run the machine: the host's fault."""
+
+    blame = "lab"
+
+
 class CommandError(LabError):
     """A command run in the guest failed where success was required."""
+
+    blame = "guest"

@@ -48,6 +48,10 @@ class BenchOptions:
     history: Path
     timeout: float
     workdir: Path | None = None
+    # soak runs: checks made on each booted machine (raise to fail that boot); the
+    # record says whose failure it was (LabError.blame)
+    check: Callable[[Any], None] | None = None
+    kind: str = "bench"
 
 
 @dataclass
@@ -143,8 +147,8 @@ def _boot_once(
     image: Path,
     evidence: Path,
     ticker: _PhaseTicker,
-) -> tuple[Any, str | None, Path | None]:
-    """One cold boot -> (machine, error or None, kept console log).
+) -> tuple[Any, str | None, str | None, Path | None]:
+    """One cold boot -> (machine, error or None, whose failure, kept console log).
 
     Only KeyboardInterrupt escapes, after the machine's __exit__ stopped the guest.
     """
@@ -172,16 +176,19 @@ def _boot_once(
                 machine.wait_for_user_docker(opts.timeout)
                 ticker.step = "boot times"
                 machine.collect_boot_times()
+                if opts.check is not None:
+                    ticker.step = "contract checks"
+                    opts.check(machine)
                 ticker.step = "stopping"
             finally:
                 # Before __exit__: the machine removes its work folder when it stops.
                 log = _keep_evidence(machine, evidence)
-        return machine, None, log
+        return machine, None, None, log
     except LabError as exc:
-        return machine, f"{type(exc).__name__}: {exc}", log
+        return machine, f"{type(exc).__name__}: {exc}", exc.blame, log
     except Exception as exc:  # a lab bug on one boot must not lose the other boots
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return machine, f"unexpected {last}", log
+        return machine, f"unexpected {last}", "lab", log
 
 
 def _record(
@@ -192,6 +199,7 @@ def _record(
     boot: int,
     error: str | None,
     log: Path | None,
+    blame: str | None = None,
 ) -> Record:
     info = dict(getattr(machine, "info", None) or {})
     info.setdefault("platform", opts.platform)
@@ -200,7 +208,7 @@ def _record(
     info.setdefault("image", str(image))
     context = history.machine_context(info)
     timeline = getattr(machine, "timeline", None)
-    return history.new_record(
+    record = history.new_record(
         context=context,
         milestones=timeline.to_dict() if timeline is not None else {},
         ok=error is None,
@@ -210,6 +218,10 @@ def _record(
         sizes=history.image_sizes(context["image"] or image),
         console_log=str(log.resolve()) if log else None,
     )
+    record["kind"] = opts.kind
+    if blame is not None:
+        record["blame"] = blame
+    return record
 
 
 def _keep_evidence(machine: Any, dest: Path) -> Path | None:
@@ -230,8 +242,8 @@ def _one_boot(
 ) -> Record:
     evidence = run_dir / f"boot-{boot}"
     with _PhaseTicker(progress, task, f"boot {boot}/{opts.runs}") as ticker:
-        machine, error, log = _boot_once(factory, opts, image, evidence, ticker)
-    record = _record(machine, opts, image, run_id, boot, error, log)
+        machine, error, blame, log = _boot_once(factory, opts, image, evidence, ticker)
+    record = _record(machine, opts, image, run_id, boot, error, log, blame)
     history.append(opts.history, record)
     if error is not None:
         progress.console.print(f"[red]boot {boot} failed[/] (evidence: {evidence}): {error}")
@@ -277,7 +289,7 @@ def run_bench(
             # no measurement, so it is not recorded. Finished boots are on disk.
             result.interrupted = True
             progress.console.print(f"[yellow]interrupted during boot {boot}[/]")
-    print_summary(result.records, console, title=f"bench run {run_id}")
+    print_summary(result.records, console, title=f"{opts.kind} run {run_id}")
     console.print(f"history: {opts.history}")
     return result
 

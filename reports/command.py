@@ -5,6 +5,7 @@ roslab bench compare --baseline H [--baseline-where k=v] --candidate H2 [...]
 roslab bench report HISTORY... -o report.html
 roslab bench merge A B -o C
 roslab bench show HISTORY [--where k=v]
+roslab soak --runs 50 [same options as a bench run]
 """
 
 from __future__ import annotations
@@ -31,22 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     # Run options sit on `bench` itself so `roslab bench --platform qemu --runs 5` runs.
-    bench.add_argument("--platform", default="qemu", help="driver to boot on (default: qemu)")
-    bench.add_argument("--image", type=Path, help="image folder or file (default: reference)")
-    bench.add_argument("--runs", type=int, default=5, help="cold boots (default: 5)")
-    bench.add_argument("--arch", default="x86_64", help="guest architecture (default: x86_64)")
-    bench.add_argument("--accel", default="auto", help="kvm, tcg, hvf or auto (default)")
-    bench.add_argument("--timeout", type=float, default=600.0, help="seconds per boot step")
-    bench.add_argument(
-        "--history",
-        type=Path,
-        default=DEFAULT_HISTORY,
-        help=f"history to append to (default: {DEFAULT_HISTORY})",
-    )
-    bench.add_argument(
-        "--workdir", type=Path, help="where boots keep console logs (default: beside the history)"
-    )
+    _run_options(bench, runs=5)
     bench.set_defaults(func=cmd_run)
+    soak = sub.add_parser(
+        "soak",
+        help="boot, check the image contract and stop, N times: the lab's own flake rate",
+    )
+    _run_options(soak, runs=50)
+    soak.set_defaults(func=cmd_soak)
     actions = bench.add_subparsers(dest="action", metavar="{compare,report,merge,show}")
 
     cmp_ = actions.add_parser("compare", help="is the candidate slower than the baseline?")
@@ -103,8 +96,26 @@ def _console() -> Console:
     return Console(stderr=True)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    opts = BenchOptions(
+def _run_options(parser: argparse.ArgumentParser, runs: int) -> None:
+    parser.add_argument("--platform", default="qemu", help="driver to boot on (default: qemu)")
+    parser.add_argument("--image", type=Path, help="image folder or file (default: reference)")
+    parser.add_argument("--runs", type=int, default=runs, help=f"cold boots (default: {runs})")
+    parser.add_argument("--arch", default="x86_64", help="guest architecture (default: x86_64)")
+    parser.add_argument("--accel", default="auto", help="kvm, tcg, hvf or auto (default)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per boot step")
+    parser.add_argument(
+        "--history",
+        type=Path,
+        default=DEFAULT_HISTORY,
+        help=f"history to append to (default: {DEFAULT_HISTORY})",
+    )
+    parser.add_argument(
+        "--workdir", type=Path, help="where boots keep console logs (default: beside the history)"
+    )
+
+
+def _bench_options(args: argparse.Namespace) -> BenchOptions:
+    return BenchOptions(
         platform=args.platform,
         image=args.image,
         runs=args.runs,
@@ -114,7 +125,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         workdir=args.workdir,
     )
-    result = run_bench(opts, _console())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    result = run_bench(_bench_options(args), _console())
+    if result.interrupted:
+        raise KeyboardInterrupt
+    return 1 if result.failed else 0
+
+
+def cmd_soak(args: argparse.Namespace) -> int:
+    from reports.soak import run_soak
+
+    result = run_soak(_bench_options(args), _console())
     if result.interrupted:
         raise KeyboardInterrupt
     return 1 if result.failed else 0

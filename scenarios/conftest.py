@@ -14,7 +14,8 @@ import yaml
 
 from fixtures.guest import system_containers
 from fixtures.plugin import options
-from fixtures.profiles import Profile
+from fixtures.profiles import Profile, profile_path
+from lab.errors import ConfigError
 from lab.machine import Machine
 
 HERE = Path(__file__).parent
@@ -44,17 +45,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _profile_path(config: pytest.Config) -> Path:
-    name = config.getoption("--profile")
-    if name is None:
-        manifest = options(config).resolved_image().manifest
-        name = "reference" if manifest.get("os_name") == "RoslabOS" else "rancheros"
-    path = Path(name)
-    if not path.suffix:
-        path = HERE / "profiles" / f"{name}.yml"
-    if not path.exists():
-        known = ", ".join(p.stem for p in (HERE / "profiles").glob("*.yml"))
-        raise pytest.UsageError(f"roslab: no profile {name!r} (known: {known})")
-    return path
+    try:
+        return profile_path(config.getoption("--profile"),
+                            options(config).resolved_image().manifest)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"roslab: {exc}") from None
 
 
 _PROFILE = pytest.StashKey[Profile]()
