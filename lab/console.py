@@ -24,7 +24,7 @@ import pexpect
 from pexpect.spawnbase import SpawnBase
 
 from lab import timeline as tl
-from lab.errors import BootError, BootTimeout, CommandError, GuestPanic
+from lab.errors import BootError, BootTimeout, CommandError, GuestPanic, HostError
 from lab.redact import redact
 from lab.result import Result
 
@@ -123,6 +123,7 @@ class Console:
         self._partial = ""
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._panic: tuple[str, int] | None = None  # (what, index into the line count)
+        self._log_error: str | None = None
         self._panic_at = 0.0
         self._line_count = 0
         self._lock = threading.Lock()
@@ -163,7 +164,11 @@ class Console:
 
     def _line(self, line: str, now: float) -> None:
         line = redact(line)  # the log and the lines quoted in errors are evidence
-        self._log.write(f"[{now - self.timeline.t0:9.3f}] {line}\n")
+        if self._log_error is None:
+            try:
+                self._log.write(f"[{now - self.timeline.t0:9.3f}] {line}\n")
+            except OSError as exc:  # a full disk: say so at the next wait, not at its end
+                self._log_error = f"cannot write the console log {self.log_path}: {exc}"
         self._lines.append(line)
         self._line_count += 1
         if "Linux version" in line:
@@ -226,6 +231,10 @@ class Console:
         """Index of the first pattern seen; panic, stream end and timeout raise BootError."""
         deadline = time.monotonic() + timeout
         while True:
+            if self._log_error is not None:
+                raise HostError(f"{self._log_error} (while waiting for {expected}); free "
+                                f"space where the lab keeps its machines, or point TMPDIR "
+                                f"elsewhere")
             self.check_panic(expected)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -337,5 +346,6 @@ class Console:
         with contextlib.suppress(OSError):
             self.stream.shutdown(socket.SHUT_RDWR)
         self._thread.join(5)
-        self._flush_partial()
-        self._log.close()
+        with contextlib.suppress(OSError):  # a full disk was reported when it happened
+            self._flush_partial()
+            self._log.close()

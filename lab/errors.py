@@ -85,6 +85,10 @@ class BootTimeout(BootError):
     """The guest did not reach an expected point in time."""
 
 
+class HostError(LabError):
+    """The host cannot do its part (a full disk, a missing tool): not the guest's fault."""
+
+
 class EmulatorError(BootError):
     """The emulator or hypervisor would not start or run the machine: the host's fault."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import json
+import logging
 import re
 import secrets
 import shutil
@@ -48,6 +49,7 @@ SERVICE_STATE_FORMAT = ("{{.Name}}|{{.State.Status}}|{{.State.ExitCode}}|{{.Rest
 ARTIFACTS = ("console.log", "serial.raw", "qemu.stderr", "cloud-config.yml", "timeline.json")
 
 _live: weakref.WeakSet[Machine] = weakref.WeakSet()
+log = logging.getLogger(__name__)
 
 
 @atexit.register
@@ -118,11 +120,16 @@ class Machine:
         self.timeline.t0 = self.driver.start()
         self.info.update(self.driver.info())
         self.console = Console(self.driver.console_stream(), self.timeline, self.console_log,
-                               self.driver.exit_reason)
+                               self._exit_reason)
         self.console.login(USER, self.password, timeout)
         if self.console.started:
             self.info["os"] = " ".join(self.console.started)
         return self
+
+    def _exit_reason(self) -> str:
+        """Why the machine stopped, naming it (a session may have many)."""
+        reason = self.driver.exit_reason()
+        return f"machine {self.name} stopped: {reason}" if reason else ""
 
     def _context(self) -> dict[str, Any]:
         return {"milestone": self.timeline.last_reached(),
@@ -253,12 +260,16 @@ class Machine:
 
     def keep_artifacts(self, dest: Path) -> Path:
         """Copy the evidence (console log, cloud-config, timeline) to `dest`; returns the log."""
-        dest.mkdir(parents=True, exist_ok=True)
-        (self.workdir / "timeline.json").write_text(json.dumps(self.timeline.to_dict(), indent=1))
-        for name in ARTIFACTS:
-            if (self.workdir / name).exists():
-                # the emulator's own serial copy was written without the lab's redaction
-                (dest / name).write_bytes(redact_bytes((self.workdir / name).read_bytes()))
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            (self.workdir / "timeline.json").write_text(
+                json.dumps(self.timeline.to_dict(), indent=1))
+            for name in ARTIFACTS:
+                if (self.workdir / name).exists():
+                    # the emulator's own serial copy was written without the lab's redaction
+                    (dest / name).write_bytes(redact_bytes((self.workdir / name).read_bytes()))
+        except OSError as exc:  # a full disk must not hide the failure being reported
+            log.warning("could not keep all of %s's evidence in %s: %s", self.name, dest, exc)
         return dest / "console.log"
 
     def attach_hint(self) -> str:

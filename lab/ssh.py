@@ -24,6 +24,9 @@ from lab.result import Result
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
+BANNER_TIMEOUT = 10.0  # seconds an accepted connection may stay silent before retrying
+
+
 @dataclass(frozen=True)
 class KeyPair:
     private_path: Path
@@ -77,7 +80,7 @@ class SSH:
             client.set_missing_host_key_policy(_AcceptOnce())
             try:
                 client.connect(self.host, self.port, username=self.user, pkey=self.key.pkey(),
-                               timeout=5, banner_timeout=10, auth_timeout=10,
+                               timeout=5, banner_timeout=BANNER_TIMEOUT, auth_timeout=10,
                                allow_agent=False, look_for_keys=False)
                 self.timeline.mark(tl.SSH)
                 self._client = client
@@ -88,6 +91,10 @@ class SSH:
                 last = f"sshd refused the key ({exc})"
             except (paramiko.SSHException, OSError, EOFError) as exc:
                 last = f"{type(exc).__name__}: {exc}"
+                if "banner" in str(exc) or "No existing session" in str(exc):
+                    # paramiko's words for a server that accepts and then says nothing
+                    last = (f"the port accepted the connection but no SSH banner came "
+                            f"within {BANNER_TIMEOUT:.0f} s ({last})")
             client.close()
             time.sleep(1)
         raise BootTimeout(f"no SSH login as {self.user} at {self.host}:{self.port} within "

@@ -1,0 +1,113 @@
+"""Faults the lab must survive: each is injected for real, and the test checks what the
+user sees (a bounded wait, a message naming the cause) and that nothing is left behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lab import timeline as tl
+from lab.errors import BootTimeout, HostError
+from lab.machine import make_machine
+from lab.ssh import SSH, KeyPair
+
+KILLED = '''
+import os, signal
+
+def test_emulator_dies(machine):
+    os.kill(machine.driver.proc.pid, signal.SIGKILL)
+    machine.run("true")
+
+def test_next_one_gets_a_new_machine(machine):
+    assert machine.run("echo alive").output == "alive"
+'''
+
+
+def test_the_emulator_killed_mid_test_fails_that_test_and_the_session_goes_on(
+        tiny_guests: dict, tmp_path: Path) -> None:
+    (tmp_path / "test_kill.py").write_text(KILLED)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(tmp_path / "test_kill.py"), "-p", "no:cacheprovider",
+         "--platform", "qemu", "--image", str(tiny_guests["shell"]), "--accel", "tcg",
+         "--roslab-artifacts", str(tmp_path / "results"), "--rootdir", str(tmp_path)],
+        cwd=tmp_path, env={**os.environ, "TMPDIR": str(scratch)}, capture_output=True,
+        text=True, timeout=600)
+    out = proc.stdout
+    assert "1 failed, 1 passed" in out, out[-3000:]
+    assert "QEMU exited with status -9" in out  # the cause, as the console's end saw it
+    assert "machine qemu-x86_64-" in out  # ... and which machine died
+    qemu = subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"], capture_output=True)
+    assert qemu.returncode == 1, "QEMU left running"
+
+
+@contextlib.contextmanager
+def _silent_server() -> Iterator[int]:
+    """Accepts TCP connections on loopback and never says a word (a hung sshd)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                held.append(server.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        server.close()
+
+
+def test_an_ssh_server_that_accepts_and_hangs_is_bounded_and_named(tmp_path: Path) -> None:
+    key = KeyPair.generate(tmp_path / "key")
+    with _silent_server() as port:
+        ssh = SSH("127.0.0.1", port, "rancher", key, tl.Timeline())
+        began = time.monotonic()
+        with pytest.raises(BootTimeout, match=r"no SSH login as rancher at 127\.0\.0\.1:\d+ "
+                                              r"within 12 s \(last: the port accepted the "
+                                              r"connection but no SSH banner came"):
+            ssh.connect(timeout=12)
+        assert time.monotonic() - began < 12 + 15  # one banner wait past the deadline at most
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "full"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_full_disk_while_booting_is_named_at_once(tiny_guests: dict, full_disk: Path) -> None:
+    machine = make_machine("qemu", tiny_guests["shell"], "x86_64", {"hostname": "full"},
+                           "configdrive", full_disk, "tcg", cpus=1, memory_mb=512)
+    with machine, pytest.raises(HostError, match=r"cannot write the console log .*"
+                                                 r"No space left on device"):
+        machine.boot(timeout=120)
+    assert not machine.driver.alive()
+    assert list(full_disk.iterdir()) == []  # the machine's folder is gone
