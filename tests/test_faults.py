@@ -111,3 +111,17 @@ def test_a_full_disk_while_booting_is_named_at_once(tiny_guests: dict, full_disk
         machine.boot(timeout=120)
     assert not machine.driver.alive()
     assert list(full_disk.iterdir()) == []  # the machine's folder is gone
+
+
+def test_a_cut_short_image_in_the_cache_is_never_served(tmp_path: Path) -> None:
+    from lab.refimage.build import default_out, ensure_image, read_manifest
+
+    folder = tmp_path / "image"
+    source = ensure_image("x86_64")
+    folder.mkdir()
+    for name in ("manifest.json", "vmlinuz", "rancheros.iso", "iso-checksums.txt"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    with (source / "initrd").open("rb") as src, (folder / "initrd").open("wb") as dst:
+        dst.write(src.read(1 << 20))  # what a full disk leaves of a 70 MB file
+    assert read_manifest(source) is not None and source == default_out("x86_64")
+    assert read_manifest(folder) is None  # so ensure_image would build it again

@@ -84,6 +84,13 @@ def read_manifest(folder: Path) -> dict | None:
         return None
     if not all((folder / name).exists() for name in ARTIFACTS.get(manifest.get("arch"), [])):
         return None
+    # a file cut short (a full disk, a killed copy) is never served as the image
+    for name, size in (manifest.get("sizes") or {}).items():
+        try:
+            if (folder / name).stat().st_size != size:
+                return None
+        except OSError:
+            return None
     return manifest
 
 
