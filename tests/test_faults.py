@@ -125,3 +125,40 @@ def test_a_cut_short_image_in_the_cache_is_never_served(tmp_path: Path) -> None:
         dst.write(src.read(1 << 20))  # what a full disk leaves of a 70 MB file
     assert read_manifest(source) is not None and source == default_out("x86_64")
     assert read_manifest(folder) is None  # so ensure_image would build it again
+
+
+SIDE_BY_SIDE = '''
+cloud_config = {{"hostname": "{user}"}}
+
+def test_one(machine):
+    # each run's machine has its own run's config drive (no cross-talk between the two)
+    drive = machine.run("cat /media/config-2/openstack/latest/user_data").output
+    assert "hostname: {user}" in drive
+
+def test_two(machine):
+    assert machine.run("echo ok").output == "ok"
+'''
+
+
+def test_two_runs_side_by_side_on_one_host_both_pass(tiny_guests: dict, tmp_path: Path) -> None:
+    """Two users (or CI and a developer) at once: one TMPDIR, one cache, free ports and
+    machine names chosen per run, nothing of either left behind."""
+    scratch = tmp_path / "tmp"  # shared, like /tmp
+    scratch.mkdir()
+    runs = []
+    for user in ("alice", "bob"):
+        home = tmp_path / user
+        home.mkdir()
+        (home / "test_side.py").write_text(SIDE_BY_SIDE.format(user=user))
+        runs.append(subprocess.Popen(
+            [sys.executable, "-m", "pytest", str(home / "test_side.py"), "-p",
+             "no:cacheprovider", "-q", "--platform", "qemu", "--image",
+             str(tiny_guests["shell"]), "--accel", "tcg", "--rootdir", str(home)],
+            cwd=home, env={**os.environ, "TMPDIR": str(scratch)}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True))
+    outputs = [proc.communicate(timeout=600)[0] for proc in runs]
+    for out in outputs:
+        assert "2 passed" in out, out[-2000:]
+    qemu = subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"], capture_output=True)
+    assert qemu.returncode == 1, "QEMU left running"
+    assert [p for p in scratch.rglob("*") if "roslab" in p.name or "qemu" in p.name] == []
