@@ -149,11 +149,13 @@ class Machine:
         raise BootTimeout(f"the user Docker did not answer within {self.scaled(timeout):.0f} s",
                           expected="`docker version` to succeed as rancher", **self._context())
 
-    def collect_boot_times(self) -> dict[str, float]:
+    def collect_boot_times(self, services: list[str] | None = None) -> dict[str, float]:
         """Milestones from the guest's own records (system-docker start times).
 
         The guest's wall clock is mapped to the host timeline through uptime: the KERNEL
-        milestone (host time) is taken as uptime 0. Returns the timeline as a dict.
+        milestone (host time) is taken as uptime 0. SERVICES is marked only once every
+        one of `services` (default: the running containers) is running. Returns the
+        timeline as a dict.
         """
         # busybox date has no %N: wait for the wall clock's second to tick, then read
         # uptime, which pins the boot's wall-clock time to within one loop turn
@@ -162,26 +164,27 @@ class Machine:
         uptime, guest_now = float(clock[0]), float(clock[2])
         boot_wall = guest_now - uptime
         kernel_at = self.timeline.marks.get(tl.KERNEL, 0.0)
-        fmt = "{{.Name}} {{.Created}} {{.State.StartedAt}} {{.State.Running}}"
+        fmt = "{{.Name}} {{.Created}} {{.State.StartedAt}} {{.State.Status}}"
         out = self.run(f"sudo system-docker inspect --format '{fmt}' $(sudo system-docker ps -aq)",
                        timeout=60, check=True).output
-        created, started_running = [], []
+        created, started_running, running_names = [], [], set()
         for line in out.splitlines():
             parts = line.split()
             if len(parts) != 4:
                 continue
-            name, created_s, started_s, running = parts
+            name, created_s, started_s, status = parts
             created.append(_rfc3339(created_s))
             started = _rfc3339(started_s)
             if started is not None:
                 self.timeline.mark_offset(tl.service_milestone(name.lstrip("/")),
                                           kernel_at + started - boot_wall)
-                if running == "true":
+                if status == "running":  # not "restarting": Running is true then too
                     started_running.append(started)
+                    running_names.add(name.lstrip("/"))
         stamps = [c for c in created if c is not None]
         if stamps:
             self.timeline.mark_offset(tl.SYSTEM_DOCKER, kernel_at + min(stamps) - boot_wall)
-        if started_running:
+        if started_running and running_names.issuperset(services or ()):
             self.timeline.mark_offset(tl.SERVICES, kernel_at + max(started_running) - boot_wall)
         return self.timeline.to_dict()
 
