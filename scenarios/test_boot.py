@@ -39,7 +39,8 @@ CONSOLE_ERRORS = [
     ("segfault", r"segfault at [0-9a-f]+ ip"),
     ("soft or hard lockup", r"soft lockup|hard LOCKUP|hung_task_timeout"),
     ("a system service that failed",
-     r"(?i)\bservices?\b.*\bfailed\b|\bfailed to start\b|\[\s*FAILED\s*\]"
+     r"(?i)\bservices?\b.*\bfailed\b|\bfailed\b.*\bservices?\b|\bfailed to start\b"
+     r"|\[\s*FAILED\s*\]"
      r"|level=(?:error|fatal)\b"),
     ("out of memory", r"Out of memory: Killed process"),
 ]
