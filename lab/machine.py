@@ -27,7 +27,7 @@ from drivers.base import Driver, MachineSpec
 from lab import timeline as tl
 from lab.cloudconfig import DATASOURCES, CloudConfig
 from lab.console import Console
-from lab.errors import BootError, BootTimeout, ConfigError, ImageError
+from lab.errors import BootError, BootTimeout, CommandError, ConfigError, ImageError
 from lab.images import CMDLINE_KINDS, Image
 from lab.result import Result
 from lab.ssh import SSH, KeyPair
@@ -143,7 +143,13 @@ class Machine:
         return self._ssh.connect()
 
     def wait_for_user_docker(self, timeout: float = 180) -> None:
-        if self.wait_until(lambda: self.run("docker version >/dev/null 2>&1").ok, timeout):
+        def answers() -> bool:
+            try:
+                return self.run("docker version >/dev/null 2>&1").ok
+            except CommandError:  # a daemon still starting can hold the client past 60 s
+                return False
+
+        if self.wait_until(answers, timeout):
             self.timeline.mark(tl.USER_DOCKER)
             return
         raise BootTimeout(f"the user Docker did not answer within {self.scaled(timeout):.0f} s",

@@ -135,9 +135,9 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             NTP_DOWN,
             Breakage("system-cron is not declared", services=_no_system_cron),
-            Breakage("services start 40 s after the system Docker answers", edits=(
+            Breakage("services start 30 s after the system Docker answers", edits=(
                 Edit(SERVICES_PY, "    failed = Starter(docker).run()\n",
-                     "    time.sleep(40)\n    failed = Starter(docker).run()\n"),)),
+                     "    time.sleep(30)\n    failed = Starter(docker).run()\n"),)),
             PRELOAD_FAILS,
             Breakage("/etc/os-release names another OS", edits=(
                 Edit("etc/os-release", 'NAME="RoslabOS"', 'NAME="ImposterOS"'),)),
