@@ -6,6 +6,7 @@ command line names that directory, no file left in it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -105,8 +106,9 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, tiny_guests: dict[str, P
 def test_boot_failure_keeps_evidence_and_errors_the_rest_of_the_module(
     tmp_path: Path, tiny_guests: dict[str, Path]
 ) -> None:
-    junit = tmp_path / "junit.xml"
-    proc, scratch = _run(tmp_path, tiny_guests["panic"], "pass", f"--junitxml={junit}")
+    junit, allure = tmp_path / "junit.xml", tmp_path / "allure-results"
+    proc, scratch = _run(tmp_path, tiny_guests["panic"], "pass", f"--junitxml={junit}",
+                         f"--alluredir={allure}")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, out
     assert "GuestPanic" in out and "Kernel panic" in out
@@ -120,6 +122,11 @@ def test_boot_failure_keeps_evidence_and_errors_the_rest_of_the_module(
         assert "first failure: test_scn.py::test_pass" in error.get("message", ""), \
             error.get("message")
         assert "guest kernel panic" in error.get("message", "")
+    results = [json.loads(p.read_text()) for p in allure.glob("*-result.json")]
+    broken = {r["name"]: r for r in results if r["status"] == "broken"}
+    assert {"test_pass", "test_shared", "test_last"} <= set(broken), results
+    assert "first failure: test_scn.py::test_pass" in broken["test_last"]["statusDetails"][
+        "message"]
     _nothing_left(scratch)
 
 
