@@ -28,7 +28,14 @@ from drivers.base import Driver, MachineSpec
 from lab import timeline as tl
 from lab.cloudconfig import DATASOURCES, CloudConfig
 from lab.console import Console
-from lab.errors import BootError, BootTimeout, ConfigError, ImageError, ServiceFailed
+from lab.errors import (
+    BootError,
+    BootTimeout,
+    CommandError,
+    ConfigError,
+    ImageError,
+    ServiceFailed,
+)
 from lab.images import CMDLINE_KINDS, Image
 from lab.redact import keep_cloud_config_secrets, keep_secret, redact, redact_bytes
 from lab.result import Result
@@ -162,8 +169,11 @@ class Machine:
 
         def answering() -> bool:
             nonlocal checked
-            if self.run("docker version >/dev/null 2>&1").ok:
-                return True
+            try:
+                if self.run("docker version >/dev/null 2>&1").ok:
+                    return True
+            except CommandError:  # a daemon still starting can hold the client past 60 s
+                pass
             # a crash-looping service never recovers: say why now, not at the timeout
             if time.monotonic() - checked >= SERVICE_CHECK_INTERVAL:
                 checked = time.monotonic()
@@ -212,11 +222,13 @@ class Machine:
         if faults:
             raise ServiceFailed("\n".join(faults), expected=expected, **self._context())
 
-    def collect_boot_times(self) -> dict[str, float]:
+    def collect_boot_times(self, services: list[str] | None = None) -> dict[str, float]:
         """Milestones from the guest's own records (system-docker start times).
 
         The guest's wall clock is mapped to the host timeline through uptime: the KERNEL
-        milestone (host time) is taken as uptime 0. Returns the timeline as a dict.
+        milestone (host time) is taken as uptime 0. SERVICES is marked only once every
+        one of `services` (default: the running containers) is running. Returns the
+        timeline as a dict.
         """
         # busybox date has no %N: wait for the wall clock's second to tick, then read
         # uptime, which pins the boot's wall-clock time to within one loop turn
@@ -225,26 +237,27 @@ class Machine:
         uptime, guest_now = float(clock[0]), float(clock[2])
         boot_wall = guest_now - uptime
         kernel_at = self.timeline.marks.get(tl.KERNEL, 0.0)
-        fmt = "{{.Name}} {{.Created}} {{.State.StartedAt}} {{.State.Running}}"
+        fmt = "{{.Name}} {{.Created}} {{.State.StartedAt}} {{.State.Status}}"
         out = self.run(f"sudo system-docker inspect --format '{fmt}' $(sudo system-docker ps -aq)",
                        timeout=60, check=True).output
-        created, started_running = [], []
+        created, started_running, running_names = [], [], set()
         for line in out.splitlines():
             parts = line.split()
             if len(parts) != 4:
                 continue
-            name, created_s, started_s, running = parts
+            name, created_s, started_s, status = parts
             created.append(_rfc3339(created_s))
             started = _rfc3339(started_s)
             if started is not None:
                 self.timeline.mark_offset(tl.service_milestone(name.lstrip("/")),
                                           kernel_at + started - boot_wall)
-                if running == "true":
+                if status == "running":  # not "restarting": Running is true then too
                     started_running.append(started)
+                    running_names.add(name.lstrip("/"))
         stamps = [c for c in created if c is not None]
         if stamps:
             self.timeline.mark_offset(tl.SYSTEM_DOCKER, kernel_at + min(stamps) - boot_wall)
-        if started_running:
+        if started_running and running_names.issuperset(services or ()):
             self.timeline.mark_offset(tl.SERVICES, kernel_at + max(started_running) - boot_wall)
         return self.timeline.to_dict()
 

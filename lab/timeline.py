@@ -64,3 +64,26 @@ class Timeline:
 
     def to_dict(self) -> dict[str, float]:
         return {name: round(at, 3) for name, at in self.ordered()}
+
+
+# Pairs (earlier, later) every RancherOS-style boot keeps, whatever the image prints.
+CAUSAL_ORDER = [
+    (KERNEL, INIT),
+    (INIT, SYSTEM_DOCKER),
+    (SYSTEM_DOCKER, SERVICES),
+    (INIT, LOGIN_PROMPT),
+    (INIT, SSH),
+    (SYSTEM_DOCKER, USER_DOCKER),
+]
+
+
+def order_problems(marks: dict[str, float]) -> list[str]:
+    """What is wrong with the order of `marks`: a milestone before power-on, or one that
+    came before a milestone it depends on (a clock or a detection that is wrong)."""
+    problems = [f"{name} at {at:.1f} s, before power-on"
+                for name, at in marks.items() if at < 0]
+    for earlier, later in CAUSAL_ORDER:
+        if earlier in marks and later in marks and marks[later] < marks[earlier]:
+            problems.append(f"{later} at {marks[later]:.1f} s comes before {earlier} "
+                            f"at {marks[earlier]:.1f} s")
+    return problems

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fixtures.guest import system_containers
+from fixtures.guest import NO_USER_IMAGE, system_containers
 from fixtures.plugin import options
 from fixtures.profiles import Profile, profile_path
+from lab import timeline as tl
 from lab.errors import ConfigError
 from lab.machine import Machine
 
@@ -42,6 +43,58 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PHASE=SECONDS",
         help="override one phase budget",
     )
+
+
+BUDGET_PHASES = [*tl.ORDER, "total"]
+
+
+def _unknown_phases(phases: list[str]) -> list[str]:
+    return [p for p in phases if p not in BUDGET_PHASES]
+
+
+def _check_budgets(path: Path, overrides: list[str]) -> None:
+    """Refuse a budget that would silently judge nothing: an unknown phase (a typo) in the
+    file or in --budget, a value that is not a positive number."""
+    problems = []
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise pytest.UsageError(f"roslab: cannot read budgets {path}: {exc}") from None
+
+    def walk(node: object, where: str) -> None:
+        if not isinstance(node, dict):
+            problems.append(f"{where}: expected a mapping, got {node!r}")
+            return
+        if node and all(not isinstance(v, dict) for v in node.values()):  # a budget row
+            for phase, seconds in node.items():
+                if phase not in BUDGET_PHASES:
+                    problems.append(f"{where}: unknown phase {phase!r}")
+                elif isinstance(seconds, bool) or not isinstance(seconds, int | float) \
+                        or seconds <= 0:
+                    problems.append(f"{where}.{phase}: {seconds!r} is not a positive number")
+            return
+        for key, value in node.items():
+            walk(value, f"{where}.{key}" if where else str(key))
+
+    walk(data, "")
+    for item in overrides:
+        phase, eq, seconds = item.partition("=")
+        try:
+            ok = bool(eq) and float(seconds) > 0
+        except ValueError:
+            ok = False
+        if not ok:
+            problems.append(f"--budget {item!r}: expected PHASE=SECONDS (a positive number)")
+        elif phase not in BUDGET_PHASES:
+            problems.append(f"--budget {item!r}: unknown phase {phase!r}")
+    if problems:
+        raise pytest.UsageError(
+            f"roslab: bad boot budgets ({path}):\n  " + "\n  ".join(problems)
+            + f"\nknown phases: {', '.join(BUDGET_PHASES)}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _check_budgets(config.getoption("--budgets"), config.getoption("--budget"))
 
 
 def _profile_path(config: pytest.Config) -> Path:
@@ -94,12 +147,9 @@ def budgets(pytestconfig: pytest.Config) -> dict[str, float]:
     except KeyError:
         where = "/".join(p for p in (lab.platform, lab.arch, board, accel) if p)
         raise pytest.UsageError(f"roslab: {path} has no budgets for {where}") from None
-    for item in pytestconfig.getoption("--budget"):
+    for item in pytestconfig.getoption("--budget"):  # checked at configure time
         phase, _, seconds = item.partition("=")
-        try:
-            table[phase] = float(seconds)
-        except ValueError:
-            raise pytest.UsageError(f"roslab: --budget {item!r}: expected PHASE=SECONDS") from None
+        table[phase] = float(seconds)
     return table
 
 
@@ -121,3 +171,13 @@ def machine(request: pytest.FixtureRequest, machine: Machine, profile: Profile) 
         machine.wait_until(one_shots_done, timeout=120, interval=2)
         machine.info["boot_complete"] = True
     return machine
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """User-Docker scenarios that could not run are said in the summary, not only in -rs:
+    a run that checked less than it seems must look so."""
+    reasons = [str(r.longrepr[2]) for r in terminalreporter.stats.get("skipped", [])
+               if isinstance(r.longrepr, tuple) and NO_USER_IMAGE in str(r.longrepr[2])]
+    if reasons:
+        terminalreporter.write_sep("-", "roslab: user-Docker scenarios not run", yellow=True)
+        terminalreporter.write_line(f"{len(reasons)} scenario(s) not run: {reasons[0]}")

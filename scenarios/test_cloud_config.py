@@ -52,31 +52,38 @@ def test_hostname_is_set(machine: Machine) -> None:
     assert got == HOSTNAME, f"hostname is {got!r}, cloud-config asked for {HOSTNAME!r}"
 
 
+def _ssh_login(machine: Machine, key: paramiko.PKey) -> str | None:
+    """One SSH login as rancher with `key` (the machine is booted: sshd is up); None when
+    it is let in, else why not."""
+    host, port = machine.driver.ssh_endpoint()
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    try:
+        client.connect(host, port, username="rancher", pkey=key, allow_agent=False,
+                       look_for_keys=False, timeout=30, banner_timeout=30, auth_timeout=30)
+        return None
+    except paramiko.AuthenticationException as exc:
+        return f"sshd refused the key ({exc})"
+    finally:
+        client.close()
+
+
 @pytest.mark.needs("ssh")
 def test_ssh_with_the_authorized_key_works(machine: Machine) -> None:
+    assert machine.ssh_key is not None
+    refused = _ssh_login(machine, machine.ssh_key.pkey())
+    assert refused is None, f"SSH with the key from ssh_authorized_keys failed: {refused}"
     result = machine.ssh.run("id -un")
     assert result.ok and result.stdout.strip() == "rancher", result
 
 
 @pytest.mark.needs("ssh")
 def test_ssh_with_another_key_is_refused(machine: Machine) -> None:
-    host, port = machine.driver.ssh_endpoint()
-    client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    with pytest.raises(paramiko.AuthenticationException):
-        client.connect(
-            host,
-            port,
-            username="rancher",
-            pkey=paramiko.Ed25519Key.generate()
-            if hasattr(paramiko.Ed25519Key, "generate")
-            else paramiko.RSAKey.generate(2048),
-            allow_agent=False,
-            look_for_keys=False,
-            timeout=30,
-            auth_timeout=30,
-        )
-    client.close()
+    stranger = paramiko.Ed25519Key.generate() if hasattr(paramiko.Ed25519Key, "generate") \
+        else paramiko.RSAKey.generate(2048)
+    assert _ssh_login(machine, stranger) is not None, (
+        "sshd let rancher in with a key that is not in ssh_authorized_keys"
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,28 +98,43 @@ def test_ssh_with_another_key_is_refused(machine: Machine) -> None:
 def test_write_files_content_permissions_owner(
     machine: Machine, path: str, content: str, mode: str, owner: str
 ) -> None:
-    got = machine.run(f"sudo cat {path}", check=True).output
-    assert got.replace("\r", "") == content.rstrip("\n"), f"{path} holds {got!r}"
+    # bytes, through base64: the console would lose a trailing newline or a carriage return
+    encoded = machine.run(f"sudo base64 {path}", check=True).output
+    got = base64.b64decode("".join(encoded.split()))
+    problems = []
+    if got != content.encode():
+        problems.append(f"content {got!r}, expected {content.encode()!r}")
     stat = machine.run(f"stat -c '%a %U:%G' {path}", check=True).output.strip()
-    assert stat == f"{mode} {owner}", f"{path}: mode/owner {stat}, expected {mode} {owner}"
+    got_mode, _, got_owner = stat.partition(" ")
+    if got_mode != mode:
+        problems.append(f"mode {got_mode}, expected {mode}")
+    if got_owner != owner:
+        problems.append(f"owner {got_owner}, expected {owner}")
+    assert not problems, f"write_files {path}: " + "; ".join(problems)
 
 
 def test_runcmd_ran_in_order(machine: Machine) -> None:
     lines = machine.run("cat /home/rancher/runcmd.log", check=True).output.split()
-    assert lines == ["first", "second", "third"], f"runcmd wrote {lines}"
+    assert lines == ["first", "second", "third"], (
+        f"runcmd entries ran as {lines}, expected first, second, third in order"
+    )
 
 
 def test_merged_cloud_config_is_saved(machine: Machine) -> None:
-    text = machine.run("sudo cat /var/lib/rancher/conf/cloud-config.yml", check=True).output
-    merged = yaml.safe_load(text.replace("\r", ""))
-    assert merged.get("hostname") == HOSTNAME, f"merged cloud-config: {merged}"
-    assert [f["path"] for f in merged.get("write_files", [])] == [
-        f["path"] for f in cloud_config["write_files"]
-    ]
+    path = "/var/lib/rancher/conf/cloud-config.yml"
+    merged = yaml.safe_load(machine.run(f"sudo cat {path}", check=True).output) or {}
+    assert merged.get("hostname") == HOSTNAME, (
+        f"{path} has hostname {merged.get('hostname')!r}, not the user data's {HOSTNAME!r}"
+    )
+    paths = [f.get("path") for f in merged.get("write_files") or []]
+    assert paths == [f["path"] for f in cloud_config["write_files"]], (
+        f"{path} has write_files {paths}"
+    )
 
 
 def test_ros_config_get_reads_the_merged_config(machine: Machine) -> None:
-    assert machine.run("ros config get hostname", check=True).output.strip() == HOSTNAME
+    got = machine.run("ros config get hostname", check=True).output.strip()
+    assert got == HOSTNAME, f"`ros config get hostname` says {got!r}, not {HOSTNAME!r}"
 
 
 DATASOURCE_CONFIG = {"hostname": "roslab-ds", "runcmd": ["touch /home/rancher/ds-ran"]}
@@ -131,12 +153,12 @@ def test_datasource_delivers_cloud_config(
     if datasource not in profile.datasources:
         pytest.skip(f"profile {profile.name} has no {datasource} datasource")
     machine: Machine = request.getfixturevalue("machine")
-    assert machine.run("hostname", check=True).output.strip() == "roslab-ds", (
-        f"hostname from the {datasource} datasource was not applied"
-    )
-    assert machine.run("test -e /home/rancher/ds-ran").ok, (
-        f"runcmd from the {datasource} datasource did not run"
-    )
+    problems = []
+    if machine.run("hostname", check=True).output.strip() != "roslab-ds":
+        problems.append("its hostname was not applied")
+    if not machine.run("test -e /home/rancher/ds-ran").ok:
+        problems.append("its runcmd did not run")
+    assert not problems, f"cloud-config from the {datasource} datasource: " + "; ".join(problems)
 
 
 MALFORMED = "#cloud-config\nhostname: roslab-bad\nwrite_files: [unclosed\n"
@@ -147,11 +169,12 @@ def test_malformed_cloud_config_boots_to_a_usable_console(
     machine: Machine, profile: Profile
 ) -> None:
     assert machine.run("echo usable-$((40+2))").output.strip() == "usable-42"
-    assert machine.run("hostname").output.strip() != "roslab-bad", (
-        "a cloud-config that is not valid YAML was applied in part"
-    )
+    problems = []
+    if machine.run("hostname").output.strip() == "roslab-bad":
+        problems.append("a cloud-config that is not valid YAML was applied in part")
     log = machine.run(f"sudo cat {profile.cloud_init_log}").output
     console = machine.console_log.read_text(errors="replace")
-    assert "Failed to parse cloud-config" in log + console, (
-        f"the YAML error is neither in {profile.cloud_init_log} nor on the console"
-    )
+    if "Failed to parse cloud-config" not in log + console:
+        problems.append(f"the YAML error is neither in {profile.cloud_init_log} nor on the "
+                        "console")
+    assert not problems, "; ".join(problems)

@@ -8,7 +8,7 @@ import secrets
 
 import pytest
 
-from fixtures.guest import system_containers
+from fixtures.guest import NO_USER_IMAGE, system_containers
 from fixtures.profiles import Profile
 from lab.machine import Machine
 
@@ -20,16 +20,40 @@ def _info(machine: Machine, client: str, field: str) -> str:
     return machine.run(f"{client} info --format '{{{{.{field}}}}}'", check=True).output.strip()
 
 
+USER_DOCKER_DATA = "/var/lib/user-docker"  # the image contract: where its data lives on the host
+
+
 @pytest.fixture
-def local_image(profile: Profile) -> str:
-    if profile.local_image is None:
-        pytest.skip(f"profile {profile.name} names no image the user Docker has offline")
-    return profile.local_image
+def local_image(machine: Machine, profile: Profile) -> str:
+    """An image the user Docker has offline: the profile's, or (RancherOS ships none) the
+    system Docker's own service image, copied across with `docker save | docker load`."""
+    if profile.local_image is not None:
+        return profile.local_image  # promised by the profile: a missing one is a failure
+    image = profile.system_image
+    if not machine.info.get("user_image_copied"):
+        copied = machine.run(f"sudo system-docker save {image} | docker load", timeout=300)
+        if not copied.ok:
+            pytest.skip(f"{NO_USER_IMAGE}: profile {profile.name} names none and "
+                        f"`system-docker save {image} | docker load` failed: "
+                        f"{copied.output.strip()[-200:]}")
+        machine.info["user_image_copied"] = True
+    return image
+
+
+def _socket(machine: Machine, path: str) -> str:
+    """`device:inode` of the socket at `path` (symlinks followed), or why it is not one."""
+    out = machine.run(f"test -S {path} && stat -L -c '%d:%i' {path}").output.strip()
+    return out or f"{path} is not a socket"
 
 
 def test_sockets_are_separate(machine: Machine) -> None:
-    out = machine.run("ls -l /var/run/system-docker.sock /var/run/docker.sock", check=True).output
-    assert "system-docker.sock" in out and "docker.sock" in out
+    system_sock = _socket(machine, "/var/run/system-docker.sock")
+    user_sock = _socket(machine, "/var/run/docker.sock")
+    assert "not a socket" not in system_sock + user_sock, f"{system_sock}; {user_sock}"
+    assert system_sock != user_sock, (
+        f"/var/run/docker.sock and /var/run/system-docker.sock are the same socket "
+        f"(inode {user_sock})"
+    )
     system_id = _info(machine, "sudo system-docker", "ID")
     user_id = _info(machine, "docker", "ID")
     assert system_id != user_id, (
@@ -47,23 +71,41 @@ def test_daemons_are_separate_processes(machine: Machine) -> None:
     assert user_pids and "1" not in user_pids, f"user dockerd pids: {user_pids}"
 
 
-def test_data_roots_are_separate(machine: Machine) -> None:
+def _host_path(machine: Machine, path: str) -> str:
+    """Where `path` inside the `docker` system container is on the host (its bind mounts)."""
     fmt = "{{range .Mounts}}{{.Source}}:{{.Destination}} {{end}}"
     mounts = machine.run(
         f"sudo system-docker inspect --format '{fmt}' docker", check=True
     ).output.split()
-    assert "/var/lib/user-docker:/var/lib/docker" in mounts, (
-        f"the user Docker's data is not /var/lib/user-docker (mounts: {mounts})"
+    best = ("", "")
+    for mount in mounts:
+        source, _, dest = mount.partition(":")
+        if (path == dest or path.startswith(dest.rstrip("/") + "/")) and len(dest) > len(best[1]):
+            best = (source, dest)
+    if not best[1]:
+        return f"{path} in the docker container's own filesystem (no bind mount)"
+    return best[0] + path[len(best[1]):]
+
+
+def test_data_roots_are_separate(machine: Machine) -> None:
+    user_root = _info(machine, "docker", "DockerRootDir")
+    on_host = _host_path(machine, user_root)
+    assert on_host == USER_DOCKER_DATA, (
+        f"the user Docker's data root is {user_root}, which is {on_host} on the host; "
+        f"expected {USER_DOCKER_DATA}"
+    )
+    assert machine.run(f"sudo test -d {USER_DOCKER_DATA}/image").ok, (
+        f"{USER_DOCKER_DATA} on the host holds no Docker data (no image/ folder)"
     )
     system_root = _info(machine, "sudo system-docker", "DockerRootDir")
-    assert system_root != "/var/lib/user-docker", "both Dockers keep their data in one place"
+    assert system_root != on_host, f"both Dockers keep their data in {system_root}"
 
 
 def test_containers_are_invisible_across_the_two_dockers(
     machine: Machine, local_image: str
 ) -> None:
     name = f"probe-{secrets.token_hex(4)}"
-    machine.run(f"docker run -d --name {name} {local_image} sleep 600", check=True)
+    machine.run(f"docker run -d --pull never --name {name} {local_image} sleep 600", check=True)
     try:
         system_names = system_containers(machine)
         assert name not in system_names, f"user container {name} shows in the system Docker"
@@ -78,7 +120,8 @@ def test_user_docker_runs_a_container_from_a_local_image(
     machine: Machine, local_image: str
 ) -> None:
     out = machine.run(
-        f"docker run --rm {local_image} sh -c 'echo ran-$((6*7))'", timeout=120
+        f"docker run --rm --pull never {local_image} sh -c 'echo ran-$((6*7))' 2>&1",
+        timeout=120
     ).output
     assert "ran-42" in out, f"`docker run {local_image}` did not run: {out.strip()}"
 
@@ -88,7 +131,7 @@ def test_published_port_is_reachable_in_the_guest(machine: Machine, local_image:
     word = secrets.token_hex(6)
     serve = f"mkdir -p /www && echo {word} > /www/index.html && httpd -f -p 80 -h /www"
     machine.run(
-        f"docker run -d --name {name} -p 18080:80 {local_image} sh -c '{serve}'",
+        f"docker run -d --pull never --name {name} -p 18080:80 {local_image} sh -c '{serve}'",
         check=True,
         timeout=120,
     )
@@ -114,19 +157,35 @@ def test_extra_args_reach_the_user_daemon(machine: Machine) -> None:
 def test_removing_every_user_container_leaves_the_os_running(
     machine: Machine, profile: Profile, local_image: str
 ) -> None:
-    machine.run(f"docker run -d {local_image} sleep 600", check=True, timeout=120)
+    machine.run(f"docker run -d --pull never {local_image} sleep 600", check=True, timeout=120)
     machine.run("docker rm -f $(docker ps -qa)", timeout=120)
+    left = machine.run("docker ps -qa", check=True).output.split()
+    assert not left, f"`docker rm -f $(docker ps -qa)` left user containers: {left}"
     states = system_containers(machine)
     stopped = {n: states.get(n) for n in profile.running if states.get(n) != "running"}
     assert not stopped, f"`docker rm -f $(docker ps -qa)` stopped system services: {stopped}"
     assert machine.run("docker version >/dev/null").ok, "the user Docker stopped answering"
 
 
+def _user_daemon(machine: Machine) -> str:
+    """What changes when the user Docker restarts: its container's start time and PID."""
+    fmt = "{{.State.StartedAt}} pid {{.State.Pid}}"
+    return machine.run(f"sudo system-docker inspect --format '{fmt}' docker",
+                       check=True).output.strip()
+
+
 @pytest.mark.fresh_machine
 def test_restarting_the_docker_service_brings_the_user_docker_back(machine: Machine) -> None:
-    before = _info(machine, "docker", "ID")
+    before = _user_daemon(machine)
+    daemon_id = _info(machine, "docker", "ID")
     machine.run("sudo system-docker restart docker", check=True, timeout=120)
+    after = _user_daemon(machine)
+    assert after != before, (
+        f"`system-docker restart docker` did not restart the user Docker: its container "
+        f"still has start time and pid {before}"
+    )
     back = machine.wait_until(lambda: machine.run("docker version >/dev/null 2>&1").ok,
                               timeout=120)
     assert back, "the user Docker did not answer within 120 s of `system-docker restart docker`"
-    assert _info(machine, "docker", "ID") == before, "a different daemon answers after restart"
+    # the ID is kept in the data root: the same one proves the restarted daemon kept its data
+    assert _info(machine, "docker", "ID") == daemon_id, "a different daemon answers after restart"

@@ -6,11 +6,13 @@ command line names that directory, no file left in it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,15 @@ SCENARIO = '''
 import time, pathlib, pytest
 cloud_config = "#cloud-config\\nhostname: plug\\n"
 
+SEEN = {{}}
+
 def test_pass(machine):
     assert machine.run("echo hi").output == "hi"
+    SEEN["boot"] = machine.run("cat /proc/sys/kernel/random/boot_id").output
 
 def test_shared(machine):
-    assert machine.run("hostname").ok
+    # the same guest, not another one booted with the same cloud-config
+    assert machine.run("cat /proc/sys/kernel/random/boot_id").output == SEEN["boot"]
 
 @pytest.mark.platforms("libvirt")
 def test_skipped_elsewhere(machine):
@@ -97,15 +103,30 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, tiny_guests: dict[str, P
     _nothing_left(scratch)
 
 
-def test_boot_failure_keeps_evidence_and_skips_the_rest_of_the_module(
+def test_boot_failure_keeps_evidence_and_errors_the_rest_of_the_module(
     tmp_path: Path, tiny_guests: dict[str, Path]
 ) -> None:
-    proc, scratch = _run(tmp_path, tiny_guests["panic"])
+    junit, allure = tmp_path / "junit.xml", tmp_path / "allure-results"
+    proc, scratch = _run(tmp_path, tiny_guests["panic"], "pass", f"--junitxml={junit}",
+                         f"--alluredir={allure}")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, out
     assert "GuestPanic" in out and "Kernel panic" in out
-    assert "1 error" in out and "3 skipped" in out  # the module's other tests skip at once
+    # one boot: the module's other tests are errors at once, naming the first failure
+    assert "3 errors" in out and "1 skipped" in out, out  # the skip is the libvirt-only one
     assert str(tmp_path / "results") in out
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    for name in ("test_shared", "test_last"):
+        error = cases[name].find("error")
+        assert error is not None, f"{name} is not an error in JUnit"
+        assert "first failure: test_scn.py::test_pass" in error.get("message", ""), \
+            error.get("message")
+        assert "guest kernel panic" in error.get("message", "")
+    results = [json.loads(p.read_text()) for p in allure.glob("*-result.json")]
+    broken = {r["name"]: r for r in results if r["status"] == "broken"}
+    assert {"test_pass", "test_shared", "test_last"} <= set(broken), results
+    assert "first failure: test_scn.py::test_pass" in broken["test_last"]["statusDetails"][
+        "message"]
     _nothing_left(scratch)
 
 

@@ -1,0 +1,408 @@
+"""Images broken on purpose, as data: what each breaks and which scenarios must fail with
+which cause. tests/test_mutants.py boots them and checks every scenario has one.
+
+A mutant is the reference image with a second cpio archive appended to its initrd (the
+kernel unpacks archives in order, later files win) that replaces files of the OS: the
+service definitions (os-config.yml), the guest's `ros` code, a config file. Service
+containers run from the system Docker's image, whose layer is laid out in the initrd as
+hard links to the same files; an appended file breaks that link, so every file is
+replaced in both places (the host root, for PID 1's side, and the layer, for the
+containers'). The checks are never touched.
+
+Breakages are grouped so that one machine breaks several independent features (boots
+are the cost); each scenario then fails for its own named reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from lab.refimage import build
+
+OS_CONFIG = "usr/share/ros/os-config.yml"
+LAYER_RE = re.compile(r"^(var/lib/system-docker/overlay2/[0-9a-f]{64}/diff)/")
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace `old` by `new` in a file of the OS (`old` must be there: a guest change that
+    removes it makes the mutant fail loudly, not pass quietly). `old=""` appends."""
+
+    path: str
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class Breakage:
+    what: str  # the broken feature, in words
+    edits: tuple[Edit, ...] = ()
+    services: Callable[[dict], None] | None = None  # changes rancher.services in os-config
+    new_files: dict[str, str] = field(default_factory=dict)  # host path -> script (0755)
+
+
+@dataclass(frozen=True)
+class Fails:
+    """`scenario` (a pytest node id) must fail, its message holding every one of `causes`."""
+
+    scenario: str
+    causes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    breakages: tuple[Breakage, ...]
+    fails: tuple[Fails, ...]
+
+
+# -- breakages of the service definitions ----------------------------------------------------
+
+
+def _ntp_never_stays_up(services: dict) -> None:
+    services["ntp"]["command"] = "false"
+
+
+def _no_system_cron(services: dict) -> None:
+    del services["system-cron"]
+
+
+def _preload_exits_3(services: dict) -> None:
+    services["preload-user-images"]["command"] = "sh -c 'ros preload-images; exit 3'"
+
+
+def _preload_nothing(services: dict) -> None:
+    services["preload-user-images"]["command"] = "true"
+
+
+def _syslog_not_restarted(services: dict) -> None:
+    services["syslog"]["restart"] = "no"
+
+
+def _network_does_nothing(services: dict) -> None:
+    services["network"]["command"] = "sleep 2147483647"
+
+
+def _shared_socket(services: dict) -> None:
+    # the "user Docker" is the system Docker's socket under the user's name
+    services["docker"]["command"] = (
+        "sh -c 'chmod 666 /var/run/system-docker.sock && "
+        "ln -sf /var/run/system-docker.sock /var/run/docker.sock "
+        "&& exec sleep 2147483647'"
+    )
+
+
+def _hostname_reset(services: dict) -> None:
+    services["cloud-init-execute"]["command"] = (
+        "sh -c 'cloud-init-execute -pre-console && hostname rancher'"
+    )
+
+
+def _docker_rm_removes_nothing(services: dict) -> None:
+    volumes = services["command-volumes"]["volumes"]
+    volumes[volumes.index("/usr/bin/docker:/usr/bin/docker:ro")] = (
+        "/usr/lib/ros/docker-keeps:/usr/bin/docker:ro"
+    )
+    volumes.append("/usr/bin/docker:/usr/lib/ros/docker-real:ro")
+
+
+def _user_container_named_like_a_service(services: dict) -> None:
+    preload = services["preload-user-images"]
+    preload["volumes_from"] = ["system-volumes", "command-volumes"]
+    preload["command"] = ("sh -c 'ros preload-images && docker run -d --pull never "
+                          "--name syslog busybox:latest sleep 86400'")
+
+
+SERVICES_PY = "usr/lib/ros/ros/services.py"
+COMMANDS_PY = "usr/lib/ros/ros/commands.py"
+CLOUDINIT_PY = "usr/lib/ros/ros/cloudinit.py"
+
+NTP_DOWN = Breakage("ntp exits at once (restarted for ever)", services=_ntp_never_stays_up)
+PRELOAD_FAILS = Breakage("preload-user-images exits 3", services=_preload_exits_3)
+
+MUTANTS: tuple[Mutant, ...] = (
+    Mutant(
+        "boot-slow-and-failing",
+        (
+            NTP_DOWN,
+            Breakage("system-cron is not declared", services=_no_system_cron),
+            Breakage("services start 30 s after the system Docker answers", edits=(
+                Edit(SERVICES_PY, "    failed = Starter(docker).run()\n",
+                     "    time.sleep(30)\n    failed = Starter(docker).run()\n"),)),
+            PRELOAD_FAILS,
+            Breakage("/etc/os-release names another OS", edits=(
+                Edit("etc/os-release", 'NAME="RoslabOS"', 'NAME="ImposterOS"'),)),
+        ),
+        (
+            Fails("scenarios/test_boot.py::test_reaches_every_boot_milestone",
+                  ("milestones never reached: services", "'ntp'")),
+            Fails("scenarios/test_boot.py::test_every_service_container_has_a_start_time",
+                  ("no start time recorded for service containers: system-cron",)),
+            Fails("scenarios/test_boot.py::test_each_boot_phase_within_budget",
+                  ("init -> system-docker",)),
+            Fails("scenarios/test_boot.py::test_console_shows_no_kernel_error_or_failed_service",
+                  ("a system service that failed", "preload-user-images")),
+            Fails("scenarios/test_boot.py::test_boot_completes_with_started_banner",
+                  ("the console says ImposterOS", "expects RoslabOS")),
+        ),
+    ),
+    Mutant(
+        "services-broken",
+        (
+            NTP_DOWN,
+            PRELOAD_FAILS,
+            Breakage("`ros service list` says every service is running", edits=(
+                Edit(SERVICES_PY, '        print(f"{state:<12} {name}")',
+                     '        print(f"{\'running\':<12} {name}")'),)),
+            Breakage("syslog is not restarted when it dies", services=_syslog_not_restarted),
+            Breakage("rsyslog writes elsewhere", edits=(
+                Edit("etc/rsyslog.conf", "-/var/log/syslog", "-/var/log/elsewhere"),)),
+            Breakage("the network service configures nothing", services=_network_does_nothing),
+            Breakage("services from cloud-config exit after 2 s", edits=(
+                Edit(SERVICES_PY, "                self.services[name] = spec",
+                     "                self.services[name] = "
+                     "{**spec, 'command': \"sh -c 'sleep 2; exit 1'\"}"),)),
+        ),
+        (
+            Fails("scenarios/test_services.py::"
+                  "test_long_running_service_runs_under_system_docker[ntp]",
+                  ("system service 'ntp' does not stay up",)),
+            Fails("scenarios/test_services.py::"
+                  "test_one_shot_service_completed[preload-user-images]",
+                  ("one-shot service 'preload-user-images' is exited(3)",)),
+            Fails("scenarios/test_services.py::test_ros_service_list_agrees_with_system_docker",
+                  ("`ros service list` says ntp is running, the system Docker says",)),
+            Fails("scenarios/test_services.py::test_killed_service_comes_back",
+                  ("was killed and did not come back",)),
+            Fails("scenarios/test_services.py::test_syslog_stores_what_logger_sends",
+                  ("never reached /var/log/syslog",)),
+            Fails("scenarios/test_services.py::test_network_service_gave_eth0_an_address",
+                  ("eth0 has no IPv4 address",)),
+            Fails("scenarios/test_services.py::"
+                  "test_custom_service_runs_under_system_docker_not_user_docker",
+                  ("'roslab-custom' does not stay up",)),
+        ),
+    ),
+    Mutant(
+        "user-docker-misconfigured",
+        (
+            Breakage("the user Docker keeps its data outside /var/lib/user-docker", edits=(
+                Edit(COMMANDS_PY, '"--data-root=/var/lib/docker",',
+                     '"--data-root=/var/lib/rancher/user-docker-elsewhere",'),)),
+            Breakage("rancher.docker.extra_args dropped; no iptables, no userland proxy",
+                     edits=(Edit(COMMANDS_PY, "*[str(a) for a in extra],",
+                                 '"--iptables=false", "--userland-proxy=false",'),)),
+            Breakage("`system-docker restart` does nothing", edits=(
+                Edit("usr/bin/system-docker", "exec docker",
+                     '[ "$1" = restart ] && exit 0\nexec docker'),)),
+            Breakage("`docker rm` removes nothing", services=_docker_rm_removes_nothing,
+                     new_files={"usr/lib/ros/docker-keeps":
+                                '#!/bin/sh\n[ "$1" = rm ] && exit 0\n'
+                                'exec /usr/lib/ros/docker-real "$@"\n'}),
+            Breakage("a user container is named syslog",
+                     services=_user_container_named_like_a_service),
+        ),
+        (
+            Fails("scenarios/test_docker.py::test_data_roots_are_separate",
+                  ("/var/lib/rancher/user-docker-elsewhere", "expected /var/lib/user-docker")),
+            Fails("scenarios/test_docker.py::test_extra_args_reach_the_user_daemon",
+                  ("did not reach the user Docker",)),
+            Fails("scenarios/test_docker.py::test_published_port_is_reachable_in_the_guest",
+                  ("(18080 -> 80) is not reachable",)),
+            Fails("scenarios/test_docker.py::test_containers_are_invisible_across_the_two_dockers",
+                  ("system containers show in the user Docker: ['syslog']",)),
+            Fails("scenarios/test_docker.py::"
+                  "test_removing_every_user_container_leaves_the_os_running",
+                  ("`docker rm -f $(docker ps -qa)` left user containers",)),
+            Fails("scenarios/test_docker.py::"
+                  "test_restarting_the_docker_service_brings_the_user_docker_back",
+                  ("did not restart the user Docker",)),
+        ),
+    ),
+    Mutant(
+        "user-docker-is-the-system-docker",
+        (
+            Breakage("/var/run/docker.sock is the system Docker's socket",
+                     services=_shared_socket),
+            Breakage("no user image is preloaded", services=_preload_nothing),
+        ),
+        (
+            Fails("scenarios/test_docker.py::test_sockets_are_separate",
+                  ("are the same socket",)),
+            Fails("scenarios/test_docker.py::test_daemons_are_separate_processes",
+                  ("no dockerd runs in the `docker` system container",)),
+            Fails("scenarios/test_docker.py::test_user_docker_runs_a_container_from_a_local_image",
+                  ("`docker run busybox:latest` did not run", "busybox:latest")),
+        ),
+    ),
+    Mutant(
+        "cloud-init-half-done",
+        (
+            Breakage("the hostname is reset after cloud-init", services=_hostname_reset),
+            Breakage("ssh_authorized_keys go to a file sshd does not read", edits=(
+                Edit(CLOUDINIT_PY, 'os.path.join(ssh_dir, "authorized_keys")',
+                     'os.path.join(ssh_dir, "authorized_keys.elsewhere")'),)),
+            Breakage("write_files: plain content loses its last newline, b64 is not decoded, "
+                     "gzip is not decompressed, permissions and owner are ignored", edits=(
+                Edit(CLOUDINIT_PY, "    data = content.encode() if",
+                     '    data = content.rstrip("\\n").encode() if'),
+                Edit(CLOUDINIT_PY, 'if enc in ("b64", "base64",', 'if enc in ("base64",'),
+                Edit(CLOUDINIT_PY, 'if enc.startswith(("gz", "gzip")):',
+                     'if enc.startswith("never"):'),
+                Edit(CLOUDINIT_PY, "os.chmod(path, int(str(perms), 8))", "os.chmod(path, 0o644)"),
+                Edit(CLOUDINIT_PY, "os.chown(path, uid, gid)", "os.chown(path, 0, 0)"),
+            )),
+            Breakage("runcmd runs backwards", edits=(
+                Edit(CLOUDINIT_PY, 'for entry in config.get(cfg, "runcmd") or []:',
+                     'for entry in reversed(config.get(cfg, "runcmd") or []):'),)),
+            Breakage("the merged cloud-config is saved empty", edits=(
+                Edit(CLOUDINIT_PY, "yaml.safe_dump(full, fh,", "yaml.safe_dump({}, fh,"),)),
+            Breakage("`ros config get` reads os-config.yml only", edits=(
+                Edit("usr/lib/ros/ros/cli.py", "config.get(config.load(), args.key)",
+                     "config.get(config._yaml_file(config.OS_CONFIG), args.key)"),)),
+        ),
+        (
+            Fails("scenarios/test_cloud_config.py::test_hostname_is_set",
+                  ("hostname is 'rancher', cloud-config asked for 'roslab-cc'",)),
+            Fails("scenarios/test_cloud_config.py::test_ssh_with_the_authorized_key_works",
+                  ("SSH with the key from ssh_authorized_keys failed",)),
+            Fails("scenarios/test_cloud_config.py::test_write_files_content_permissions_owner"
+                  "[plain]",
+                  ("content b'plain text from write_files', expected", "mode 644, expected 640",
+                   "owner root:root, expected rancher:rancher")),
+            Fails("scenarios/test_cloud_config.py::test_write_files_content_permissions_owner"
+                  "[base64]",
+                  ("content b'YmFzZTY0", "mode 644, expected 600")),
+            Fails("scenarios/test_cloud_config.py::test_write_files_content_permissions_owner"
+                  "[gzip+base64]",
+                  ("content b'\\x1f\\x8b", "mode 644, expected 755")),
+            Fails("scenarios/test_cloud_config.py::test_runcmd_ran_in_order",
+                  ("runcmd entries ran as ['third', 'second', 'first']",)),
+            Fails("scenarios/test_cloud_config.py::test_merged_cloud_config_is_saved",
+                  ("has hostname None, not the user data's 'roslab-cc'",)),
+            Fails("scenarios/test_cloud_config.py::test_ros_config_get_reads_the_merged_config",
+                  ("`ros config get hostname` says 'rancher'",)),
+        ),
+    ),
+    Mutant(
+        "cloud-init-too-lenient",
+        (
+            Breakage("sshd takes any key", edits=(
+                Edit("etc/ssh/sshd_config", "",
+                     "AuthorizedKeysCommand /bin/echo %t %k\n"
+                     "AuthorizedKeysCommandUser nobody\n"),)),
+            Breakage("the nocloud datasource is not read", edits=(
+                Edit(CLOUDINIT_PY, 'if kind == "nocloud":', 'if kind == "nocloud-never":'),)),
+            Breakage("invalid YAML is read line by line, silently", edits=(
+                Edit(CLOUDINIT_PY,
+                     '    except yaml.YAMLError as exc:\n'
+                     '        _invalid(source, " ".join(str(exc).split()))\n'
+                     '        return None\n',
+                     '    except yaml.YAMLError:\n'
+                     '        return dict(line.split(": ", 1) for line in text.splitlines()\n'
+                     '                    if ": " in line)\n'),)),
+        ),
+        (
+            Fails("scenarios/test_cloud_config.py::test_ssh_with_another_key_is_refused",
+                  ("sshd let rancher in with a key that is not in ssh_authorized_keys",)),
+            Fails("scenarios/test_cloud_config.py::test_datasource_delivers_cloud_config[nocloud]",
+                  ("its hostname was not applied", "its runcmd did not run")),
+            Fails("scenarios/test_cloud_config.py::"
+                  "test_malformed_cloud_config_boots_to_a_usable_console",
+                  ("applied in part", "the YAML error is neither in")),
+        ),
+    ),
+)
+
+
+# -- making the image ------------------------------------------------------------------------
+
+
+def _cpio_in(initrd: Path, *args: str, cwd: Path | None = None) -> str:
+    """Run `cpio -i ARGS` on the (zstd) initrd's first archive."""
+    zstd = subprocess.Popen(["zstd", "-dcq", str(initrd)], stdout=subprocess.PIPE)
+    try:
+        out = subprocess.run(["cpio", "-i", "--quiet", *args], stdin=zstd.stdout, cwd=cwd,
+                             capture_output=True, text=True, check=True).stdout
+    finally:
+        assert zstd.stdout is not None
+        zstd.stdout.close()
+        zstd.wait()
+    return out
+
+
+@functools.cache
+def _layer_dir(initrd: Path) -> str:
+    """The folder of the system Docker's image layer inside the initrd."""
+    for name in _cpio_in(initrd, "-t").splitlines():
+        if m := LAYER_RE.match(name):
+            return m.group(1)
+    raise AssertionError(f"{initrd} has no system Docker image layer")
+
+
+def _mutated(text: str, edits: list[Edit], path: str) -> str:
+    for edit in edits:
+        if not edit.old:
+            text += edit.new
+            continue
+        assert edit.old in text, f"mutant edit of {path}: {edit.old!r} is not in it any more"
+        text = text.replace(edit.old, edit.new)
+    return text
+
+
+def make_image(mutant: Mutant, out: Path) -> Path:
+    """The reference image with `mutant`'s breakages appended to its initrd, in `out`."""
+    image = build.ensure_image("x86_64")
+    initrd = image / "initrd"
+    layer = _layer_dir(initrd)
+    edits: dict[str, list[Edit]] = {}
+    for breakage in mutant.breakages:
+        for edit in breakage.edits:
+            edits.setdefault(edit.path, []).append(edit)
+        if breakage.services is not None:
+            edits.setdefault(OS_CONFIG, [])
+    with tempfile.TemporaryDirectory(prefix="roslab-mutant-") as tmp:
+        original, overlay = Path(tmp) / "original", Path(tmp) / "overlay"
+        original.mkdir()
+        _cpio_in(initrd, "-dm", *edits, cwd=original)
+        for path, file_edits in edits.items():
+            source = original / path
+            text = _mutated(source.read_text(), file_edits, path)
+            if path == OS_CONFIG:
+                config = yaml.safe_load(text)
+                for breakage in mutant.breakages:
+                    if breakage.services is not None:
+                        breakage.services(config["rancher"]["services"])
+                text = yaml.safe_dump(config)
+            for where in (path, f"{layer}/{path}"):
+                dest = overlay / where
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(text)
+                dest.chmod(source.stat().st_mode & 0o7777)
+        for breakage in mutant.breakages:
+            for path, script in breakage.new_files.items():
+                dest = overlay / path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text(script)
+                dest.chmod(0o755)
+        # files only: a folder entry would reset the mode of the OS's own folder
+        cpio = subprocess.run("find . ! -type d | cpio --quiet -o -H newc", shell=True,
+                              cwd=overlay, capture_output=True, check=True).stdout
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("vmlinuz", "manifest.json"):
+        shutil.copy2(image / name, out / name)
+    with open(out / "initrd", "wb") as fh, open(initrd, "rb") as base:
+        shutil.copyfileobj(base, fh)
+        # the kernel takes an appended archive only at a 4-byte boundary; zeros are skipped
+        fh.write(b"\0" * (-fh.tell() % 4))
+        fh.write(cpio)
+    return out
