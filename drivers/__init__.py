@@ -7,8 +7,13 @@ import importlib
 from drivers.base import Driver
 from lab.errors import ConfigError
 
-PLATFORMS: dict[str, str] = {"qemu": "drivers.qemu:QemuDriver"}
-PLANNED = ("libvirt", "aws", "gce", "digitalocean", "openstack", "physical")
+PLATFORMS: dict[str, str] = {
+    "qemu": "drivers.qemu:QemuDriver",
+    "openstack": "drivers.openstack:OpenStackDriver",
+}
+# platforms whose objects live in a cloud account: `roslab gc --all-clouds` visits each
+CLOUDS = ("openstack",)
+PLANNED = ("libvirt", "aws", "gce", "digitalocean", "cloudstack", "aliyun", "physical")
 
 
 def driver_class(platform: str) -> type[Driver]:

@@ -1,7 +1,8 @@
 """Images a user brings: what kind each is and which arch it is for, checked before any boot.
 
 Kinds: a folder with `vmlinuz` + `initrd` (direct kernel boot), an `.iso` (CD-ROM boot),
-a disk (`.img`/`.qcow2`), a Raspberry Pi SD card release (`.zip` holding one `.img`).
+a disk (`.img`/`.qcow2`), a Raspberry Pi SD card release (`.zip` holding one `.img`), or an
+image a cloud already holds (`openstack:NAME`, `gce:IMAGE`, `digitalocean:ID`...).
 The arch is read from the kernel itself (the file's boot header), so an arm64 kernel
 handed to an x86_64 run fails here, not after a silent hang.
 """
@@ -26,6 +27,8 @@ KERNEL = "kernel"
 ISO = "iso"
 DISK = "disk"
 SDCARD = "sdcard"
+CLOUD = "cloud"  # an image a cloud already holds, named `<platform>:<name or id>`
+CLOUD_PLATFORMS = ("gce", "digitalocean", "openstack", "cloudstack", "aliyun")
 CMDLINE_KINDS = (KERNEL, SDCARD)  # kinds whose kernel command line the lab controls
 DISK_SUFFIXES = {".img": "raw", ".raw": "raw", ".qcow2": "qcow2"}
 KERNEL_NAMES = ("vmlinuz", "vmlinuz-*", "bzImage", "Image")
@@ -64,6 +67,7 @@ class Image:
     dtb: Path | None = None  # SDCARD: the device tree config.txt names
     cmdline: str = ""  # SDCARD: cmdline.txt
     manifest: dict = field(default_factory=dict, compare=False)
+    ref: str = ""  # CLOUD: the cloud's name or id of the image
 
     @property
     def version(self) -> str | None:
@@ -71,6 +75,9 @@ class Image:
 
     @classmethod
     def open(cls, path: Path | str) -> Image:
+        scheme, _, ref = str(path).partition(":")
+        if scheme in CLOUD_PLATFORMS and ref and not Path(path).exists():
+            return cls(Path(str(path)), CLOUD, None, ref=ref)
         path = Path(path).expanduser()
         if not path.exists():
             raise ImageError(f"image {path} does not exist")
