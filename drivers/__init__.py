@@ -10,9 +10,10 @@ from lab.errors import ConfigError
 PLATFORMS: dict[str, str] = {
     "qemu": "drivers.qemu:QemuDriver",
     "openstack": "drivers.openstack:OpenStackDriver",
+    "gce": "drivers.gce:GceDriver",
 }
 # platforms whose objects live in a cloud account: `roslab gc --all-clouds` visits each
-CLOUDS = ("openstack",)
+CLOUDS = ("gce", "openstack")
 PLANNED = ("libvirt", "aws", "gce", "digitalocean", "cloudstack", "aliyun", "physical")
 
 

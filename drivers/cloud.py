@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
+import secrets
 import socket
 import time
 from abc import abstractmethod
@@ -71,6 +73,15 @@ def ssh_source() -> str:
     if "/" not in value:
         value += "/32"
     return value
+
+
+def resource_name() -> str:
+    """A name unique to one machine that every cloud accepts (GCE's rule is the strictest:
+    lowercase letters, digits and `-`, starting with a letter, at most 63 characters)."""
+    from lab.gc import run_id
+
+    run = re.sub(r"[^a-z0-9-]", "-", run_id().lower())[:40].strip("-")
+    return f"roslab-{run}-{secrets.token_hex(3)}"
 
 
 def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 2.0,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import os
-import secrets
 from typing import Any, ClassVar
 
 from drivers.cloud import (
@@ -28,6 +27,7 @@ from drivers.cloud import (
     CloudDriver,
     cloud_capabilities,
     epoch,
+    resource_name,
     sweep,
     wait_for,
 )
@@ -95,7 +95,7 @@ class OpenStackDriver(CloudDriver):
 
     def _launch(self, spec: Any) -> None:
         exc = self.sdk().exceptions
-        base = f"roslab-{gc.run_id().lower()}-{secrets.token_hex(3)}"
+        base = resource_name()
         marks = gc.owner_marks()
         flavor_name = os.environ.get("ROSLAB_OPENSTACK_FLAVOR", "m1.small")
         flavor = self.conn.compute.find_flavor(flavor_name, ignore_missing=True)
