@@ -11,9 +11,10 @@ PLATFORMS: dict[str, str] = {
     "qemu": "drivers.qemu:QemuDriver",
     "openstack": "drivers.openstack:OpenStackDriver",
     "gce": "drivers.gce:GceDriver",
+    "digitalocean": "drivers.digitalocean:DigitalOceanDriver",
 }
 # platforms whose objects live in a cloud account: `roslab gc --all-clouds` visits each
-CLOUDS = ("gce", "openstack")
+CLOUDS = ("digitalocean", "gce", "openstack")
 PLANNED = ("libvirt", "aws", "gce", "digitalocean", "cloudstack", "aliyun", "physical")
 
 

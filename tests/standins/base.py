@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -47,10 +49,11 @@ class StandIn:
         self._faults: list[tuple[str, re.Pattern[str], int]] = []
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
+        self.ca_file: Path | None = None  # with TLS: the certificate a client must trust
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca_file else 'http'}://127.0.0.1:{self.port}"
 
     def route(self, method: str, pattern: str, fn: Handler) -> None:
         self.routes.append((method, re.compile(pattern + r"/?$"), fn))
@@ -78,7 +81,9 @@ class StandIn:
             return Reply(404, {"error": {"message": f"no route {req.method} {req.path}",
                                          "code": 404}})
 
-    def start(self) -> StandIn:
+    def start(self, tls_dir: Path | None = None) -> StandIn:
+        """Serve on 127.0.0.1 (an ephemeral port); over TLS with a self-signed certificate
+        for 127.0.0.1 written to `tls_dir` when given (for SDKs that refuse plain HTTP)."""
         standin = self
 
         class _Handler(BaseHTTPRequestHandler):
@@ -113,6 +118,11 @@ class StandIn:
                 pass
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        if tls_dir is not None:
+            self.ca_file, key = _self_signed(tls_dir)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.ca_file, key)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -122,6 +132,36 @@ class StandIn:
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1, valid for a day."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "roslab stand-in")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    directory.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = directory / "standin.crt", directory / "standin.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
 
 
 def rfc3339(t: float | None = None) -> str:
