@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from standins.base import machine_spec, start_run
-from standins.digitalocean_standin import TOKEN, DigitalOceanStandIn
+from standins.digitalocean_standin import DigitalOceanStandIn, serve
 
 from drivers.digitalocean import DigitalOceanDriver
 from lab import gc
@@ -23,10 +23,7 @@ RELEASE_URL = "https://releases.example.org/v1.5.8/rancheros-digitalocean.img"
 
 @pytest.fixture
 def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[DigitalOceanStandIn]:
-    standin = DigitalOceanStandIn().start(tls_dir=tmp_path / "tls")
-    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(standin.ca_file))
-    monkeypatch.setenv("DIGITALOCEAN_TOKEN", TOKEN)
-    monkeypatch.setenv("ROSLAB_DIGITALOCEAN_ENDPOINT", standin.url)
+    standin = serve(tmp_path, monkeypatch)
     monkeypatch.setattr(DigitalOceanDriver, "poll_interval", 0.05)
     yield standin
     standin.stop()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from standins.base import machine_spec, start_run
-from standins.gce_standin import GceStandIn
+from standins.gce_standin import GceStandIn, serve
 
 from drivers.gce import GceDriver, label_value
 from lab import gc
@@ -22,22 +22,9 @@ from lab.errors import BootTimeout, ConfigError, ImageError
 ZONE = "us-central1-a"
 
 
-@pytest.fixture(autouse=True)
-def no_metadata_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    # google-auth probes the GCE metadata server when it finds no credentials: keep that
-    # probe on loopback (nothing listens on port 9)
-    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
-    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
-    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
-
-
 @pytest.fixture
 def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GceStandIn]:
-    standin = GceStandIn().start()
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS",
-                       str(standin.service_account_file(tmp_path / "sa.json")))
-    monkeypatch.setenv("ROSLAB_GCE_ENDPOINT", standin.url)
-    monkeypatch.setenv("ROSLAB_SSH_SOURCE", "198.51.100.7")
+    standin = serve(tmp_path, monkeypatch)
     monkeypatch.setattr(GceDriver, "poll_interval", 0.05)
     yield standin
     standin.stop()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from standins.base import machine_spec, start_run
-from standins.openstack_standin import OpenStackStandIn
+from standins.openstack_standin import OpenStackStandIn, serve
 
 from drivers.openstack import OpenStackDriver
 from lab import gc
@@ -20,9 +20,7 @@ from lab.errors import BootTimeout, ConfigError, ImageError, LabError
 
 @pytest.fixture
 def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenStackStandIn]:
-    standin = OpenStackStandIn().start()
-    monkeypatch.setenv("OS_CLIENT_CONFIG_FILE", str(standin.clouds_yaml(tmp_path / "clouds.yaml")))
-    monkeypatch.setenv("OS_CLOUD", "standin")
+    standin = serve(tmp_path, monkeypatch)
     monkeypatch.setattr(OpenStackDriver, "poll_interval", 0.05)
     yield standin
     standin.stop()

@@ -10,6 +10,7 @@ image is `NEW` and then `available`. Every call must carry the account's bearer 
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 from typing import Any
 
 from standins.base import Reply, Request, StandIn, rfc3339
@@ -142,3 +143,13 @@ class DigitalOceanStandIn(StandIn):
         if self.images.pop(int(ident), None) is None:
             return self._not_found()
         return Reply(204)
+
+
+def serve(tmp_path: Path, env: Any) -> DigitalOceanStandIn:
+    """Start one over TLS and point pydo at it as a user would: a token, a base URL, the
+    endpoint's certificate trusted through REQUESTS_CA_BUNDLE."""
+    standin = DigitalOceanStandIn().start(tls_dir=tmp_path / "tls")
+    env.setenv("REQUESTS_CA_BUNDLE", str(standin.ca_file))
+    env.setenv("DIGITALOCEAN_TOKEN", TOKEN)
+    env.setenv("ROSLAB_DIGITALOCEAN_ENDPOINT", standin.url)
+    return standin

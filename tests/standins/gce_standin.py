@@ -233,3 +233,19 @@ class GceStandIn(StandIn):
         if getattr(self, kind).pop(name, None) is None:
             return self._not_found(f"global/{kind}/{name}")
         return self._op("delete", name)
+
+
+def serve(tmp_path: Path, env: Any) -> GceStandIn:
+    """Start one and point google-cloud-compute at it as a user would: a service-account
+    key file, a private API endpoint, the runner's address for the SSH rule."""
+    standin = GceStandIn().start()
+    env.setenv("GOOGLE_APPLICATION_CREDENTIALS",
+               str(standin.service_account_file(tmp_path / "sa.json")))
+    env.setenv("ROSLAB_GCE_ENDPOINT", standin.url)
+    env.setenv("ROSLAB_SSH_SOURCE", "198.51.100.7")
+    # google-auth probes the GCE metadata server when it finds no credentials: keep that
+    # probe on loopback (nothing listens on port 9)
+    env.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
+    env.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    env.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    return standin

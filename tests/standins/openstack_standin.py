@@ -234,3 +234,11 @@ class OpenStackStandIn(StandIn):
         if self.images.pop(iid, None) is None:
             return Reply(404, f"No image found with ID {iid}")
         return Reply(204)
+
+
+def serve(tmp_path: Path, env: Any) -> OpenStackStandIn:
+    """Start one and point openstacksdk at it as a user would (`env`: pytest's monkeypatch)."""
+    standin = OpenStackStandIn().start()
+    env.setenv("OS_CLIENT_CONFIG_FILE", str(standin.clouds_yaml(tmp_path / "clouds.yaml")))
+    env.setenv("OS_CLOUD", "standin")
+    return standin
