@@ -12,10 +12,11 @@ PLATFORMS: dict[str, str] = {
     "openstack": "drivers.openstack:OpenStackDriver",
     "gce": "drivers.gce:GceDriver",
     "digitalocean": "drivers.digitalocean:DigitalOceanDriver",
+    "cloudstack": "drivers.cloudstack:CloudStackDriver",
 }
 # platforms whose objects live in a cloud account: `roslab gc --all-clouds` visits each
-CLOUDS = ("digitalocean", "gce", "openstack")
-PLANNED = ("libvirt", "aws", "gce", "digitalocean", "cloudstack", "aliyun", "physical")
+CLOUDS = ("cloudstack", "digitalocean", "gce", "openstack")
+PLANNED = ("libvirt", "aws", "aliyun", "physical")
 
 
 def driver_class(platform: str) -> type[Driver]:
