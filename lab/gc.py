@@ -105,6 +105,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="also take what roslab made longer ago than this (e.g. 5h), "
                          "expired or not")
     gc.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    gc.add_argument("--region", default=None,
+                    help="cloud platforms: the region to sweep (default: boto3's, etc.)")
     gc.set_defaults(func=cmd_gc)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import zipfile
@@ -26,6 +27,8 @@ KERNEL = "kernel"
 ISO = "iso"
 DISK = "disk"
 SDCARD = "sdcard"
+CLOUD = "cloud"  # an image kept by a cloud, named by its id (ami-..., or ami:REGION from a catalog)
+CLOUD_IMAGE = re.compile(r"ami-[0-9a-f]{8,17}|ami:[a-z0-9-]*")
 CMDLINE_KINDS = (KERNEL, SDCARD)  # kinds whose kernel command line the lab controls
 DISK_SUFFIXES = {".img": "raw", ".raw": "raw", ".qcow2": "qcow2"}
 KERNEL_NAMES = ("vmlinuz", "vmlinuz-*", "bzImage", "Image")
@@ -55,7 +58,7 @@ def _first(folder: Path, patterns: tuple[str, ...]) -> Path | None:
 @dataclass(frozen=True)
 class Image:
     path: Path
-    kind: str  # KERNEL, ISO, DISK or SDCARD
+    kind: str  # KERNEL, ISO, DISK, SDCARD or CLOUD
     arch: str | None  # None when the image gives no way to tell (a disk)
     kernel: Path | None = None
     initrd: Path | None = None
@@ -71,6 +74,8 @@ class Image:
 
     @classmethod
     def open(cls, path: Path | str) -> Image:
+        if not Path(path).exists() and CLOUD_IMAGE.fullmatch(str(path)):
+            return cls(Path(path), CLOUD, None)  # the cloud's driver checks it exists
         path = Path(path).expanduser()
         if not path.exists():
             raise ImageError(f"image {path} does not exist")
