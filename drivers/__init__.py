@@ -9,14 +9,15 @@ from lab.errors import ConfigError
 
 PLATFORMS: dict[str, str] = {
     "qemu": "drivers.qemu:QemuDriver",
+    "aws": "drivers.aws:AwsDriver",
     "openstack": "drivers.openstack:OpenStackDriver",
     "gce": "drivers.gce:GceDriver",
     "digitalocean": "drivers.digitalocean:DigitalOceanDriver",
     "cloudstack": "drivers.cloudstack:CloudStackDriver",
 }
 # platforms whose objects live in a cloud account: `roslab gc --all-clouds` visits each
-CLOUDS = ("cloudstack", "digitalocean", "gce", "openstack")
-PLANNED = ("libvirt", "aws", "aliyun", "physical")
+CLOUDS = ("aws", "cloudstack", "digitalocean", "gce", "openstack")
+PLANNED = ("libvirt", "aliyun", "physical")
 
 
 def driver_class(platform: str) -> type[Driver]:

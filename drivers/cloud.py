@@ -25,10 +25,10 @@ from typing import Any, ClassVar, TypeVar
 
 from drivers.base import Capabilities, Driver, MachineSpec
 from lab.errors import BootTimeout, ConfigError, LabError
+from lab.images import CLOUD
 
 T = TypeVar("T")
 
-CLOUD_IMAGE = "cloud"  # lab.images kind: an image the cloud already has, named by reference
 SSH_SOURCE_ENV = "ROSLAB_SSH_SOURCE"  # CIDR the per-run SSH rule admits (the runner's address)
 INSTALL_HINT = "pip install 'roslab[clouds]'"
 
@@ -39,7 +39,7 @@ NO_POWER_BUTTON = ("the cloud API offers stop/delete, not an ACPI power-button p
 NO_SNAPSHOT = "the lab does not snapshot cloud instances"
 
 
-def cloud_capabilities(datasource: str, image_kinds: tuple[str, ...] = (CLOUD_IMAGE,),
+def cloud_capabilities(datasource: str, image_kinds: tuple[str, ...] = (CLOUD,),
                        **why_not: str) -> Capabilities:
     """What a cloud machine can do: SSH and network, no console to type on, no power button."""
     reasons = {"console": NO_CONSOLE, "power_button": NO_POWER_BUTTON, "snapshot": NO_SNAPSHOT}

@@ -22,7 +22,6 @@ import os
 from typing import Any, ClassVar
 
 from drivers.cloud import (
-    CLOUD_IMAGE,
     Candidate,
     CloudDriver,
     cloud_capabilities,
@@ -33,7 +32,7 @@ from drivers.cloud import (
 )
 from lab import gc
 from lab.errors import ConfigError, ImageError
-from lab.images import DISK
+from lab.images import CLOUD, DISK
 
 CREDENTIALS_HINT = ("set OS_CLOUD to an entry of clouds.yaml (./clouds.yaml, "
                     "~/.config/openstack/clouds.yaml, /etc/openstack/clouds.yaml or "
@@ -45,7 +44,7 @@ class OpenStackDriver(CloudDriver):
     name = "openstack"
     sdk_module = "openstack"
     sdk_package = "openstacksdk"
-    capabilities = cloud_capabilities("configdrive", (CLOUD_IMAGE, DISK))
+    capabilities = cloud_capabilities("configdrive", (CLOUD, DISK))
     running_states: ClassVar[tuple[str, ...]] = ("ACTIVE",)
     failed_states: ClassVar[tuple[str, ...]] = ("ERROR",)
 
@@ -102,7 +101,7 @@ class OpenStackDriver(CloudDriver):
         if flavor is None:
             raise ConfigError(f"openstack: no flavor {flavor_name!r} "
                               "(set ROSLAB_OPENSTACK_FLAVOR to one `openstack flavor list` shows)")
-        if spec.image.kind == CLOUD_IMAGE:
+        if spec.image.kind == CLOUD:
             image = self.conn.image.find_image(spec.image.ref, ignore_missing=True)
             if image is None:
                 raise ImageError(f"openstack has no image {spec.image.ref!r} "

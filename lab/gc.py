@@ -109,6 +109,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="also take what roslab made longer ago than this (e.g. 5h), "
                          "expired or not")
     gc.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    gc.add_argument("--region", default=None,
+                    help="cloud platforms: the region to sweep (default: boto3's, etc.)")
     gc.set_defaults(func=cmd_gc)
 
 
@@ -128,6 +130,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
             continue
         try:
             _collect(platform, cls, args, options)
+        except ConfigError as exc:  # a driver without not_ready: no credentials or region
+            print(f"skipped {platform}: {exc}")
         except Exception as exc:  # one cloud's outage must not hide the others' garbage
             failed += 1
             print(f"roslab gc: {platform} failed: {type(exc).__name__}: {exc}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import zipfile
@@ -27,7 +28,10 @@ KERNEL = "kernel"
 ISO = "iso"
 DISK = "disk"
 SDCARD = "sdcard"
-CLOUD = "cloud"  # an image a cloud already holds, named `<platform>:<name or id>`
+# an image a cloud already holds: an AMI id (ami-..., or ami:REGION from the release's
+# catalog), or `<platform>:<name or id>` on the other clouds
+CLOUD = "cloud"
+CLOUD_IMAGE = re.compile(r"ami-[0-9a-f]{8,17}|ami:[a-z0-9-]*")
 CLOUD_PLATFORMS = ("gce", "digitalocean", "openstack", "cloudstack", "aliyun")
 CMDLINE_KINDS = (KERNEL, SDCARD)  # kinds whose kernel command line the lab controls
 DISK_SUFFIXES = {".img": "raw", ".raw": "raw", ".qcow2": "qcow2"}
@@ -58,7 +62,7 @@ def _first(folder: Path, patterns: tuple[str, ...]) -> Path | None:
 @dataclass(frozen=True)
 class Image:
     path: Path
-    kind: str  # KERNEL, ISO, DISK or SDCARD
+    kind: str  # KERNEL, ISO, DISK, SDCARD or CLOUD
     arch: str | None  # None when the image gives no way to tell (a disk)
     kernel: Path | None = None
     initrd: Path | None = None
@@ -75,6 +79,8 @@ class Image:
 
     @classmethod
     def open(cls, path: Path | str) -> Image:
+        if not Path(path).exists() and CLOUD_IMAGE.fullmatch(str(path)):
+            return cls(Path(path), CLOUD, None, ref=str(path))  # the cloud's driver checks it
         scheme, _, ref = str(path).partition(":")
         if scheme in CLOUD_PLATFORMS and ref and not Path(path).exists():
             return cls(Path(str(path)), CLOUD, None, ref=ref)

@@ -13,6 +13,15 @@ from standins.base import start_run
 from drivers import CLOUDS, driver_class
 from lab.cli import main
 
+@pytest.fixture(autouse=True)
+def no_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """AWS is tested against moto (tests/test_aws.py); here it has no region, so gc skips it
+    before asking for credentials (and boto3 never probes the instance metadata address)."""
+    for var in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
 RUNS = {"openstack": "rancheros-openstack.img",
         "gce": "gce:gs://roslab-images/rancheros-gce.tar.gz",
         "digitalocean": "digitalocean:https://releases.example.org/rancheros-digitalocean.img",
@@ -42,6 +51,7 @@ def test_all_clouds_after_killed_runs(tmp_path: Path, monkeypatch: pytest.Monkey
         print(out)
         assert "2 found on openstack" in out and "3 found on gce" in out
         assert "2 found on digitalocean" in out and "1 found on cloudstack" in out
+        assert "skipped aws" in out
         assert standins["openstack"].servers and standins["gce"].instances
 
         assert main(["gc", "--all-clouds", "--older-than", "0s"]) == 0
@@ -76,6 +86,7 @@ def test_clouds_without_sdk_or_credentials_are_listed_as_skipped(
     assert "skipped digitalocean: platform digitalocean: no API token" in out
     assert "skipped gce: platform gce: no credentials" in out
     assert "skipped cloudstack: platform cloudstack: CLOUDSTACK_ENDPOINT" in out
+    assert "skipped aws: roslab gc --platform aws needs a region" in out
     assert "0 found on openstack" in out
     assert all(issubclass(driver_class(c), object) for c in CLOUDS)
 
