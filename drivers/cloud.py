@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import socket
+import threading
 import time
 from abc import abstractmethod
 from collections.abc import Callable
@@ -66,10 +67,12 @@ def setting(name: str, default: str | None = None, *, why: str = "") -> str:
     return value
 
 
-def ssh_source() -> str:
-    """The CIDR allowed to reach port 22 (the CI runner's public address, e.g. 203.0.113.7/32)."""
-    value = setting(SSH_SOURCE_ENV, why="the per-run SSH rule admits only the runner; set it "
-                    "to the runner's public address as a CIDR (e.g. 203.0.113.7/32)")
+def ssh_source(given: str | None = None) -> str:
+    """The CIDR allowed to reach port 22 (the CI runner's public address, e.g. 203.0.113.7/32):
+    the `ssh_from` platform option, else ROSLAB_SSH_SOURCE."""
+    value = given or setting(SSH_SOURCE_ENV, why="the per-run SSH rule admits only the "
+                             "runner; set it (or the ssh_from platform option) to the "
+                             "runner's public address as a CIDR (e.g. 203.0.113.7/32)")
     if "/" not in value:
         value += "/32"
     return value
@@ -160,12 +163,15 @@ class CloudDriver(Driver):
     boot_wait: ClassVar[float] = 600.0  # creation to running with an address
     delete_wait: ClassVar[float] = 300.0
     poll_interval: ClassVar[float] = 2.0  # between reads of a state the cloud changes
+    console_poll: ClassVar[float] = 10.0  # clouds refresh their console logs every few seconds
 
     def __init__(self) -> None:
         self.ledger = Ledger(self.name)
         self.spec: MachineSpec | None = None
         self.instance: str | None = None  # the cloud's id of the running instance
         self._address: str | None = None
+        self._console = ""
+        self._stop_polling = threading.Event()
 
     # the SDK and its settings ----------------------------------------------------------------
 
@@ -195,12 +201,22 @@ class CloudDriver(Driver):
         self.check_credentials({})
         self.spec = spec
 
+    def option(self, key: str, env: str, default: str | None = None) -> str | None:
+        """A platform option (`--platform-option KEY=VALUE`, --region, --instance-type),
+        else the environment variable, else the default."""
+        given = self.spec.options.get(key) if self.spec is not None else None
+        return given or os.environ.get(env) or default
+
     def start(self) -> float:
-        """Create the instance and wait until it runs with an address; delete it if not."""
+        """Create the instance and wait until it runs with an address; delete it if not.
+        Where the cloud keeps a console log, it is copied to console.log meanwhile."""
         assert self.spec is not None, "prepare() first"
         t0 = time.monotonic()
         try:
             self._launch(self.spec)
+            if self.has_console_log:
+                threading.Thread(target=self._poll_console, daemon=True,
+                                 name=f"console-{self.instance}").start()
             self._address = wait_for(self._running_address, self.boot_wait,
                                      f"{self.name} instance {self.instance} running with an "
                                      "address", self.poll_interval, self._last_lines)
@@ -208,6 +224,23 @@ class CloudDriver(Driver):
             self._abandon()
             raise
         return t0
+
+    has_console_log: ClassVar[bool] = False  # the cloud's API returns the console output
+
+    def _poll_console(self) -> None:
+        while not self._stop_polling.is_set():
+            with contextlib.suppress(Exception):  # a transient API error: try next turn
+                self.fetch_console()
+            self._stop_polling.wait(self.console_poll)
+
+    def fetch_console(self) -> str:
+        """Copy the instance's console log (as the cloud last captured it) to console.log."""
+        if self.instance is not None and self.spec is not None:
+            text = self.console_text() or ""
+            if text and text != self._console:
+                self._console = text
+                (self.spec.workdir / "console.log").write_text(text)
+        return self._console
 
     def _create(self, kind: str, name: str, create: Callable[[], str],
                 find: Callable[[str], list[str]], delete: Callable[[str], None]) -> str:
@@ -283,7 +316,12 @@ class CloudDriver(Driver):
         return f"{self.name} instance {self.instance} is {status or 'gone'}"
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Delete the instance (a cloud machine is not kept powered off: it still costs)."""
+        """Delete the instance (a cloud machine is not kept powered off: it still costs);
+        its console log is kept first, as evidence."""
+        self._stop_polling.set()
+        if self.has_console_log:
+            with contextlib.suppress(Exception):
+                self.fetch_console()
         instance, self.instance = self.instance, None
         if instance is not None:
             self.ledger.forget("instance", instance)

@@ -6,7 +6,8 @@ cloud-config as user data and the ownership marks as resource tags.
 
 Credentials: CLOUDSTACK_ENDPOINT (the API URL), CLOUDSTACK_KEY and CLOUDSTACK_SECRET (the
 account's API and secret keys; the names the `cs` client and Ansible's modules use).
-Settings: ROSLAB_CLOUDSTACK_ZONE (name or id; default the first zone listed),
+Settings (`--platform-option zone=...`, `--instance-type` first, else the variable):
+ROSLAB_CLOUDSTACK_ZONE (name or id; default the first zone listed),
 ROSLAB_CLOUDSTACK_OFFERING (service offering name or id; default the first),
 ROSLAB_CLOUDSTACK_EXPUNGE=1 to expunge at delete (needs the right; else destroyed VMs
 are expunged by the cloud after its expunge delay, and cost nothing meanwhile).
@@ -81,9 +82,10 @@ class CloudStackDriver(CloudDriver):
 
     def _launch(self, spec: Any) -> None:
         base = resource_name()
-        zone = _pick(self.api.list_locations(), os.environ.get("ROSLAB_CLOUDSTACK_ZONE"),
+        zone = _pick(self.api.list_locations(), self.option("zone", "ROSLAB_CLOUDSTACK_ZONE"),
                      "zone", "ROSLAB_CLOUDSTACK_ZONE")
-        size = _pick(self.api.list_sizes(), os.environ.get("ROSLAB_CLOUDSTACK_OFFERING"),
+        size = _pick(self.api.list_sizes(),
+                     self.option("instance_type", "ROSLAB_CLOUDSTACK_OFFERING"),
                      "service offering", "ROSLAB_CLOUDSTACK_OFFERING")
         images = [i for i in self.api.list_images(location=zone)
                   if spec.image.ref in (i.id, i.name)]

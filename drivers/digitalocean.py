@@ -5,7 +5,8 @@ ownership marks as tags; no console API, so checks that need one are not applica
     ... --image digitalocean:https://example.org/rancheros-digitalocean.img   # custom image
 
 Credentials: DIGITALOCEAN_TOKEN (or doctl's DIGITALOCEAN_ACCESS_TOKEN), a read-write API
-token. Settings: ROSLAB_DIGITALOCEAN_REGION (nyc3), ROSLAB_DIGITALOCEAN_SIZE (s-1vcpu-2gb),
+token. Settings (`--region`, `--instance-type` first, else the variable):
+ROSLAB_DIGITALOCEAN_REGION (nyc3), ROSLAB_DIGITALOCEAN_SIZE (s-1vcpu-2gb);
 ROSLAB_DIGITALOCEAN_ENDPOINT (the API's base URL, for a proxy or a private endpoint).
 An image URL is imported as a custom image for the run (tagged, deleted after).
 
@@ -25,7 +26,6 @@ from drivers.cloud import (
     cloud_capabilities,
     epoch,
     resource_name,
-    setting,
     sweep,
     wait_for,
 )
@@ -57,7 +57,7 @@ class DigitalOceanDriver(CloudDriver):
     def __init__(self) -> None:
         super().__init__()
         self._client: Any = None
-        self.region = os.environ.get("ROSLAB_DIGITALOCEAN_REGION", "nyc3")
+        self.region = ""
 
     @classmethod
     def _token(cls) -> str:
@@ -89,11 +89,12 @@ class DigitalOceanDriver(CloudDriver):
         from azure.core.exceptions import HttpResponseError  # pydo's HTTP layer
 
         base = resource_name()
+        self.region = self.option("region", "ROSLAB_DIGITALOCEAN_REGION", "nyc3") or ""
         tags = mark_tags(gc.owner_marks())
         image = self._image(spec.image.ref, base, tags)
         user_data = spec.cloud_config.text if spec.cloud_config is not None else ""
         body = {"name": base, "region": self.region, "image": image, "tags": tags,
-                "size": setting("ROSLAB_DIGITALOCEAN_SIZE", "s-1vcpu-2gb"),
+                "size": self.option("instance_type", "ROSLAB_DIGITALOCEAN_SIZE", "s-1vcpu-2gb"),
                 "user_data": user_data}
         try:
             # retry_total=0: a POST retried after a lost answer would make a second droplet

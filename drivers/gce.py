@@ -7,8 +7,10 @@ metadata `user-data`, labels, a per-run SSH firewall rule, the serial port as co
 
 Credentials: Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS naming a
 service-account key file, or `gcloud auth application-default login`); the project is
-GOOGLE_CLOUD_PROJECT or the credentials' own. Settings: ROSLAB_GCE_ZONE (us-central1-a),
-ROSLAB_GCE_MACHINE_TYPE (e2-small), ROSLAB_GCE_NETWORK (global/networks/default),
+GOOGLE_CLOUD_PROJECT or the credentials' own. Settings (a `--platform-option KEY=VALUE` or
+`--instance-type` first, else the variable): zone / ROSLAB_GCE_ZONE (us-central1-a),
+instance_type / ROSLAB_GCE_MACHINE_TYPE (e2-small), network / ROSLAB_GCE_NETWORK
+(global/networks/default), ssh_from / ROSLAB_SSH_SOURCE (the runner's address, required);
 ROSLAB_GCE_ENDPOINT (a private API endpoint, e.g. Private Service Connect).
 
 Labels: GCE label values are lowercase `[a-z0-9_-]`, at most 63 characters. The expiry is
@@ -53,6 +55,7 @@ class GceDriver(CloudDriver):
     sdk_module = "google.cloud.compute_v1"
     sdk_package = "google-cloud-compute"
     capabilities = cloud_capabilities("gce")
+    has_console_log = True
     running_states: ClassVar[tuple[str, ...]] = ("RUNNING",)
     failed_states: ClassVar[tuple[str, ...]] = ("TERMINATED", "SUSPENDED")
 
@@ -60,7 +63,7 @@ class GceDriver(CloudDriver):
         super().__init__()
         self._clients: dict[str, Any] = {}
         self._project = ""
-        self.zone = os.environ.get("ROSLAB_GCE_ZONE", "us-central1-a")
+        self.zone = ""
 
     # credentials and clients -------------------------------------------------------------
 
@@ -116,20 +119,22 @@ class GceDriver(CloudDriver):
         from google.api_core import exceptions
 
         base = resource_name()
+        self.zone = self.option("zone", "ROSLAB_GCE_ZONE", "us-central1-a") or ""
+        source = ssh_source(spec.options.get("ssh_from"))  # before anything is made
         labels = self._labels()
         image = self._image(spec.image.ref, base, labels)
-        network = os.environ.get("ROSLAB_GCE_NETWORK", "global/networks/default")
+        network = self.option("network", "ROSLAB_GCE_NETWORK", "global/networks/default")
         self._create(
             "firewall", f"{base}-ssh",
             lambda: self._wait_op(self.client("Firewalls").insert(
                 project=self.project, firewall_resource={
                     "name": f"{base}-ssh", "network": network, "direction": "INGRESS",
-                    "source_ranges": [ssh_source()], "target_tags": [base],
+                    "source_ranges": [source], "target_tags": [base],
                     "allowed": [{"I_p_protocol": "tcp", "ports": ["22"]}],
                     "description": json.dumps(gc.owner_marks())}), f"{base}-ssh"),
             lambda name: [name], self._delete_firewall)
         user_data = spec.cloud_config.text if spec.cloud_config is not None else ""
-        machine_type = os.environ.get("ROSLAB_GCE_MACHINE_TYPE", "e2-small")
+        machine_type = self.option("instance_type", "ROSLAB_GCE_MACHINE_TYPE", "e2-small")
         instance = {
             "name": base, "machine_type": f"zones/{self.zone}/machineTypes/{machine_type}",
             "labels": labels, "tags": {"items": [base]},

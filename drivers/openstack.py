@@ -11,8 +11,9 @@ image the cloud already has. The server gets the cloud-config as user_data with 
 drive on (RancherOS reads `config-2`), the ownership marks as server metadata, and its
 console log is read through the compute API.
 
-Settings: ROSLAB_OPENSTACK_FLAVOR (default m1.small), ROSLAB_OPENSTACK_NETWORK (a network
-id; default: the project's only network, as Nova picks it).
+Settings (a `--platform-option KEY=VALUE` or `--instance-type` first, else the variable):
+instance_type / ROSLAB_OPENSTACK_FLAVOR (default m1.small), network /
+ROSLAB_OPENSTACK_NETWORK (a network id; default: the project's only network, as Nova picks).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class OpenStackDriver(CloudDriver):
     sdk_module = "openstack"
     sdk_package = "openstacksdk"
     capabilities = cloud_capabilities("configdrive", (CLOUD, DISK))
+    has_console_log = True
     running_states: ClassVar[tuple[str, ...]] = ("ACTIVE",)
     failed_states: ClassVar[tuple[str, ...]] = ("ERROR",)
 
@@ -96,7 +98,7 @@ class OpenStackDriver(CloudDriver):
         exc = self.sdk().exceptions
         base = resource_name()
         marks = gc.owner_marks()
-        flavor_name = os.environ.get("ROSLAB_OPENSTACK_FLAVOR", "m1.small")
+        flavor_name = self.option("instance_type", "ROSLAB_OPENSTACK_FLAVOR", "m1.small")
         flavor = self.conn.compute.find_flavor(flavor_name, ignore_missing=True)
         if flavor is None:
             raise ConfigError(f"openstack: no flavor {flavor_name!r} "
@@ -116,7 +118,8 @@ class OpenStackDriver(CloudDriver):
                     allow_duplicates=True, **marks).id,
                 lambda name: [i.id for i in self.conn.image.images(name=name)],
                 self._delete_image)
-        networks = [{"uuid": n}] if (n := os.environ.get("ROSLAB_OPENSTACK_NETWORK")) else None
+        network = self.option("network", "ROSLAB_OPENSTACK_NETWORK")
+        networks = [{"uuid": network}] if network else None
         user_data = spec.cloud_config.text if spec.cloud_config is not None else ""
         try:
             self.instance = self._create(

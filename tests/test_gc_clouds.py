@@ -13,6 +13,7 @@ from standins.base import start_run
 from drivers import CLOUDS, driver_class
 from lab.cli import main
 
+
 @pytest.fixture(autouse=True)
 def no_aws(monkeypatch: pytest.MonkeyPatch) -> None:
     """AWS is tested against moto (tests/test_aws.py); here it has no region, so gc skips it

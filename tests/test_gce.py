@@ -137,7 +137,7 @@ def test_missing_credentials_ssh_source_and_sdk_are_named(
     monkeypatch.delenv("ROSLAB_SSH_SOURCE")
     with pytest.raises(ConfigError, match="ROSLAB_SSH_SOURCE is not set: .*runner"):
         driver.start()
-    assert cloud.instances == {} and cloud.images == {}
+    assert not cloud.calls("POST", ".*")  # refused before anything was made
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "absent.json"))
     with pytest.raises(ConfigError, match="platform gce: no credentials.*GOOGLE_APPLICATION"):
         GceDriver().prepare(machine_spec(TARBALL, tmp_path))

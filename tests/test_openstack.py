@@ -184,3 +184,24 @@ def test_an_unreachable_cloud_is_a_lab_error(cloud: OpenStackStandIn, tmp_path: 
     driver.ledger.add("image", "img-1", lambda: (_ for _ in ()).throw(OSError("refused")))
     with pytest.raises(LabError, match=r"could not delete image img-1: OSError: refused.*gc"):
         driver.cleanup()
+
+
+def test_platform_options_win_and_the_console_log_is_kept(
+        cloud: OpenStackStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-in cloud: --instance-type / --platform-option over the variables; the console
+    log is copied to the machine's console.log before the server is deleted."""
+    cloud.flavors.append({"id": "3", "name": "m1.medium", "ram": 4096, "vcpus": 2, "disk": 40})
+    cloud.seed_image("rancheros-v1.5.8")
+    monkeypatch.setenv("ROSLAB_OPENSTACK_FLAVOR", "m1.small")
+    spec = machine_spec("openstack:rancheros-v1.5.8", tmp_path)
+    spec.options = {"instance_type": "m1.medium", "network": "net-1"}
+    driver = OpenStackDriver()
+    driver.prepare(spec)
+    driver.start()
+    driver.stop()
+    driver.cleanup()
+    (create,) = cloud.calls("POST", r"/compute/v2.1/servers")
+    assert create.json()["server"]["flavorRef"] == "3"
+    assert create.json()["server"]["networks"] == [{"uuid": "net-1"}]
+    assert "RancherOS v1.5.8 started" in (tmp_path / "console.log").read_text()
+    assert cloud.servers == {}
