@@ -171,6 +171,7 @@ class CloudDriver(Driver):
         self.instance: str | None = None  # the cloud's id of the running instance
         self._address: str | None = None
         self._console = ""
+        self._api: Any = None
         self._stop_polling = threading.Event()
 
     # the SDK and its settings ----------------------------------------------------------------
@@ -178,6 +179,18 @@ class CloudDriver(Driver):
     @classmethod
     def sdk(cls) -> ModuleType:
         return import_sdk(cls.sdk_module, cls.sdk_package, cls.name)
+
+    @classmethod
+    @abstractmethod
+    def _connect(cls) -> Any:
+        """The SDK's client for this cloud, from the user's credentials and settings."""
+
+    @property
+    def api(self) -> Any:
+        """This machine's client, made on first use."""
+        if self._api is None:
+            self._api = self._connect()
+        return self._api
 
     @classmethod
     def not_ready(cls, options: dict[str, Any]) -> str | None:

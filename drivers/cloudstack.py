@@ -48,10 +48,6 @@ class CloudStackDriver(CloudDriver):
     running_states: ClassVar[tuple[str, ...]] = ("running",)
     failed_states: ClassVar[tuple[str, ...]] = ("terminated",)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._api: Any = None
-
     @classmethod
     def check_credentials(cls, options: dict[str, Any]) -> None:
         missing = [v for v in CREDENTIAL_VARS if not os.environ.get(v)]
@@ -71,12 +67,6 @@ class CloudStackDriver(CloudDriver):
             secure=url.startswith("https://"))
         driver.connection.poll_interval = cls.poll_interval  # async jobs (deploy, destroy)
         return driver
-
-    @property
-    def api(self) -> Any:
-        if self._api is None:
-            self._api = self._connect()
-        return self._api
 
     # launch ------------------------------------------------------------------------------
 

@@ -56,7 +56,6 @@ class DigitalOceanDriver(CloudDriver):
 
     def __init__(self) -> None:
         super().__init__()
-        self._client: Any = None
         self.region = ""
 
     @classmethod
@@ -77,12 +76,6 @@ class DigitalOceanDriver(CloudDriver):
         endpoint = os.environ.get("ROSLAB_DIGITALOCEAN_ENDPOINT", "https://api.digitalocean.com")
         return pydo.Client(token=cls._token(), endpoint=endpoint)
 
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = self._connect()
-        return self._client
-
     # launch ------------------------------------------------------------------------------
 
     def _launch(self, spec: Any) -> None:
@@ -100,10 +93,10 @@ class DigitalOceanDriver(CloudDriver):
             # retry_total=0: a POST retried after a lost answer would make a second droplet
             self.instance = self._create(
                 "instance", base,
-                lambda: str(self.client.droplets.create(body=body, retry_total=0)
+                lambda: str(self.api.droplets.create(body=body, retry_total=0)
                             ["droplet"]["id"]),
                 lambda name: [str(d["id"]) for d in
-                              self.client.droplets.list(name=name)["droplets"]],
+                              self.api.droplets.list(name=name)["droplets"]],
                 self._delete_instance)
         except HttpResponseError as err:
             raise ConfigError(f"digitalocean refused the droplet: {_reason(err)}") from None
@@ -112,23 +105,23 @@ class DigitalOceanDriver(CloudDriver):
         """An image id or slug the account has, or a custom image imported from a URL."""
 
         if not ref.startswith(("http://", "https://")):
-            found = _found(self.client.images.get(image_id=ref), "image")
+            found = _found(self.api.images.get(image_id=ref), "image")
             if found is None:
                 raise ImageError(f"digitalocean has no image {ref!r} (`doctl compute image "
                                  "list` shows what the account has)")
             return found["id"]
         ident = self._create(
             "image", base,
-            lambda: str(self.client.images.create_custom(body={
+            lambda: str(self.api.images.create_custom(body={
                 "name": base, "url": ref, "region": self.region, "distribution": "Unknown",
                 "description": "roslab run image", "tags": tags}, retry_total=0)
                 ["image"]["id"]),
-            lambda name: [str(i["id"]) for i in _all(self.client.images.list, "images",
+            lambda name: [str(i["id"]) for i in _all(self.api.images.list, "images",
                                                      private=True) if i["name"] == name],
             self._delete_image)
 
         def available() -> bool:
-            image = _found(self.client.images.get(image_id=int(ident)), "image")
+            image = _found(self.api.images.get(image_id=int(ident)), "image")
             status = image["status"] if image else "deleted"
             if status == "deleted" or status == "error":
                 raise ImageError(f"digitalocean could not import {ref}: image {status}")
@@ -139,7 +132,7 @@ class DigitalOceanDriver(CloudDriver):
         return int(ident)
 
     def _droplet(self) -> dict[str, Any] | None:
-        return _found(self.client.droplets.get(droplet_id=int(self.instance or 0)), "droplet")
+        return _found(self.api.droplets.get(droplet_id=int(self.instance or 0)), "droplet")
 
     def _status(self) -> str | None:
         droplet = self._droplet()
@@ -157,10 +150,10 @@ class DigitalOceanDriver(CloudDriver):
     # delete ------------------------------------------------------------------------------
 
     def _delete_instance(self, instance: str) -> None:
-        _destroy(self.client, "droplet", instance, self.delete_wait, self.poll_interval)
+        _destroy(self.api, "droplet", instance, self.delete_wait, self.poll_interval)
 
     def _delete_image(self, image: str) -> None:
-        _destroy(self.client, "image", image, self.delete_wait, self.poll_interval)
+        _destroy(self.api, "image", image, self.delete_wait, self.poll_interval)
 
     @classmethod
     def collect_garbage(cls, older_than: float | None, dry_run: bool,

@@ -61,8 +61,6 @@ class GceDriver(CloudDriver):
 
     def __init__(self) -> None:
         super().__init__()
-        self._clients: dict[str, Any] = {}
-        self._project = ""
         self.zone = ""
 
     # credentials and clients -------------------------------------------------------------
@@ -89,7 +87,7 @@ class GceDriver(CloudDriver):
         cls._credentials()
 
     @classmethod
-    def _make_clients(cls) -> tuple[dict[str, Any], str]:
+    def _connect(cls) -> tuple[dict[str, Any], str]:
         compute = cls.sdk()
         creds, project = cls._credentials()
         endpoint = os.environ.get("ROSLAB_GCE_ENDPOINT")
@@ -100,14 +98,11 @@ class GceDriver(CloudDriver):
         return clients, project
 
     def client(self, kind: str) -> Any:
-        if not self._clients:
-            self._clients, self._project = self._make_clients()
-        return self._clients[kind]
+        return self.api[0][kind]
 
     @property
     def project(self) -> str:
-        self.client("Instances")
-        return self._project
+        return self.api[1]
 
     @staticmethod
     def _labels() -> dict[str, str]:
@@ -231,7 +226,7 @@ class GceDriver(CloudDriver):
     @classmethod
     def collect_garbage(cls, older_than: float | None, dry_run: bool,
                         options: dict[str, Any]) -> list[gc.Garbage]:
-        clients, project = cls._make_clients()
+        clients, project = cls._connect()
         wait, interval = cls.delete_wait, cls.poll_interval
         candidates = []
         for zone, scoped in clients["Instances"].aggregated_list(project=project):

@@ -50,10 +50,6 @@ class OpenStackDriver(CloudDriver):
     running_states: ClassVar[tuple[str, ...]] = ("ACTIVE",)
     failed_states: ClassVar[tuple[str, ...]] = ("ERROR",)
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._conn: Any = None
-
     # connection --------------------------------------------------------------------------
 
     @classmethod
@@ -86,12 +82,6 @@ class OpenStackDriver(CloudDriver):
     def _connect(cls) -> Any:
         return cls.sdk().connection.Connection(config=cls._config())
 
-    @property
-    def conn(self) -> Any:
-        if self._conn is None:
-            self._conn = self._connect()
-        return self._conn
-
     # launch ------------------------------------------------------------------------------
 
     def _launch(self, spec: Any) -> None:
@@ -99,12 +89,12 @@ class OpenStackDriver(CloudDriver):
         base = resource_name()
         marks = gc.owner_marks()
         flavor_name = self.option("instance_type", "ROSLAB_OPENSTACK_FLAVOR", "m1.small")
-        flavor = self.conn.compute.find_flavor(flavor_name, ignore_missing=True)
+        flavor = self.api.compute.find_flavor(flavor_name, ignore_missing=True)
         if flavor is None:
             raise ConfigError(f"openstack: no flavor {flavor_name!r} "
                               "(set ROSLAB_OPENSTACK_FLAVOR to one `openstack flavor list` shows)")
         if spec.image.kind == CLOUD:
-            image = self.conn.image.find_image(spec.image.ref, ignore_missing=True)
+            image = self.api.image.find_image(spec.image.ref, ignore_missing=True)
             if image is None:
                 raise ImageError(f"openstack has no image {spec.image.ref!r} "
                                  "(`openstack image list` shows what it has)")
@@ -112,11 +102,11 @@ class OpenStackDriver(CloudDriver):
         else:
             image_id = self._create(
                 "image", base,
-                lambda: self.conn.image.create_image(
+                lambda: self.api.image.create_image(
                     name=base, filename=str(spec.image.path), disk_format=spec.image.disk_format,
                     container_format="bare", wait=True, timeout=self.boot_wait,
                     allow_duplicates=True, **marks).id,
-                lambda name: [i.id for i in self.conn.image.images(name=name)],
+                lambda name: [i.id for i in self.api.image.images(name=name)],
                 self._delete_image)
         network = self.option("network", "ROSLAB_OPENSTACK_NETWORK")
         networks = [{"uuid": network}] if network else None
@@ -124,11 +114,11 @@ class OpenStackDriver(CloudDriver):
         try:
             self.instance = self._create(
                 "instance", base,
-                lambda: self.conn.compute.create_server(
+                lambda: self.api.compute.create_server(
                     name=base, image_id=image_id, flavor_id=flavor.id, config_drive=True,
                     user_data=base64.b64encode(user_data.encode()).decode(),
                     metadata=marks, **({"networks": networks} if networks else {})).id,
-                lambda name: [s.id for s in self.conn.compute.servers(name=f"^{name}$")],
+                lambda name: [s.id for s in self.api.compute.servers(name=f"^{name}$")],
                 self._delete_instance)
         except exc.HttpException as err:
             raise ConfigError(f"openstack refused the server: {err}") from None
@@ -136,7 +126,7 @@ class OpenStackDriver(CloudDriver):
     def _server(self) -> Any:
         exc = self.sdk().exceptions
         try:
-            return self.conn.compute.get_server(self.instance)
+            return self.api.compute.get_server(self.instance)
         except exc.NotFoundException:
             return None
 
@@ -161,16 +151,16 @@ class OpenStackDriver(CloudDriver):
     def console_text(self) -> str | None:
         if self.instance is None:
             return None
-        out = self.conn.compute.get_server_console_output(self.instance)
+        out = self.api.compute.get_server_console_output(self.instance)
         return out.get("output", "") if isinstance(out, dict) else str(out)
 
     # delete ------------------------------------------------------------------------------
 
     def _delete_instance(self, instance: str) -> None:
-        _delete_server(self.conn, instance, self.delete_wait, self.poll_interval)
+        _delete_server(self.api, instance, self.delete_wait, self.poll_interval)
 
     def _delete_image(self, image: str) -> None:
-        self.conn.image.delete_image(image, ignore_missing=True)
+        self.api.image.delete_image(image, ignore_missing=True)
 
     @classmethod
     def collect_garbage(cls, older_than: float | None, dry_run: bool,
