@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from standins.base import machine_spec, start_run
+from standins.base import machine_spec, start_run, terminate_while_waiting
 from standins.cloudstack_standin import CloudStackStandIn, serve
 
 from drivers.cloudstack import CloudStackDriver
@@ -95,14 +95,7 @@ def test_a_vm_that_never_runs_times_out_and_is_destroyed(
 def test_sigterm_while_waiting_destroys_the_vm(cloud: CloudStackStandIn, tmp_path: Path) -> None:
     """Stand-in CloudStack: a run terminated while it waits leaves nothing running."""
     cloud.hold_starting = True
-    run = start_run("cloudstack", TEMPLATE, tmp_path, until="launching")
-    deadline = time.monotonic() + 30
-    while not cloud.vms and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert cloud.vms, "the run made no VM"
-    time.sleep(0.3)  # into the wait for Running
-    run.send_signal(signal.SIGTERM)
-    assert run.wait(30) != 0
+    assert terminate_while_waiting("cloudstack", TEMPLATE, tmp_path, lambda: cloud.vms) != 0
     assert cloud.live() == {}
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from standins.base import machine_spec, start_run
+from standins.base import machine_spec, start_run, terminate_while_waiting
 from standins.digitalocean_standin import DigitalOceanStandIn, serve
 
 from drivers.digitalocean import DigitalOceanDriver
@@ -106,13 +106,8 @@ def test_sigterm_while_waiting_deletes_everything(
         cloud: DigitalOceanStandIn, tmp_path: Path) -> None:
     """Stand-in DigitalOcean: a run terminated while it waits leaves nothing."""
     cloud.hold_new = True
-    run = start_run("digitalocean", f"digitalocean:{RELEASE_URL}", tmp_path, until="launching")
-    deadline = time.monotonic() + 30
-    while not cloud.droplets and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert cloud.droplets, "the run made no droplet"
-    run.send_signal(signal.SIGTERM)
-    assert run.wait(30) != 0
+    image = f"digitalocean:{RELEASE_URL}"
+    assert terminate_while_waiting("digitalocean", image, tmp_path, lambda: cloud.droplets) != 0
     assert cloud.droplets == {} and cloud.images == {}
 
 

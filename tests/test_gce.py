@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from standins.base import machine_spec, start_run
+from standins.base import machine_spec, start_run, terminate_while_waiting
 from standins.gce_standin import GceStandIn, serve
 
 from drivers.gce import GceDriver, label_value
@@ -119,13 +119,7 @@ def test_an_instance_that_never_runs_times_out_with_its_serial_output(
 def test_sigterm_while_waiting_deletes_everything(cloud: GceStandIn, tmp_path: Path) -> None:
     """Stand-in GCE: a run terminated while it waits for RUNNING leaves nothing."""
     cloud.hold_provisioning = True
-    run = start_run("gce", TARBALL, tmp_path, until="launching")
-    deadline = time.monotonic() + 30
-    while not cloud.instances and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert cloud.instances, "the run made no instance"
-    run.send_signal(signal.SIGTERM)
-    assert run.wait(30) != 0
+    assert terminate_while_waiting("gce", TARBALL, tmp_path, lambda: cloud.instances) != 0
     assert cloud.instances == {} and cloud.firewalls == {} and cloud.images == {}
 
 

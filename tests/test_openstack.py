@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from standins.base import machine_spec, start_run
+from standins.base import machine_spec, start_run, terminate_while_waiting
 from standins.openstack_standin import OpenStackStandIn, serve
 
 from drivers.openstack import OpenStackDriver
@@ -123,13 +123,7 @@ def test_sigterm_while_waiting_deletes_everything(
         cloud: OpenStackStandIn, disk: Path, tmp_path: Path) -> None:
     """Stand-in cloud: a run terminated (SIGTERM, as Ctrl-C) while it waits leaves nothing."""
     cloud.hold_build = True
-    run = start_run("openstack", str(disk), tmp_path, until="launching")
-    deadline = time.monotonic() + 30
-    while not cloud.servers and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert cloud.servers, "the run made no server"
-    run.send_signal(signal.SIGTERM)
-    assert run.wait(30) != 0
+    assert terminate_while_waiting("openstack", str(disk), tmp_path, lambda: cloud.servers) != 0
     assert cloud.servers == {} and cloud.images == {}
 
 

@@ -202,3 +202,19 @@ def start_run(platform: str, image: str, workdir: Any, until: str = "started") -
     proc.wait()
     raise AssertionError(f"the run exited before {until!r}: {''.join(seen)}"
                          f"{proc.stderr.read() if proc.stderr else ''}")
+
+
+def terminate_while_waiting(platform: str, image: str, workdir: Any,
+                            made: Callable[[], object]) -> int:
+    """Start a run, wait until the stand-in holds what it made (`made()` truthy), SIGTERM
+    it while it waits for its machine, and return its exit status."""
+    import signal
+
+    run = start_run(platform, image, workdir, until="launching")
+    deadline = time.monotonic() + 30
+    while not made() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert made(), f"the {platform} run made nothing"
+    time.sleep(0.3)  # into the wait for the machine to run
+    run.send_signal(signal.SIGTERM)
+    return run.wait(30)
