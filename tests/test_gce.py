@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from standins.base import machine_spec, start_run, terminate_while_waiting
 from standins.gce_standin import GceStandIn, serve
 
@@ -163,3 +164,30 @@ def test_gc_finds_what_a_killed_run_left(cloud: GceStandIn, tmp_path: Path,
     assert "4 removed on gce" in out
     assert [name for _, name in cloud.instances] == ["someone-elses"]
     assert list(cloud.firewalls) == ["allow-http"] and cloud.images == {}
+
+
+def test_a_machine_made_for_gce_is_deleted_by_machine_stop(
+        cloud: GceStandIn, tmp_path: Path) -> None:
+    """Stand-in GCE: make_machine takes `gce:IMAGE`, the gce datasource and platform
+    options; Machine.stop (what every fixture's finalizer calls) deletes all it made."""
+    from lab.machine import make_machine
+    from lab.ssh import KeyPair
+
+    cloud.seed("images", "rancheros-v1-5-8")
+    key = KeyPair.generate(tmp_path / "ssh")
+    machine = make_machine("gce", "gce:rancheros-v1-5-8", "x86_64", {"hostname": "m"},
+                           "default", tmp_path, "tcg", ssh_key=key,
+                           platform_options={"zone": "europe-west1-b", "ssh_from": "192.0.2.9"})
+    assert machine.spec.datasource == "gce"
+    machine.driver.prepare(machine.spec)
+    machine.driver.start()
+    ((zone, _name), inst), = cloud.instances.items()
+    assert zone == "europe-west1-b"
+    user_data = {i["key"]: i["value"] for i in inst["metadata"]["items"]}["user-data"]
+    # the lab's key reaches the guest through user-data
+    assert yaml.safe_load(user_data)["ssh_authorized_keys"] == [key.public]
+    assert next(iter(cloud.firewalls.values()))["sourceRanges"] == ["192.0.2.9/32"]
+    machine.stop()
+    assert cloud.instances == {} and cloud.firewalls == {}
+    assert list(cloud.images) == ["rancheros-v1-5-8"]
+    assert machine.capabilities.lacks("console")
