@@ -14,10 +14,11 @@ PLATFORMS: dict[str, str] = {
     "gce": "drivers.gce:GceDriver",
     "digitalocean": "drivers.digitalocean:DigitalOceanDriver",
     "cloudstack": "drivers.cloudstack:CloudStackDriver",
+    "aliyun": "drivers.aliyun:AliyunDriver",
 }
 # platforms whose objects live in a cloud account: `roslab gc --all-clouds` visits each
-CLOUDS = ("aws", "cloudstack", "digitalocean", "gce", "openstack")
-PLANNED = ("libvirt", "aliyun", "physical")
+CLOUDS = ("aliyun", "aws", "cloudstack", "digitalocean", "gce", "openstack")
+PLANNED = ("libvirt", "physical")
 
 
 def driver_class(platform: str) -> type[Driver]:
