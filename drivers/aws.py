@@ -81,7 +81,7 @@ def explain(exc: Exception, doing: str) -> LabError:
         code = exc.response.get("Error", {}).get("Code", "")
         message = exc.response.get("Error", {}).get("Message", "")
         if code.startswith("InvalidAMIID"):
-            return ImageError(f"AWS does not know that AMI ({code}): {message}")
+            return ImageError(f"could not {doing}: AWS does not know that AMI ({code}): {message}")
         if code in ("AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId",
                     "SignatureDoesNotMatch", "ExpiredToken", "OptInRequired"):
             return ConfigError(f"AWS refused the credentials while trying to {doing} "
