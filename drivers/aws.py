@@ -1,10 +1,10 @@
 """Amazon EC2 through boto3: the code that talks to real AWS (tested against moto's server).
 
-A machine is one instance launched from an AMI (`--image ami-...`, or `ami:REGION` from
-the RancherOS release table in aws_amis.yml) with the cloud-config as user-data, a key
-pair holding the lab's SSH key and a security group that lets in SSH from the runner
-only. Every object carries the lab's ownership marks as tags (lab/gc.py), so
-`roslab gc --platform aws` removes what a killed run left.
+A machine is one instance launched from an AMI (`--image ami-...`, `ami:REGION` from the
+RancherOS release table in aws_amis.yml, or a raw disk uploaded and registered per run)
+with the cloud-config as user-data, a key pair holding the lab's SSH key and a security
+group that lets in SSH from the runner only. Every object carries the lab's ownership
+marks as tags (lab/gc.py), so `roslab gc --platform aws` removes what a killed run left.
 
 AWS has no serial console the lab can type into: its console output (GetConsoleOutput)
 is read-only, so it is polled into console.log and the machine is driven over SSH.
@@ -16,8 +16,11 @@ credentials nor anything derived from them are printed, logged or written anywhe
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import ipaddress
+import itertools
 import threading
 import time
 import urllib.request
@@ -38,6 +41,7 @@ INSTANCE_TYPES = {"x86_64": "t3.small", "aarch64": "t4g.small"}
 AWS_ARCH = {"x86_64": "x86_64", "aarch64": "arm64"}
 ADDRESS_TIMEOUT = 300.0  # launch to running with an address; minutes when capacity is short
 TERMINATE_TIMEOUT = 300.0  # a security group can go only once its instances are gone
+EBS_BLOCK = 512 * 1024  # the EBS direct APIs' block size
 CONSOLE_POLL = 10.0  # EC2 refreshes console output every few seconds at best
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
 CREDENTIAL_SOURCES = (
@@ -77,7 +81,7 @@ def explain(exc: Exception, doing: str) -> LabError:
         code = exc.response.get("Error", {}).get("Code", "")
         message = exc.response.get("Error", {}).get("Message", "")
         if code.startswith("InvalidAMIID"):
-            return ImageError(f"AWS does not know that AMI ({code}): {message}")
+            return ImageError(f"could not {doing}: AWS does not know that AMI ({code}): {message}")
         if code in ("AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId",
                     "SignatureDoesNotMatch", "ExpiredToken", "OptInRequired"):
             return ConfigError(f"AWS refused the credentials while trying to {doing} "
@@ -126,6 +130,9 @@ class AwsDriver(Driver):
         self.region = ""
         self.ec2: Any = None
         self.ami = ""
+        self.ebs: Any = None
+        self.snapshot_id: str | None = None  # an imported disk's, removed with its AMI
+        self.imported_ami: str | None = None
         self.instance_id: str | None = None
         self.key_name: str | None = None
         self.group_id: str | None = None
@@ -157,9 +164,12 @@ class AwsDriver(Driver):
         if session.get_credentials() is None:
             raise ConfigError(f"no AWS credentials: boto3 looks for {CREDENTIAL_SOURCES}")
         self.ec2 = session.client("ec2")
+        self.ebs = session.client("ebs")
         if spec.image.kind == DISK:
-            raise ImageError(f"{spec.image.path}: importing a disk image into AWS is not "
-                             "built yet; give an AMI (--image ami-... or ami:REGION)")
+            if spec.image.disk_format != "raw":
+                raise ImageError(f"{spec.image.path}: AWS imports raw disks; convert it first "
+                                 f"(qemu-img convert -O raw {spec.image.path.name} disk.img)")
+            return  # uploaded as a snapshot and registered at start: prepare makes nothing
         self.ami = self._ami_id(text)
         try:
             images = self.ec2.describe_images(ImageIds=[self.ami])["Images"]
@@ -193,6 +203,8 @@ class AwsDriver(Driver):
         name = f"roslab-{marks[gc.RUN_KEY]}-{spec.name}"
         tags = _tags(marks, name)
         try:
+            if self.spec.image.kind == DISK:
+                self.ami = self._import_disk(name, tags)
             self._make_key_pair(name, tags)
             self._make_security_group(name, tags)
             t0 = self._launch(tags)
@@ -208,6 +220,49 @@ class AwsDriver(Driver):
             if isinstance(exc, Exception):
                 raise explain(exc, f"launch {self.ami} in {self.region}") from exc
             raise
+
+    def _import_disk(self, name: str, tags: list[dict[str, str]]) -> str:
+        """Upload a raw disk as an EBS snapshot (EBS direct APIs) and register it as an AMI.
+
+        The direct APIs need no S3 bucket and no vmimport service role (ImportSnapshot
+        needs both); blocks of zeros are skipped, as EBS reads unwritten blocks as zeros.
+        """
+        assert self.spec is not None
+        path = self.spec.image.path
+        size = path.stat().st_size
+        try:
+            self.snapshot_id = self.ebs.start_snapshot(
+                VolumeSize=max(1, -(-size // 2**30)), Tags=tags, Timeout=60,
+                Description=f"roslab import of {path.name}")["SnapshotId"]
+            written = 0
+            with path.open("rb") as disk:
+                for index in itertools.count():
+                    block = disk.read(EBS_BLOCK)
+                    if not block:
+                        break
+                    if block.count(0) == len(block):
+                        continue
+                    block = block.ljust(EBS_BLOCK, b"\0")
+                    digest = base64.b64encode(hashlib.sha256(block).digest()).decode()
+                    self.ebs.put_snapshot_block(
+                        SnapshotId=self.snapshot_id, BlockIndex=index, BlockData=block,
+                        DataLength=EBS_BLOCK, Checksum=digest, ChecksumAlgorithm="SHA256")
+                    written += 1
+            self.ebs.complete_snapshot(SnapshotId=self.snapshot_id, ChangedBlocksCount=written)
+            self.ec2.get_waiter("snapshot_completed").wait(
+                SnapshotIds=[self.snapshot_id], WaiterConfig={"Delay": 5, "MaxAttempts": 120})
+            self.imported_ami = self.ec2.register_image(
+                Name=name, Description=f"roslab import of {path.name}",
+                Architecture=AWS_ARCH[self.spec.arch], RootDeviceName="/dev/xvda",
+                VirtualizationType="hvm", EnaSupport=True,
+                BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {
+                    "SnapshotId": self.snapshot_id, "DeleteOnTermination": True}}],
+                TagSpecifications=_spec_tags(("image",), tags))["ImageId"]
+            # tagged again: not every EC2 implementation (moto) applies RegisterImage's tags
+            self.ec2.create_tags(Resources=[self.imported_ami], Tags=tags)
+        except Exception as exc:
+            raise explain(exc, f"import {path} as an AMI") from exc
+        return self.imported_ami
 
     def _make_key_pair(self, name: str, tags: list[dict[str, str]]) -> None:
         assert self.spec is not None
@@ -380,7 +435,8 @@ class AwsDriver(Driver):
             raise explain(exc, f"terminate {instance_id}") from exc
 
     def cleanup(self) -> None:
-        """Delete the run's key pair and security group (after the instance is gone)."""
+        """Delete the run's key pair, security group and imported AMI and snapshot (after
+        the instance is gone)."""
         errors = []
         if self.key_name is not None:
             try:
@@ -394,6 +450,18 @@ class AwsDriver(Driver):
                 self.group_id = None
             except Exception as exc:
                 errors.append(explain(exc, f"delete security group {self.group_id}"))
+        if self.imported_ami is not None:
+            try:
+                self.ec2.deregister_image(ImageId=self.imported_ami)
+                self.imported_ami = None
+            except Exception as exc:
+                errors.append(explain(exc, f"deregister {self.imported_ami}"))
+        if self.snapshot_id is not None and self.imported_ami is None:
+            try:
+                self.ec2.delete_snapshot(SnapshotId=self.snapshot_id)
+                self.snapshot_id = None
+            except Exception as exc:
+                errors.append(explain(exc, f"delete snapshot {self.snapshot_id}"))
         if errors:
             raise PlatformError("; ".join(map(str, errors)) + " (roslab gc --platform aws "
                                 "removes it once expired)")

@@ -185,15 +185,47 @@ def test_ssh_that_never_answers_fails_bounded_and_terminates(
     _no_secret_in([kept.parent], message)
 
 
-def test_run_goes_over_ssh_on_a_machine_without_a_console(tmp_path: Path, ec2: Any,
-                                                         place: dict[str, str]) -> None:
-    machine = _machine(tmp_path, place["ami"], _options(place))
-    with machine:
-        machine.driver.prepare(machine.spec)
-        machine.driver.start()
-        with pytest.raises(BootTimeout, match="no SSH login as rancher"):
-            machine.run("true", timeout=0.01)  # over SSH: no console to type into
+def test_a_raw_disk_is_uploaded_registered_launched_and_removed(
+        tmp_path: Path, ec2: Any, place: dict[str, str]) -> None:
+    block = aws.EBS_BLOCK
+    tail = os.urandom(block // 4)
+    disk = tmp_path / "rancheros-test.img"
+    disk.write_bytes(b"boot sector".ljust(block, b"\0") + bytes(block) + tail)
+    machine = _machine(tmp_path, str(disk), _options(place))
+    driver = machine.driver
+    driver.prepare(machine.spec)
+    assert _ours(ec2) == NOTHING and not driver.snapshot_id  # prepare makes nothing
+    driver.start()
+    ami, snapshot = driver.imported_ami, driver.snapshot_id
+    instance = ec2.describe_instances(InstanceIds=[driver.instance_id])["Reservations"][0][
+        "Instances"][0]
+    assert instance["ImageId"] == ami
+    for tags in (ec2.describe_images(ImageIds=[ami])["Images"][0]["Tags"],
+                 ec2.describe_snapshots(SnapshotIds=[snapshot])["Snapshots"][0]["Tags"]):
+        assert {t["Key"]: t["Value"] for t in tags}["roslab-run-id"] == gc.run_id()
+    ebs = boto3.client("ebs", region_name=REGION)
+    blocks = ebs.list_snapshot_blocks(SnapshotId=snapshot)["Blocks"]
+    assert [b["BlockIndex"] for b in blocks] == [0, 2]  # the block of zeros is not sent
+    got = ebs.get_snapshot_block(SnapshotId=snapshot, BlockIndex=2,
+                                 BlockToken=blocks[1]["BlockToken"])["BlockData"].read()
+    assert got == tail.ljust(block, b"\0")
+    machine.stop()
     assert _ours(ec2) == NOTHING
+    assert not ec2.describe_images(ImageIds=[], Owners=["self"],
+                                   Filters=[{"Name": "image-id", "Values": [ami]}])["Images"]
+    assert not ec2.describe_snapshots(
+        Filters=[{"Name": "snapshot-id", "Values": [snapshot]}])["Snapshots"]
+    assert disk.read_bytes()[:11] == b"boot sector"  # the user's image is only read
+
+
+def test_a_qcow2_disk_is_refused_with_the_conversion(tmp_path: Path, ec2: Any,
+                                                     place: dict[str, str]) -> None:
+    disk = tmp_path / "rancheros.qcow2"
+    disk.write_bytes(b"QFI\xfb")
+    machine = _machine(tmp_path, str(disk), _options(place))
+    with pytest.raises(ImageError, match="qemu-img convert -O raw rancheros.qcow2"):
+        machine.boot()
+    machine.stop()
 
 
 def _answer_with_error(code: str, message: str, operation: str) -> Any:
