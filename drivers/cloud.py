@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 
 from drivers.base import Capabilities, Driver, MachineSpec
-from lab.errors import BootTimeout, ConfigError, LabError
+from lab.errors import BootTimeout, ConfigError, LabError, PlatformError
 from lab.images import CLOUD
 
 T = TypeVar("T")
@@ -226,7 +226,13 @@ class CloudDriver(Driver):
         assert self.spec is not None, "prepare() first"
         t0 = time.monotonic()
         try:
-            self._launch(self.spec)
+            try:
+                self._launch(self.spec)
+            except LabError:
+                raise
+            except Exception as exc:  # the SDK's own: an unreachable API, a refused call
+                raise PlatformError(f"{self.name}: could not create the machine: "
+                                    f"{type(exc).__name__}: {exc}") from exc
             if self.has_console_log:
                 threading.Thread(target=self._poll_console, daemon=True,
                                  name=f"console-{self.instance}").start()
