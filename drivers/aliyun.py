@@ -31,6 +31,7 @@ from drivers.cloud import (
     CloudDriver,
     cloud_capabilities,
     epoch,
+    require_env,
     resource_name,
     sweep,
     wait_for,
@@ -54,10 +55,7 @@ class AliyunDriver(CloudDriver):
 
     @classmethod
     def check_credentials(cls, options: dict[str, Any]) -> None:
-        missing = [v for v in CREDENTIAL_VARS if not os.environ.get(v)]
-        if missing:
-            raise ConfigError(f"platform aliyun: {', '.join(missing)} not set (an AccessKey "
-                              "pair and the region id)")
+        require_env(cls.name, CREDENTIAL_VARS, "an AccessKey pair and the region id")
 
     @classmethod
     def _connect(cls) -> Any:

@@ -67,6 +67,13 @@ def setting(name: str, default: str | None = None, *, why: str = "") -> str:
     return value
 
 
+def require_env(platform: str, names: tuple[str, ...], what: str) -> None:
+    """ConfigError naming every credential variable that is not set (`what`: what they are)."""
+    missing = [name for name in names if not os.environ.get(name)]
+    if missing:
+        raise ConfigError(f"platform {platform}: {', '.join(missing)} not set ({what})")
+
+
 def ssh_source(given: str | None = None) -> str:
     """The CIDR allowed to reach port 22 (the CI runner's public address, e.g. 203.0.113.7/32):
     the `ssh_from` platform option, else ROSLAB_SSH_SOURCE."""

@@ -27,6 +27,7 @@ from drivers.cloud import (
     CloudDriver,
     cloud_capabilities,
     epoch,
+    require_env,
     resource_name,
     sweep,
     wait_for,
@@ -50,10 +51,8 @@ class CloudStackDriver(CloudDriver):
 
     @classmethod
     def check_credentials(cls, options: dict[str, Any]) -> None:
-        missing = [v for v in CREDENTIAL_VARS if not os.environ.get(v)]
-        if missing:
-            raise ConfigError(f"platform cloudstack: {', '.join(missing)} not set (the API "
-                              "URL and the account's API and secret keys)")
+        require_env(cls.name, CREDENTIAL_VARS, "the API URL and the account's API and secret "
+                    "keys")
 
     @classmethod
     def _connect(cls) -> Any:
