@@ -7,8 +7,18 @@ import importlib
 from drivers.base import Driver
 from lab.errors import ConfigError
 
-PLATFORMS: dict[str, str] = {"qemu": "drivers.qemu:QemuDriver"}
-PLANNED = ("libvirt", "aws", "gce", "digitalocean", "openstack", "physical")
+PLATFORMS: dict[str, str] = {
+    "qemu": "drivers.qemu:QemuDriver",
+    "aws": "drivers.aws:AwsDriver",
+    "openstack": "drivers.openstack:OpenStackDriver",
+    "gce": "drivers.gce:GceDriver",
+    "digitalocean": "drivers.digitalocean:DigitalOceanDriver",
+    "cloudstack": "drivers.cloudstack:CloudStackDriver",
+    "aliyun": "drivers.aliyun:AliyunDriver",
+}
+# platforms whose objects live in a cloud account: `roslab gc --all-clouds` visits each
+CLOUDS = ("aliyun", "aws", "cloudstack", "digitalocean", "gce", "openstack")
+PLANNED = ("libvirt", "physical")
 
 
 def driver_class(platform: str) -> type[Driver]:

@@ -57,6 +57,8 @@ class MachineSpec:
     cpus: int = 2
     cmdline_extra: list[str] = field(default_factory=list)
     keep_on_exit: bool = False  # survive the harness (--keep-failed); otherwise die with it
+    ssh_public_key: str = ""  # the lab's key (authorized_keys line), for platforms with key pairs
+    options: dict[str, Any] = field(default_factory=dict)  # platform options (--region, ...)
 
 
 class Driver(ABC):

@@ -25,7 +25,9 @@ from lab.errors import ConfigError
 HEADER = "#cloud-config"
 DATASOURCES = ("configdrive", "nocloud", "url", "cmdline")
 # the ones that carry the user-data text as written (cmdline carries parsed keys only)
-TEXT_DATASOURCES = ("configdrive", "nocloud", "url")
+TEXT_DATASOURCES = ("configdrive", "nocloud", "url",
+                    # the clouds' user-data: the text as written, through their metadata
+                    "ec2", "gce", "digitalocean", "cloudstack", "aliyun")
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ def cmd_boot(args: argparse.Namespace) -> int:
         args.platform, args.image, args.arch, cc, args.datasource, Path(work), args.accel,
         progress=lambda m: print(f"roslab: {m}", file=sys.stderr),
     ) as machine:
+        if not machine.capabilities.console:  # before anything is launched (and paid for)
+            why = machine.capabilities.lacks("console")
+            raise LabError(f"roslab boot attaches a console; {why}")
         print(f"roslab: booting {machine.image.path} ({machine.info['accel']}); "
               "Ctrl-] detaches and stops the machine", file=sys.stderr)
         machine.driver.prepare(machine.spec)

@@ -35,6 +35,10 @@ class BuildError(LabError):
     """The reference image could not be built (names what could not be fetched or made)."""
 
 
+class PlatformError(LabError):
+    """The platform refused or failed a request (a cloud API error: quota, permissions)."""
+
+
 class BootError(LabError):
     """A guest that did not boot: panic, hang, or an early exit of the emulator.
 

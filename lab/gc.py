@@ -100,22 +100,50 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     gc = sub.add_parser("gc", help="remove what dead runs left on a platform "
                                    "(expired domains, instances, key pairs, images)")
-    gc.add_argument("--platform", required=True, choices=sorted(PLATFORMS))
+    which = gc.add_mutually_exclusive_group(required=True)
+    which.add_argument("--platform", choices=sorted(PLATFORMS))
+    which.add_argument("--all-clouds", action="store_true",
+                       help="every cloud platform whose SDK and credentials are here "
+                            "(the others are listed as skipped, with why)")
     gc.add_argument("--older-than", default=None, type=parse_duration,
                     help="also take what roslab made longer ago than this (e.g. 5h), "
                          "expired or not")
     gc.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    gc.add_argument("--region", default=None,
+                    help="cloud platforms: the region to sweep (default: boto3's, etc.)")
     gc.set_defaults(func=cmd_gc)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from drivers import driver_class
+    from drivers import CLOUDS, driver_class
 
-    cls = driver_class(args.platform)
+    options = vars(args)
+    if not args.all_clouds:
+        return _collect(args.platform, driver_class(args.platform), args, options)
+    failed = 0
+    for platform in CLOUDS:
+        cls = driver_class(platform)
+        not_ready = getattr(cls, "not_ready", None)
+        why = not_ready(options) if not_ready is not None else None
+        if why is not None:
+            print(f"skipped {platform}: {why}")
+            continue
+        try:
+            _collect(platform, cls, args, options)
+        except ConfigError as exc:  # a driver without not_ready: no credentials or region
+            print(f"skipped {platform}: {exc}")
+        except Exception as exc:  # one cloud's outage must not hide the others' garbage
+            failed += 1
+            print(f"roslab gc: {platform} failed: {type(exc).__name__}: {exc}")
+    return 1 if failed else 0
+
+
+def _collect(platform: str, cls: type, args: argparse.Namespace,
+             options: dict[str, object]) -> int:
     found = cls.collect_garbage(older_than=args.older_than, dry_run=args.dry_run,
-                                options=vars(args))
+                                options=options)
     verb = "would remove" if args.dry_run else "removed"
     for item in found:
-        print(f"{verb} {args.platform} {item.kind} {item.ident} (run {item.run}: {item.why})")
-    print(f"roslab gc: {len(found)} {'found' if args.dry_run else 'removed'} on {args.platform}")
+        print(f"{verb} {platform} {item.kind} {item.ident} (run {item.run}: {item.why})")
+    print(f"roslab gc: {len(found)} {'found' if args.dry_run else 'removed'} on {platform}")
     return 0

@@ -1,7 +1,8 @@
 """Images a user brings: what kind each is and which arch it is for, checked before any boot.
 
 Kinds: a folder with `vmlinuz` + `initrd` (direct kernel boot), an `.iso` (CD-ROM boot),
-a disk (`.img`/`.qcow2`), a Raspberry Pi SD card release (`.zip` holding one `.img`).
+a disk (`.img`/`.qcow2`), a Raspberry Pi SD card release (`.zip` holding one `.img`), or an
+image a cloud already holds (`openstack:NAME`, `gce:IMAGE`, `digitalocean:ID`...).
 The arch is read from the kernel itself (the file's boot header), so an arm64 kernel
 handed to an x86_64 run fails here, not after a silent hang.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import re
 import shutil
 import tempfile
 import zipfile
@@ -26,6 +28,11 @@ KERNEL = "kernel"
 ISO = "iso"
 DISK = "disk"
 SDCARD = "sdcard"
+# an image a cloud already holds: an AMI id (ami-..., or ami:REGION from the release's
+# catalog), or `<platform>:<name or id>` on the other clouds
+CLOUD = "cloud"
+CLOUD_IMAGE = re.compile(r"ami-[0-9a-f]{8,17}|ami:[a-z0-9-]*")
+CLOUD_PLATFORMS = ("gce", "digitalocean", "openstack", "cloudstack", "aliyun")
 CMDLINE_KINDS = (KERNEL, SDCARD)  # kinds whose kernel command line the lab controls
 DISK_SUFFIXES = {".img": "raw", ".raw": "raw", ".qcow2": "qcow2"}
 KERNEL_NAMES = ("vmlinuz", "vmlinuz-*", "bzImage", "Image")
@@ -55,7 +62,7 @@ def _first(folder: Path, patterns: tuple[str, ...]) -> Path | None:
 @dataclass(frozen=True)
 class Image:
     path: Path
-    kind: str  # KERNEL, ISO, DISK or SDCARD
+    kind: str  # KERNEL, ISO, DISK, SDCARD or CLOUD
     arch: str | None  # None when the image gives no way to tell (a disk)
     kernel: Path | None = None
     initrd: Path | None = None
@@ -64,6 +71,7 @@ class Image:
     dtb: Path | None = None  # SDCARD: the device tree config.txt names
     cmdline: str = ""  # SDCARD: cmdline.txt
     manifest: dict = field(default_factory=dict, compare=False)
+    ref: str = ""  # CLOUD: the cloud's name or id of the image
 
     @property
     def version(self) -> str | None:
@@ -71,6 +79,11 @@ class Image:
 
     @classmethod
     def open(cls, path: Path | str) -> Image:
+        if not Path(path).exists() and CLOUD_IMAGE.fullmatch(str(path)):
+            return cls(Path(path), CLOUD, None, ref=str(path))  # the cloud's driver checks it
+        scheme, _, ref = str(path).partition(":")
+        if scheme in CLOUD_PLATFORMS and ref and not Path(path).exists():
+            return cls(Path(str(path)), CLOUD, None, ref=ref)
         path = Path(path).expanduser()
         if not path.exists():
             raise ImageError(f"image {path} does not exist")

@@ -126,6 +126,10 @@ class Machine:
         self.driver.prepare(self.spec)
         self.timeline.t0 = self.driver.start()
         self.info.update(self.driver.info())
+        if not self.capabilities.console:
+            # a cloud machine: no console to log in on; it is up once SSH lets the lab in
+            self._ssh_session(timeout)
+            return self
         self.console = Console(self.driver.console_stream(), self.timeline, self.console_log,
                                self._exit_reason)
         self.console.login(USER, self.password, timeout)
@@ -139,8 +143,13 @@ class Machine:
         return f"machine {self.name} stopped: {reason}" if reason else ""
 
     def _context(self) -> dict[str, Any]:
-        return {"milestone": self.timeline.last_reached(),
-                "last_lines": self.console.last_lines() if self.console else [],
+        if self.console is not None:
+            last = self.console.last_lines()
+        else:  # a platform whose driver copies its (read-only) console output to the log
+            text = self.console_log.read_text(errors="replace") if self.console_log.exists() \
+                else ""
+            last = text.splitlines()[-10:]
+        return {"milestone": self.timeline.last_reached(), "last_lines": last,
                 "log_path": str(self.console_log)}
 
     def _need_console(self) -> Console:
@@ -149,19 +158,25 @@ class Machine:
         return self.console
 
     def run(self, cmd: str, timeout: float = 60, check: bool = False) -> Result:
-        """Run `cmd` as rancher in the console shell (`timeout` in x86_64-TCG seconds)."""
+        """Run `cmd` as rancher in the console shell, or over SSH on a platform without an
+        interactive console (`timeout` in x86_64-TCG seconds)."""
+        if not self.capabilities.console:
+            return self.ssh.run(cmd, self.scaled(timeout), check)
         return self._need_console().run(cmd, self.scaled(timeout), check)
 
     @property
     def ssh(self) -> SSH:
         """SSH as rancher with the lab's key; connects on first use, waiting (bounded)."""
+        return self._ssh_session()
+
+    def _ssh_session(self, timeout: float = 120) -> SSH:
         self._need("ssh", "be reached by SSH")
         if self.ssh_key is None:
             raise ConfigError(f"machine {self.name} was made without an SSH key")
         if self._ssh is None:
             host, port = self.driver.ssh_endpoint()
             self._ssh = SSH(host, port, USER, self.ssh_key, self.timeline, self._context)
-        return self._ssh.connect()
+        return self._ssh.connect(timeout)
 
     def wait_for_user_docker(self, timeout: float = 180) -> None:
         expected = "`docker version` to succeed as rancher"
@@ -346,7 +361,8 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
 
     opts: ssh_key (KeyPair: merged into ssh_authorized_keys), allow_invalid (deliver a
     malformed cloud-config on purpose), memory_mb, cpus, cmdline_extra, keep_on_exit,
-    boot_timeout, progress (callable for the reference image build), name.
+    boot_timeout, progress (callable for the reference image build), name,
+    platform_options (the driver's own: region, instance_type, ...).
     """
     cls = driver_class(platform)
     if arch not in cls.capabilities.arches:
@@ -360,7 +376,7 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
         raise ImageError(f"{where} cannot boot a {img.kind} image ({img.path})")
     if datasource == "default":
         datasource = caps.datasources[0]
-    if datasource not in (*DATASOURCES, "none"):
+    if datasource not in (*DATASOURCES, *caps.datasources, "none"):
         raise ConfigError(f"unknown datasource {datasource!r}: known are {', '.join(DATASOURCES)}")
     if datasource not in (*caps.datasources, "none"):
         raise ConfigError(f"{where} cannot deliver cloud-config by {datasource}: it can by "
@@ -390,6 +406,8 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
             accel=accel_used, memory_mb=opts.get("memory_mb", 2048), cpus=opts.get("cpus", 2),
             cmdline_extra=list(opts.get("cmdline_extra", [])),
             keep_on_exit=opts.get("keep_on_exit", False),
+            ssh_public_key=ssh_key.public if ssh_key is not None else "",
+            options=dict(opts.get("platform_options") or {}),
         )
         return Machine(driver, spec, platform, img, ssh_key, password, why,
                        opts.get("boot_timeout", DEFAULT_BOOT_TIMEOUT))

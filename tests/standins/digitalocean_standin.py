@@ -1,0 +1,155 @@
+"""Stand-in for the DigitalOcean API v2: droplets, custom images, tags, paging.
+
+Payload shapes follow the published API reference (`POST /v2/droplets` answers 202 with
+a droplet in status `new`; `GET /v2/droplets/{id}`; `DELETE` answers 204; errors are
+`{"id": ..., "message": ...}`; lists carry `links.pages` and `meta.total`). A droplet is
+`new` when made and `active` with a public IPv4 address from its second read on; a custom
+image is `NEW` and then `available`. Every call must carry the account's bearer token.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+from standins.base import Reply, Request, StandIn, rfc3339
+
+TOKEN = "dop_v1_standin0123456789"
+
+
+class DigitalOceanStandIn(StandIn):
+    def __init__(self) -> None:
+        super().__init__()
+        self.droplets: dict[int, dict[str, Any]] = {}
+        self.images: dict[int, dict[str, Any]] = {}
+        self.hold_new = False
+        self._ids = itertools.count(3164444)
+        r = self.route
+        r("POST", r"/v2/droplets", self._create_droplet)
+        r("GET", r"/v2/droplets", self._list_droplets)
+        r("GET", r"/v2/droplets/(\d+)", self._get_droplet)
+        r("DELETE", r"/v2/droplets/(\d+)", self._delete_droplet)
+        r("POST", r"/v2/images", self._create_image)
+        r("GET", r"/v2/images", self._list_images)
+        r("GET", r"/v2/images/([^/]+)", self._get_image)
+        r("DELETE", r"/v2/images/(\d+)", self._delete_image)
+
+    def dispatch(self, req: Request) -> Reply:
+        if req.headers.get("authorization") != f"Bearer {TOKEN}":
+            self.requests.append(req)
+            return Reply(401, {"id": "Unauthorized", "message": "Unable to authenticate you"})
+        return super().dispatch(req)
+
+    def seed(self, kind: str, name: str, created: str = "2020-01-01T00:00:00Z",
+             **fields: Any) -> int:
+        ident = next(self._ids)
+        item = {"id": ident, "name": name, "created_at": created, "tags": [], **fields}
+        if kind == "droplets":
+            item.setdefault("status", "active")
+        else:
+            item.setdefault("status", "available")
+        getattr(self, kind)[ident] = item
+        return ident
+
+    def _not_found(self) -> Reply:
+        return Reply(404, {"id": "not_found",
+                           "message": "The resource you were accessing could not be found."})
+
+    def _page(self, req: Request, key: str, items: list[dict[str, Any]]) -> Reply:
+        per_page = int(req.query.get("per_page", ["20"])[0])
+        page = int(req.query.get("page", ["1"])[0])
+        chunk = items[(page - 1) * per_page:page * per_page]
+        pages = {"next": f"/v2/{key}?page={page + 1}"} if page * per_page < len(items) else {}
+        return Reply(200, {key: chunk, "links": {"pages": pages}, "meta": {"total": len(items)}})
+
+    # droplets ----------------------------------------------------------------------------
+
+    def _create_droplet(self, req: Request) -> Reply:
+        body = req.json()
+        if body["image"] not in self.images and not isinstance(body["image"], str):
+            return Reply(422, {"id": "unprocessable_entity",
+                               "message": "You specified an invalid image for Droplet creation."})
+        ident = next(self._ids)
+        droplet = {"id": ident, "name": body["name"], "status": "new", "reads": 0,
+                   "memory": 2048, "vcpus": 1, "disk": 50, "locked": False,
+                   "created_at": rfc3339(), "size_slug": body["size"],
+                   "region": {"slug": body["region"]}, "image": {"id": body["image"]},
+                   "networks": {"v4": [], "v6": []}, "tags": body.get("tags", []),
+                   "user_data": body.get("user_data"), "features": [], "volume_ids": []}
+        self.droplets[ident] = droplet
+        return Reply(202, {"droplet": self._view(droplet), "links": {"actions": [
+            {"id": next(self._ids), "rel": "create", "href": "/v2/actions/1"}]}})
+
+    def _view(self, droplet: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in droplet.items() if k not in ("reads", "user_data")}
+
+    def _list_droplets(self, req: Request) -> Reply:
+        tag = req.query.get("tag_name", [None])[0]
+        name = req.query.get("name", [None])[0]
+        found = [self._view(d) for d in self.droplets.values()
+                 if (tag is None or tag in d["tags"]) and (name is None or d["name"] == name)]
+        return self._page(req, "droplets", found)
+
+    def _get_droplet(self, req: Request, ident: str) -> Reply:
+        droplet = self.droplets.get(int(ident))
+        if droplet is None:
+            return self._not_found()
+        droplet["reads"] = droplet.get("reads", 0) + 1
+        if droplet["status"] == "new" and droplet["reads"] >= 2 and not self.hold_new:
+            droplet["status"] = "active"
+            droplet["networks"]["v4"] = [
+                {"ip_address": "10.116.0.2", "netmask": "255.255.240.0", "gateway": "",
+                 "type": "private"},
+                {"ip_address": "127.0.0.1", "netmask": "255.255.240.0",
+                 "gateway": "127.0.0.254", "type": "public"}]
+        return Reply(200, {"droplet": self._view(droplet)})
+
+    def _delete_droplet(self, req: Request, ident: str) -> Reply:
+        if self.droplets.pop(int(ident), None) is None:
+            return self._not_found()
+        return Reply(204)
+
+    # images ------------------------------------------------------------------------------
+
+    def _create_image(self, req: Request) -> Reply:
+        body = req.json()
+        ident = next(self._ids)
+        image = {"id": ident, "name": body["name"], "distribution": body.get("distribution"),
+                 "slug": None, "public": False, "regions": [], "created_at": rfc3339(),
+                 "type": "custom", "status": "NEW", "reads": 0, "tags": body.get("tags", []),
+                 "description": body.get("description", ""), "url": body["url"],
+                 "region": body["region"]}
+        self.images[ident] = image
+        return Reply(202, {"image": self._image_view(image)})
+
+    def _image_view(self, image: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in image.items() if k != "reads"}
+
+    def _list_images(self, req: Request) -> Reply:
+        return self._page(req, "images", [self._image_view(i) for i in self.images.values()])
+
+    def _get_image(self, req: Request, ident: str) -> Reply:
+        image = self.images.get(int(ident)) if ident.isdigit() else next(
+            (i for i in self.images.values() if i.get("slug") == ident), None)
+        if image is None:
+            return self._not_found()
+        image["reads"] = image.get("reads", 0) + 1
+        if image["status"] == "NEW" and image["reads"] >= 2:
+            image["status"] = "available"
+        return Reply(200, {"image": self._image_view(image)})
+
+    def _delete_image(self, req: Request, ident: str) -> Reply:
+        if self.images.pop(int(ident), None) is None:
+            return self._not_found()
+        return Reply(204)
+
+
+def serve(tmp_path: Path, env: Any) -> DigitalOceanStandIn:
+    """Start one over TLS and point pydo at it as a user would: a token, a base URL, the
+    endpoint's certificate trusted through REQUESTS_CA_BUNDLE."""
+    standin = DigitalOceanStandIn().start(tls_dir=tmp_path / "tls")
+    env.setenv("REQUESTS_CA_BUNDLE", str(standin.ca_file))
+    env.setenv("DIGITALOCEAN_TOKEN", TOKEN)
+    env.setenv("ROSLAB_DIGITALOCEAN_ENDPOINT", standin.url)
+    return standin

@@ -1,0 +1,193 @@
+"""The GCE driver against a stand-in of Compute Engine's REST API (tests/standins/
+gce_standin.py), reached through google-cloud-compute with a service-account key file and
+a private API endpoint, as a user's project is."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from standins.base import machine_spec, start_run, terminate_while_waiting
+from standins.gce_standin import GceStandIn, serve
+
+from drivers.gce import GceDriver, label_value
+from lab import gc
+from lab.cli import main
+from lab.errors import BootTimeout, ConfigError, ImageError
+
+ZONE = "us-central1-a"
+
+
+@pytest.fixture
+def cloud(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[GceStandIn]:
+    standin = serve(tmp_path, monkeypatch)
+    monkeypatch.setattr(GceDriver, "poll_interval", 0.05)
+    yield standin
+    standin.stop()
+
+
+TARBALL = "gce:gs://roslab-images/rancheros-gce.tar.gz"
+
+
+def test_launch_labels_user_data_firewall_serial_console_and_delete(
+        cloud: GceStandIn, tmp_path: Path) -> None:
+    """Stand-in GCE: image from the release tarball, SSH rule for the runner only, instance
+    with user-data and labels; wait, read the serial port, delete all three."""
+    driver = GceDriver()
+    driver.prepare(machine_spec(TARBALL, tmp_path, {"hostname": "gce-run"}))
+    driver.start()
+    try:
+        ((zone, name), inst), = cloud.instances.items()
+        assert zone == ZONE and inst["status"] == "RUNNING"
+        items = {i["key"]: i["value"] for i in inst["metadata"]["items"]}
+        assert items["user-data"] == "#cloud-config\nhostname: gce-run\n"
+        labels = inst["labels"]
+        assert labels["created-by"] == "roslab"
+        assert labels["roslab-run-id"] == label_value(gc.run_id())
+        assert abs(int(labels["roslab-expires"]) - (time.time() + gc.DEFAULT_TTL)) < 60
+        assert all(v == label_value(v) for v in labels.values())
+        (image,) = cloud.images.values()
+        assert image["rawDisk"]["source"] == \
+            "https://storage.googleapis.com/roslab-images/rancheros-gce.tar.gz"
+        assert image["labels"] == labels
+        assert inst["disks"][0]["initializeParams"]["sourceImage"].endswith(image["name"])
+        (rule,) = cloud.firewalls.values()
+        assert rule["sourceRanges"] == ["198.51.100.7/32"]
+        assert rule["allowed"] == [{"IPProtocol": "tcp", "ports": ["22"]}]
+        assert rule["targetTags"] == inst["tags"]["items"]
+        assert json.loads(rule["description"])["created-by"] == "roslab"
+        assert driver.ssh_endpoint() == ("127.0.0.1", 22)
+        assert "RancherOS v1.5.8 started" in (driver.console_text() or "")
+    finally:
+        driver.stop()
+        driver.cleanup()
+    assert cloud.instances == {} and cloud.images == {} and cloud.firewalls == {}
+    assert cloud.calls("DELETE", rf".*/zones/{ZONE}/instances/{name}")
+
+
+def test_an_existing_image_is_used_and_kept(cloud: GceStandIn, tmp_path: Path) -> None:
+    """Stand-in GCE: `gce:NAME` boots the project's image and leaves it there."""
+    cloud.seed("images", "rancheros-v1-5-8")
+    driver = GceDriver()
+    driver.prepare(machine_spec("gce:rancheros-v1-5-8", tmp_path))
+    driver.start()
+    driver.stop()
+    driver.cleanup()
+    assert list(cloud.images) == ["rancheros-v1-5-8"]
+    assert cloud.instances == {} and cloud.firewalls == {}
+
+
+def test_an_unknown_image_is_named_and_nothing_is_made(cloud: GceStandIn, tmp_path: Path) -> None:
+    """Stand-in GCE."""
+    driver = GceDriver()
+    driver.prepare(machine_spec("gce:no-such-image", tmp_path))
+    with pytest.raises(ImageError, match="gce has no image .*no-such-image"):
+        driver.start()
+    assert cloud.instances == {} and cloud.firewalls == {} and cloud.images == {}
+
+
+def test_a_create_that_fails_after_the_cloud_made_it_leaves_nothing(
+        cloud: GceStandIn, tmp_path: Path) -> None:
+    """Stand-in GCE: the instance is made but the insert answers 503; the driver deletes
+    it by name, then the rule and the image."""
+    cloud.fail("POST", rf".*/zones/{ZONE}/instances", 503)
+    driver = GceDriver()
+    driver.prepare(machine_spec(TARBALL, tmp_path))
+    with pytest.raises(ConfigError, match="gce refused the instance: POST .*stand-in fault"):
+        driver.start()
+    assert cloud.instances == {} and cloud.firewalls == {} and cloud.images == {}
+    assert cloud.calls("DELETE", rf".*/zones/{ZONE}/instances/[^/]+")
+
+
+def test_an_instance_that_never_runs_times_out_with_its_serial_output(
+        cloud: GceStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-in GCE: stuck in PROVISIONING; bounded wait, serial output as evidence."""
+    cloud.hold_provisioning = True
+    monkeypatch.setattr(GceDriver, "boot_wait", 0.5)
+    driver = GceDriver()
+    driver.prepare(machine_spec(TARBALL, tmp_path))
+    with pytest.raises(BootTimeout, match="running with an address") as err:
+        driver.start()
+    assert "RancherOS v1.5.8 started" in err.value.last_lines
+    assert cloud.instances == {} and cloud.firewalls == {} and cloud.images == {}
+
+
+def test_sigterm_while_waiting_deletes_everything(cloud: GceStandIn, tmp_path: Path) -> None:
+    """Stand-in GCE: a run terminated while it waits for RUNNING leaves nothing."""
+    cloud.hold_provisioning = True
+    assert terminate_while_waiting("gce", TARBALL, tmp_path, lambda: cloud.instances) != 0
+    assert cloud.instances == {} and cloud.firewalls == {} and cloud.images == {}
+
+
+def test_missing_credentials_ssh_source_and_sdk_are_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cloud: GceStandIn) -> None:
+    """Stand-in GCE (for the SSH source check)."""
+    driver = GceDriver()
+    driver.prepare(machine_spec(TARBALL, tmp_path))
+    monkeypatch.delenv("ROSLAB_SSH_SOURCE")
+    with pytest.raises(ConfigError, match="ROSLAB_SSH_SOURCE is not set: .*runner"):
+        driver.start()
+    assert not cloud.calls("POST", ".*")  # refused before anything was made
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "absent.json"))
+    with pytest.raises(ConfigError, match="platform gce: no credentials.*GOOGLE_APPLICATION"):
+        GceDriver().prepare(machine_spec(TARBALL, tmp_path))
+    monkeypatch.setitem(__import__("sys").modules, "google.cloud.compute_v1", None)
+    with pytest.raises(ConfigError, match="needs the Python package google-cloud-compute"):
+        GceDriver().prepare(machine_spec(TARBALL, tmp_path))
+
+
+def test_gc_finds_what_a_killed_run_left(cloud: GceStandIn, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Stand-in GCE: a run SIGKILLed mid-test leaves an instance, a rule and an image; gc
+    takes what is expired or older than asked, in all zones, never what is not ours."""
+    run = start_run("gce", TARBALL, tmp_path)
+    run.send_signal(signal.SIGKILL)
+    run.wait(10)
+    assert len(cloud.instances) == len(cloud.firewalls) == len(cloud.images) == 1
+    cloud.seed("instances", "someone-elses", labels={"team": "web"})
+    cloud.seed("instances", "old-run", zone="europe-west1-b", labels={
+        "created-by": "roslab", "roslab-run-id": "old", "roslab-expires": "1577840000"})
+    cloud.seed("firewalls", "allow-http", description="the web team's rule")
+
+    assert main(["gc", "--platform", "gce", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "would remove gce instance europe-west1-b/old-run (run old: expired" in out
+    assert "1 found on gce" in out
+
+    assert main(["gc", "--platform", "gce", "--older-than", "0s"]) == 0
+    out = capsys.readouterr().out
+    assert "4 removed on gce" in out
+    assert [name for _, name in cloud.instances] == ["someone-elses"]
+    assert list(cloud.firewalls) == ["allow-http"] and cloud.images == {}
+
+
+def test_a_machine_made_for_gce_is_deleted_by_machine_stop(
+        cloud: GceStandIn, tmp_path: Path) -> None:
+    """Stand-in GCE: make_machine takes `gce:IMAGE`, the gce datasource and platform
+    options; Machine.stop (what every fixture's finalizer calls) deletes all it made."""
+    from lab.machine import make_machine
+    from lab.ssh import KeyPair
+
+    cloud.seed("images", "rancheros-v1-5-8")
+    key = KeyPair.generate(tmp_path / "ssh")
+    machine = make_machine("gce", "gce:rancheros-v1-5-8", "x86_64", {"hostname": "m"},
+                           "default", tmp_path, "tcg", ssh_key=key,
+                           platform_options={"zone": "europe-west1-b", "ssh_from": "192.0.2.9"})
+    assert machine.spec.datasource == "gce"
+    machine.driver.prepare(machine.spec)
+    machine.driver.start()
+    ((zone, _name), inst), = cloud.instances.items()
+    assert zone == "europe-west1-b"
+    user_data = {i["key"]: i["value"] for i in inst["metadata"]["items"]}["user-data"]
+    # the lab's key reaches the guest through user-data
+    assert yaml.safe_load(user_data)["ssh_authorized_keys"] == [key.public]
+    assert next(iter(cloud.firewalls.values()))["sourceRanges"] == ["192.0.2.9/32"]
+    machine.stop()
+    assert cloud.instances == {} and cloud.firewalls == {}
+    assert list(cloud.images) == ["rancheros-v1-5-8"]
+    assert machine.capabilities.lacks("console")
