@@ -35,6 +35,7 @@ from lab.errors import ConfigError
 
 RELAY = Path(__file__).with_name("relay.py")
 IMDS_TOKEN_TTL_MAX = 21600  # seconds, as AWS's IMDSv2 allows
+PORT_80_WAIT = 120.0  # another cloudstack machine may be finishing with 127.0.0.1:80
 
 
 @dataclass(frozen=True)
@@ -382,6 +383,3 @@ def serve(name: str, instance: Instance) -> tuple[MetadataServer, str]:
         server = MetadataServer(cloud, port=80, wait_for_port=PORT_80_WAIT)
     return server, guestfwd(cloud, server.port)
 
-
-PORT_80_WAIT = 120.0  # another cloudstack machine may be finishing with 127.0.0.1:80
-NAMES: tuple[str, ...] = tuple(CLOUDS)
