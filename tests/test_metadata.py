@@ -199,7 +199,7 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> KeyPair:
 def test_reference_image_reads_cloud_config_and_key_pair_from_ec2(
         key: KeyPair, tmp_path: Path) -> None:
     machine = make_machine("qemu", None, "x86_64", {"hostname": "roslab-ec2",
-                           "write_files": [{"path": "/etc/roslab/ec2", "content": "via imds"}]},
+                           "write_files": [{"path": "/etc/roslab/ec2", "content": "via imds\n"}]},
                            "ec2", tmp_path, "tcg", ssh_key=key)
     assert key.public not in (machine.spec.cloud_config.text if machine.spec.cloud_config
                               else "")  # the key goes as the instance's key pair only
