@@ -342,7 +342,8 @@ class QemuDriver(Driver):
         instance = metadata.Instance(
             user_data=spec.cloud_config.text.encode() if spec.cloud_config else None,
             ssh_keys=list(spec.ssh_keys), hostname=spec.name,
-            local_ipv4=str(network[15]),  # slirp's first DHCP address
+            # QEMU's first DHCP address: host part .2.15 as far as the mask lets it
+            local_ipv4=str(network[0x20F & int(network.hostmask)]),
         )
         server, self._net_options = metadata.serve(spec.datasource, instance)
         self.metadata = server
