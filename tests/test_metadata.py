@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lab import metadata
 from lab.cloudconfig import METADATA_DATASOURCES
@@ -213,11 +214,14 @@ def test_reference_image_reads_cloud_config_and_key_pair_from_ec2(
         assert {r[2] for r in served[put:]} == {200}, served
         assert ("GET", "/latest/user-data", 200) in served
         assert ("GET", "/latest/meta-data/public-keys/0/openssh-key", 200) in served
-        result = machine.ssh.run("hostname; cat /etc/roslab/ec2; "
+        result = machine.ssh.run("hostname; cat /etc/roslab/ec2; ip -4 -o addr show eth0; "
                                  "sudo cat /var/lib/rancher/conf/metadata", timeout=60)
         lines = result.stdout.splitlines()
         assert result.ok and lines[:2] == ["roslab-ec2", "via imds"], result
-        assert key.public in result.stdout  # what the datasource saved as metadata
+        address = machine.driver.metadata.cloud.instance.local_ipv4
+        assert f"inet {address}/16" in lines[2], f"served local-ipv4 {address}, guest: {lines[2]}"
+        saved = yaml.safe_load("\n".join(lines[3:]))  # what the datasource saved as metadata
+        assert saved["local_ipv4"] == address and key.public in saved["ssh_keys"], saved
 
 
 @pytest.mark.refimage
