@@ -246,3 +246,48 @@ def test_a_datasource_whose_service_is_gone_does_not_hang_the_boot(
         waited = float(line.split("failed after ")[1].split(" s")[0])
         assert waited <= 60, f"the guest waited {waited} s for a missing service"
         assert machine.run("hostname").output.strip() != "never-applied"
+
+
+# -- the reference image's own fetchers, run here against the stand-ins -------------------
+
+
+@pytest.fixture(scope="module")
+def guest_cloudinit() -> Iterator[object]:
+    """The guest's ros/cloudinit.py (what cloud-init-execute runs), imported on the host."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "lab/refimage/guest/rootfs/usr/lib/ros"))
+    try:
+        from ros import cloudinit  # the guest's own fetchers, run here
+    finally:
+        sys.path.pop(0)
+    yield cloudinit
+
+
+@pytest.mark.parametrize("name", METADATA_DATASOURCES)
+def test_the_guest_reads_each_cloud_through_its_headers_and_tokens(
+        guest_cloudinit: object, name: str) -> None:
+    """`name:root` points the guest's datasource at the stand-in (RancherOS's override)."""
+    cloud = metadata.CLOUDS[name](INSTANCE)
+    with serve(cloud) as server:
+        text, meta = guest_cloudinit.fetch(f"{name}:{server.url}")  # type: ignore[attr-defined]
+    assert text == USER_DATA.decode()
+    assert meta["ssh_keys"] == KEYS
+    assert meta["hostname"].strip().split(".")[0] == "roslab-md"
+    assert meta["local_ipv4"] == "169.254.0.15"
+    # 401 is only the IMDSv2 probe, 404 only optional keys (GCE's sshKeys and the like)
+    refused = [r for r in cloud.requests if r[2] not in (200, 401, 404)]
+    assert refused == [], cloud.requests
+    assert ("GET", "/latest/api/token", 401) not in cloud.requests
+
+
+def test_the_guest_names_a_silent_datasource_and_gives_up_in_bounded_time(
+        guest_cloudinit: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    cloudinit = guest_cloudinit
+    monkeypatch.setattr(cloudinit, "METADATA_WAIT", 2.0)
+    said: list[str] = []
+    monkeypatch.setattr(cloudinit, "log", said.append)
+    monkeypatch.setattr(cloudinit.config, "console_print", said.append)
+    with serve(metadata.Ec2(INSTANCE)) as server:
+        url = server.url  # then nothing listens there any more
+    assert cloudinit.fetch(f"ec2:{url}") == (None, {})
+    assert said and all(line.startswith("cloud-init: datasource ec2 failed after ")
+                        for line in said), said
