@@ -56,6 +56,8 @@ class MachineSpec:
     memory_mb: int = 2048
     cpus: int = 2
     cmdline_extra: list[str] = field(default_factory=list)
+    # the instance's SSH keys where a cloud hands them over by metadata (as a key pair)
+    ssh_keys: list[str] = field(default_factory=list)
     keep_on_exit: bool = False  # survive the harness (--keep-failed); otherwise die with it
     ssh_public_key: str = ""  # the lab's key (authorized_keys line), for platforms with key pairs
     options: dict[str, Any] = field(default_factory=dict)  # platform options (--region, ...)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import os
 import shutil
@@ -258,6 +259,8 @@ class QemuDriver(Driver):
         self._kernel_args: list[str] = []
         self.board = BOARDS["pc"]
         self.sockdir: Path | None = None
+        self._net_options = ""  # slirp options of a cloud metadata stand-in
+        self.metadata: Any = None  # that stand-in (lab.metadata.MetadataServer)
 
     def resolve_accel(self, requested: str, image: Image, scratch: Path) -> tuple[str, str]:
         if requested == "auto" and kvm_usable()[0]:
@@ -326,6 +329,8 @@ class QemuDriver(Driver):
     def _deliver(self, spec: MachineSpec) -> str:
         """Make the cloud-config reachable; returns the datasource for the kernel cmdline."""
         cc, ds = spec.cloud_config, spec.datasource
+        if ds in cloudconfig.METADATA_DATASOURCES:
+            return self._serve_metadata(spec)
         if cc is None or ds == "none":
             return ""
         if ds in ("configdrive", "nocloud"):
@@ -343,6 +348,22 @@ class QemuDriver(Driver):
             f"unknown datasource {ds!r}: known are {', '.join(cloudconfig.DATASOURCES)}"
         )
 
+    def _serve_metadata(self, spec: MachineSpec) -> str:
+        """Start the cloud's metadata stand-in and route the guest's requests to it."""
+        from lab import metadata
+
+        network = ipaddress.ip_network(metadata.CLOUDS[spec.datasource].network or "10.0.2.0/24")
+        instance = metadata.Instance(
+            user_data=spec.cloud_config.text.encode() if spec.cloud_config else None,
+            ssh_keys=list(spec.ssh_keys), hostname=spec.name,
+            # QEMU's first DHCP address: host part .2.15 as far as the mask lets it
+            local_ipv4=str(network[0x20F & int(network.hostmask)]),
+        )
+        server, self._net_options = metadata.serve(spec.datasource, instance)
+        self.metadata = server
+        self._exit_stack.callback(server.stop)
+        return spec.datasource
+
     def _argv(self) -> list[str]:
         spec, board = self.spec, self.board
         assert spec is not None
@@ -359,7 +380,8 @@ class QemuDriver(Driver):
         ]
         if board.caps.network:
             argv += [
-                "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22",
+                "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+                           + (f",{self._net_options}" if self._net_options else ""),
                 # no option ROM: nothing here netboots, and iPXE's probe costs a second of TCG
                 "-device", "virtio-net-pci,netdev=net0,romfile=",
                 "-device", "virtio-rng-pci",  # entropy for sshd and dockerd early in boot

@@ -1,9 +1,10 @@
 """cloud-config: validation, and the ways the lab delivers it to a guest.
 
 Delivery: a config drive ISO (`config-2`, OpenStack layout), a NoCloud ISO (`cidata`),
-an HTTP server the guest reaches as 10.0.2.2 (`url:`), or kernel cmdline keys
-(`cmdline`). Each is built from the exact text, so a scenario can deliberately send
-malformed cloud-config (`allow_invalid=True`) and check that the OS survives it.
+an HTTP server the guest reaches as 10.0.2.2 (`url:`), kernel cmdline keys (`cmdline`),
+or a cloud's metadata service (`ec2`, `gce`, ...: the stand-ins in lab/metadata.py).
+Each is built from the exact text, so a scenario can deliberately send malformed
+cloud-config (`allow_invalid=True`) and check that the OS survives it.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import yaml
 from lab.errors import ConfigError
 
 HEADER = "#cloud-config"
-DATASOURCES = ("configdrive", "nocloud", "url", "cmdline")
+# the clouds' metadata services, served by the lab's stand-ins (lab/metadata.py)
+METADATA_DATASOURCES = ("ec2", "gce", "digitalocean", "cloudstack", "aliyun")
+DATASOURCES = ("configdrive", "nocloud", "url", "cmdline", *METADATA_DATASOURCES)
 # the ones that carry the user-data text as written (cmdline carries parsed keys only)
-TEXT_DATASOURCES = ("configdrive", "nocloud", "url",
-                    # the clouds' user-data: the text as written, through their metadata
-                    "ec2", "gce", "digitalocean", "cloudstack", "aliyun")
+TEXT_DATASOURCES = ("configdrive", "nocloud", "url", *METADATA_DATASOURCES)
 
 
 @dataclass(frozen=True)

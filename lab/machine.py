@@ -26,7 +26,7 @@ from typing import Any
 from drivers import driver_class
 from drivers.base import Driver, MachineSpec
 from lab import timeline as tl
-from lab.cloudconfig import DATASOURCES, CloudConfig
+from lab.cloudconfig import DATASOURCES, METADATA_DATASOURCES, CloudConfig
 from lab.console import Console
 from lab.errors import (
     BootError,
@@ -359,7 +359,8 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
                  datasource: str, workdir: Path, accel: str, **opts: Any) -> Machine:
     """Check everything, then make (not boot) a machine in a new directory under `workdir`.
 
-    opts: ssh_key (KeyPair: merged into ssh_authorized_keys), allow_invalid (deliver a
+    opts: ssh_key (KeyPair: merged into ssh_authorized_keys, or served as the instance's
+    key pair by a cloud metadata datasource), allow_invalid (deliver a
     malformed cloud-config on purpose), memory_mb, cpus, cmdline_extra, keep_on_exit,
     boot_timeout, progress (callable for the reference image build), name,
     platform_options (the driver's own: region, instance_type, ...).
@@ -388,7 +389,10 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
     cc = cloud_config if isinstance(cloud_config, CloudConfig) else (
         None if cloud_config is None
         else CloudConfig.parse(cloud_config, allow_invalid=opts.get("allow_invalid", False)))
-    if ssh_key is not None:
+    instance_keys: list[str] = []
+    if ssh_key is not None and datasource in METADATA_DATASOURCES:
+        instance_keys = [ssh_key.public]  # the cloud's key pair, served as metadata
+    elif ssh_key is not None:
         extra = {"ssh_authorized_keys": [ssh_key.public]}
         cc = CloudConfig.parse(extra) if cc is None else cc.merged(extra)
     driver = cls()
@@ -402,7 +406,10 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
         password = RUN_PASSWORD if img.kind in CMDLINE_KINDS else BAKED_PASSWORD
         spec = MachineSpec(
             name=name, arch=arch, image=img, workdir=workdir, cloud_config=cc,
-            datasource=datasource if cc is not None else "none", password=password,
+            # a cloud's metadata service answers even for an instance without user-data
+            datasource=datasource if cc is not None or datasource in METADATA_DATASOURCES
+            else "none",
+            password=password, ssh_keys=instance_keys,
             accel=accel_used, memory_mb=opts.get("memory_mb", 2048), cpus=opts.get("cpus", 2),
             cmdline_extra=list(opts.get("cmdline_extra", [])),
             keep_on_exit=opts.get("keep_on_exit", False),

@@ -16,6 +16,7 @@ import os
 import pwd
 import subprocess
 import time
+import urllib.error
 import urllib.request
 
 import yaml
@@ -150,8 +151,195 @@ def from_cmdline() -> tuple[str | None, dict]:
     return "#cloud-config\n" + yaml.safe_dump(cc), {}
 
 
+# -- cloud metadata services (RancherOS's names; `name:root` overrides the address) --------
+
+METADATA_WAIT = 30.0  # seconds a cloud's service may take to answer before boot goes on
+REQUEST_TIMEOUT = 3.0
+LEASES = "/run/udhcpc"  # the network service's DHCP leases (udhcpc's default.script)
+
+
+class NoService(Exception):
+    """The datasource's metadata service did not answer (or was not the cloud's own)."""
+
+
+def _http(url: str, headers: dict | None = None, method: str = "GET") -> bytes | None:
+    """The body, or None for a 404 (the key is not set); other HTTP errors raise."""
+    req = urllib.request.Request(url, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT) as resp:
+            return resp.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def _text(url: str, headers: dict | None = None) -> str | None:
+    body = _http(url, headers)
+    return None if body is None else body.decode("utf-8", errors="replace")
+
+
+def _until_answered(url: str, headers: dict | None = None) -> bytes | None:
+    """GET `url` until the service answers at all (the network may still be coming up),
+    for at most METADATA_WAIT seconds; an HTTP error status counts as an answer."""
+    deadline = time.monotonic() + METADATA_WAIT
+    while True:
+        try:
+            return _http(url, headers)
+        except urllib.error.HTTPError as exc:
+            raise NoService(f"{url} answered HTTP {exc.code} {exc.reason}") from exc
+        except OSError as exc:
+            reason = getattr(exc, "reason", exc)
+            if time.monotonic() >= deadline:
+                raise NoService(f"no answer from {url} within {METADATA_WAIT:.0f} s "
+                                f"({reason})") from exc
+            time.sleep(1)
+
+
+def _imds_token(root: str, ttl_header: str, token_header: str) -> dict:
+    """IMDSv2-style session token headers; {} where the service has no tokens (IMDSv1)."""
+    try:
+        token = _http(f"{root}latest/api/token", {ttl_header: "21600"}, method="PUT")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (403, 404, 405):
+            return {}
+        raise
+    return {token_header: token.decode().strip()} if token else {}
+
+
+def _indexed_keys(base: str, headers: dict) -> list[str]:
+    """Keys listed as `0=name` (EC2) or `0/` (Aliyun) under public-keys/."""
+    listing = _text(f"{base}public-keys/", headers) or ""
+    keys = []
+    for line in listing.splitlines():
+        index = line.split("=")[0].strip("/")
+        key = _text(f"{base}public-keys/{index}/openssh-key", headers) if index else None
+        if key:
+            keys.append(key.strip())
+    return keys
+
+
+def from_ec2(root: str) -> tuple[str | None, dict]:
+    root = root or "http://169.254.169.254/"
+    try:
+        _until_answered(f"{root}latest/meta-data/")
+    except NoService as exc:
+        if "HTTP 401" not in str(exc):  # IMDSv2 only: there, and wants a token
+            raise
+    headers = _imds_token(root, "X-aws-ec2-metadata-token-ttl-seconds",
+                          "X-aws-ec2-metadata-token")
+    base = f"{root}latest/meta-data/"
+    meta = {"hostname": _text(f"{base}hostname", headers),
+            "local_ipv4": _text(f"{base}local-ipv4", headers),
+            "ssh_keys": _indexed_keys(base, headers)}
+    return _text(f"{root}latest/user-data", headers), meta
+
+
+def from_gce(root: str) -> tuple[str | None, dict]:
+    # the name resolves through /etc/hosts, as on Google's own images
+    root = root or "http://metadata.google.internal/"
+    flavor = {"Metadata-Flavor": "Google"}
+    base = f"{root}computeMetadata/v1/"
+    req = urllib.request.Request(base, headers=flavor)
+    _until_answered(base, flavor)
+    with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT) as resp:
+        if resp.headers.get("Metadata-Flavor") != "Google":
+            raise NoService(f"{base} answered without Metadata-Flavor: Google (not GCE's)")
+    attr = f"{base}instance/attributes/"
+    lines: list[str] = []
+    sources = [f"{attr}ssh-keys", f"{attr}sshKeys"]
+    if (_text(f"{attr}block-project-ssh-keys", flavor) or "").strip().lower() != "true":
+        sources += [f"{base}project/attributes/ssh-keys", f"{base}project/attributes/sshKeys"]
+    for url in sources:
+        lines += (_text(url, flavor) or "").splitlines()
+    # each line is USER:KEY
+    keys = [line.partition(":")[2].strip() for line in lines if ":" in line]
+    hostname = (_text(f"{base}instance/hostname", flavor) or "").split(".")[0] or None
+    user_data = _text(f"{attr}user-data", flavor)
+    if user_data is None:
+        user_data = _text(f"{attr}startup-script", flavor)
+    return user_data, {"hostname": hostname, "ssh_keys": keys,
+                       "local_ipv4": _text(f"{base}instance/network-interfaces/0/ip", flavor)}
+
+
+def from_digitalocean(root: str) -> tuple[str | None, dict]:
+    root = root or "http://169.254.169.254/"
+    body = _until_answered(f"{root}metadata/v1.json")
+    try:
+        doc = json.loads(body or b"{}")
+    except ValueError as exc:
+        raise NoService(f"{root}metadata/v1.json is not JSON") from exc
+    private = (doc.get("interfaces") or {}).get("private") or [{}]
+    meta = {"hostname": doc.get("hostname"), "ssh_keys": list(doc.get("public_keys") or []),
+            "local_ipv4": (private[0].get("ipv4") or {}).get("ip_address")}
+    return _text(f"{root}metadata/v1/user-data"), meta
+
+
+def _dhcp_server() -> str:
+    """The DHCP server of the first lease the network service got (CloudStack's router)."""
+    deadline = time.monotonic() + METADATA_WAIT
+    while time.monotonic() < deadline:
+        for name in sorted(os.listdir(LEASES)) if os.path.isdir(LEASES) else []:
+            lease = dict(line.partition("=")[::2] for line in
+                         (_read(f"{LEASES}/{name}") or "").splitlines())
+            if lease.get("serverid"):
+                return lease["serverid"].strip()
+        time.sleep(1)
+    raise NoService(f"no DHCP lease with a server address in {LEASES} within "
+                    f"{METADATA_WAIT:.0f} s")
+
+
+def from_cloudstack(root: str) -> tuple[str | None, dict]:
+    root = root or f"http://{_dhcp_server()}/"
+    base = f"{root}latest/meta-data/"
+    _until_answered(base)
+    keys = (_text(f"{base}public-keys") or "").splitlines()
+    meta = {"hostname": _text(f"{base}local-hostname"), "local_ipv4": _text(f"{base}local-ipv4"),
+            "ssh_keys": [k.strip() for k in keys if k.strip()]}
+    return _text(f"{root}latest/user-data"), meta
+
+
+def from_aliyun(root: str) -> tuple[str | None, dict]:
+    root = root or "http://100.100.100.200/"
+    version = "2016-01-01"  # the API version RancherOS reads
+    base = f"{root}{version}/meta-data/"
+    try:
+        _until_answered(base)
+    except NoService as exc:
+        if "HTTP 401" not in str(exc):  # hardened mode: tokens required
+            raise
+    headers = _imds_token(root, "X-aliyun-ecs-metadata-token-ttl-seconds",
+                          "X-aliyun-ecs-metadata-token")
+    meta = {"hostname": _text(f"{base}hostname", headers),
+            "local_ipv4": _text(f"{base}private-ipv4", headers),
+            "ssh_keys": _indexed_keys(base, headers)}
+    return _text(f"{root}{version}/user-data", headers), meta
+
+
+CLOUDS = {"ec2": from_ec2, "gce": from_gce, "digitalocean": from_digitalocean,
+          "cloudstack": from_cloudstack, "aliyun": from_aliyun}
+
+
+def from_cloud(kind: str, root: str) -> tuple[str | None, dict]:
+    """A cloud's user-data and metadata; a service that does not answer is named on the
+    console and skipped, within METADATA_WAIT seconds (plus a few requests)."""
+    started = time.monotonic()
+    if root and not root.endswith("/"):
+        root += "/"
+    try:
+        return CLOUDS[kind](root)
+    except (NoService, OSError, ValueError) as exc:
+        msg = (f"cloud-init: datasource {kind} failed after {time.monotonic() - started:.0f} s,"
+               f" going on without it: {exc}")
+        log(msg)
+        config.console_print(msg)
+        return None, {}
+
+
 def fetch(ds: str) -> tuple[str | None, dict]:
     kind, _, arg = ds.partition(":")
+    if kind in CLOUDS:
+        return from_cloud(kind, arg)
     if kind == "configdrive":
         return from_configdrive(arg or "/media/config-2")
     if kind == "nocloud":
@@ -200,8 +388,9 @@ def save() -> dict:
     meta: dict = {"ssh_keys": []}
     for ds in sources:
         text, md = fetch(str(ds))
-        if md.get("hostname"):
-            meta.setdefault("hostname", md["hostname"])
+        for key in ("hostname", "local_ipv4"):
+            if md.get(key):
+                meta.setdefault(key, str(md[key]).strip())
         meta["ssh_keys"] += [k for k in md.get("ssh_keys") or [] if k]
         if text is None:
             continue
