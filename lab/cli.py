@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "reports.command",  # roslab bench, bench compare, bench report
     "lab.gc",  # roslab gc
     "reports.mutants",  # roslab mutants
+    "lab.matrix_command",  # roslab matrix plan, emit, run, report
 ]
 
 
