@@ -137,7 +137,8 @@ def test_published_port_is_reachable_in_the_guest(machine: Machine, local_image:
     )
     try:
         got = machine.wait_until(
-            lambda: word in machine.run("wget -q -O - http://127.0.0.1:18080/index.html").output,
+            lambda: word in machine.run(
+                "wget -q -T 10 -O - http://127.0.0.1:18080/index.html").output,
             timeout=30,
         )
         assert got, "a port published by the user Docker (18080 -> 80) is not reachable"
