@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "lab.commands",  # roslab boot, roslab doctor
     "reports.command",  # roslab bench, bench compare, bench report
     "lab.gc",  # roslab gc
+    "lab.matrix_command",  # roslab matrix plan, emit, run, report
 ]
 
 

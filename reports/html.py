@@ -32,7 +32,7 @@ def _s(value: float) -> str:
     return f"{value:.3f}"
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[object]], caption: str = "") -> str:
+def html_table(header: Sequence[str], rows: Iterable[Sequence[object]], caption: str = "") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join(
         "<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
@@ -77,7 +77,7 @@ def _waterfall_section(run: Sequence[Record]) -> str:
             )
         )
     picture = waterfall(bars, f"Boot waterfall, latest run ({_run_label(run)}), medians")
-    table = _table(
+    table = html_table(
         ["phase", "start", "end", "duration", "duration p95", "end p95", "n"],
         rows,
         "seconds since power-on; median over completed boots",
@@ -109,7 +109,7 @@ def _trend_sections(runs: Sequence[Sequence[Record]]) -> str:
                 )
             )
         picture = trend(points, f"{name}: seconds since power-on, per run")
-        table = _table(
+        table = html_table(
             ["date", "version", "host", "n", "min", "median", "p95"],
             reversed(rows[-TABLE_RUNS:]),
             f"{name}, latest {min(len(rows), TABLE_RUNS)} of {len(rows)} runs",
@@ -139,11 +139,11 @@ def _group_section(key: tuple[str, str, str, str], records: Sequence[Record]) ->
     ]
     errors = [(r.get("boot", ""), r.get("error") or "") for r in latest if not r.get("ok")]
     if errors:
-        parts.append(_table(["boot", "error of a failed boot in the latest run"], errors))
+        parts.append(html_table(["boot", "error of a failed boot in the latest run"], errors))
     sizes = next((r["sizes"] for r in reversed(latest) if r.get("sizes")), None)
     if sizes:
         rows = [(name, size, f"{size / 2**20:.1f}") for name, size in sorted(sizes.items())]
-        parts.append(_table(["image file", "bytes", "MiB"], rows, "image sizes, latest run"))
+        parts.append(html_table(["image file", "bytes", "MiB"], rows, "image sizes, latest run"))
     parts.append("<h2>History per milestone</h2>")
     parts.append(_trend_sections(runs))
     return "".join(parts)

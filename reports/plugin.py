@@ -22,6 +22,9 @@ from typing import Any
 import pytest
 from _pytest._code.code import Traceback
 
+from lab.gc import run_id
+from lab.timeline import USER_DOCKER
+from reports import history
 from reports.history import machine_context
 from reports.svg import Bar, waterfall
 
@@ -30,6 +33,30 @@ TAIL_LINES = 40
 # so its id cannot be reused by a later machine.
 _SEEN = pytest.StashKey[dict[int, Any]]()
 _DONE = pytest.StashKey[bool]()  # this test's failure evidence is attached
+_BOOTED = pytest.StashKey[dict[int, Any]]()  # every machine a test used, for bench records
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.getgroup("roslab").addoption(
+        "--roslab-bench-history", default=None, type=Path, metavar="FILE",
+        help="append a bench record (its boot timeline) for every machine the run booted "
+             "(roslab matrix run keeps one per cell)")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """One bench record per machine, so a scenario run's boots feed the boot-time history."""
+    path = session.config.getoption("--roslab-bench-history", None)
+    machines = session.config.stash.get(_BOOTED, {})
+    if path is None or not machines:
+        return
+    run = run_id()
+    for boot, machine in enumerate(machines.values(), 1):
+        timeline = getattr(machine, "timeline", None)
+        marks = timeline.to_dict() if timeline is not None else {}
+        record = history.new_record(context=_context(machine), milestones=marks,
+                                    ok=USER_DOCKER in marks, run_id=run, boot=boot)
+        record["kind"] = "scenario"
+        history.append(path, record)
 
 
 def machines_of(item: pytest.Item) -> list[Any]:
@@ -186,6 +213,16 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     hide_lab_frames(item, call, report)
+    booted = item.config.stash.setdefault(_BOOTED, {})
+    for machine in machines:
+        booted.setdefault(id(machine), machine)  # the value keeps the id from being reused
+    if report.failed and machines:
+        # JUnit readers (roslab matrix report) show where each machine's boot got to
+        for i, machine in enumerate(machines):
+            timeline = getattr(machine, "timeline", None)
+            reached = timeline.last_reached() if timeline is not None else None
+            prefix = "" if len(machines) == 1 else f"{_name(machine, i)}."
+            item.user_properties.append((f"{prefix}last_milestone", reached or "none"))
     if not machines or not allure_active(item.config):
         return
     if call.when == "setup":
