@@ -51,11 +51,15 @@ def resolve_image(cell: Cell, say: IO[str]) -> str | None:
     return cell.image
 
 
-def pytest_command(cell: Cell, out: Path, image: str | None, selection: list[str],
+def pytest_command(cell: Cell, root: Path, out: Path, image: str | None, selection: list[str],
                    prefix: str = "") -> list[str]:
-    """The pytest run of one attempt; what a CI job runs, through `roslab matrix run`."""
-    cmd = [sys.executable, "-m", "pytest", *selection, "--platform", cell.platform,
-           "--arch", cell.arch]
+    """The pytest run of one attempt; what a CI job runs, through `roslab matrix run`.
+
+    The rootdir is the matrix file's folder, so node ids (in JUnit, in the rerun's
+    selection, in known failures) are the paths written in matrix.yml; pytest would
+    otherwise guess it from any path on the command line, --image's included."""
+    cmd = [sys.executable, "-m", "pytest", *selection, f"--rootdir={root}",
+           "--platform", cell.platform, "--arch", cell.arch]
     if image is not None:
         cmd += ["--image", image]
     if cell.hw:
@@ -130,7 +134,7 @@ def run_cell(matrix: Matrix, cell: Cell, results: Path) -> bool:
     try:
         image = resolve_image(cell, sys.stdout)
         print(f"roslab matrix: cell {cell.id} ({cell.describe()}) -> {out}", flush=True)
-        cmd = pytest_command(cell, out, image, list(cell.scenarios))
+        cmd = pytest_command(cell, root, out, image, list(cell.scenarios))
         attempts.append(_attempt(cmd, root, out / "pytest.log", env))
         save()
         failed = [c.nodeid for c in read_junit(out / "junit.xml") if c.outcome == "failed"] \
@@ -138,9 +142,12 @@ def run_cell(matrix: Matrix, cell: Cell, results: Path) -> bool:
         if failed:
             print(f"roslab matrix: cell {cell.id}: rerunning {len(failed)} failed "
                   "scenario(s) once, on fresh machines", flush=True)
-            cmd = pytest_command(cell, out, image, failed, prefix=RERUN)
+            cmd = pytest_command(cell, root, out, image, failed, prefix=RERUN)
             attempts.append({**_attempt(cmd, root, out / f"{RERUN}pytest.log", env),
                              "rerun": failed})
+    except KeyboardInterrupt:
+        meta["interrupted"] = True  # the report names the cell as interrupted, not as run
+        raise
     finally:
         meta["finished"] = utc_now()
         save()

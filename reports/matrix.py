@@ -174,8 +174,9 @@ def cell_verdict(folder: Path) -> CellVerdict:
     attempts = meta.get("attempts") or []
     if not attempts or not (folder / "junit.xml").is_file():
         log = folder / "pytest.log"
-        verdict.broken = "the cell did not run its scenarios" + (
-            f" (pytest exit code {attempts[0].get('exit_code')})" if attempts else "")
+        why = "interrupted" if meta.get("interrupted") else (
+            f"pytest exit code {attempts[0].get('exit_code')}" if attempts else "")
+        verdict.broken = "the cell did not run its scenarios" + (f" ({why})" if why else "")
         verdict.meta["log_tail"] = _tail(log) if log.is_file() else "(no pytest output)"
         return verdict
     if attempts[0].get("exit_code") not in GOOD_EXIT_CODES:

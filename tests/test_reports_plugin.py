@@ -127,9 +127,10 @@ def test_allure_labels_attachments_and_junit_properties(tmp_path: Path) -> None:
     assert not attachments(tests["test_without_machine"])
 
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
-    for name in ("test_boots", "test_breaks"):
+    context = {"platform": "qemu", "arch": "x86_64", "image_version": "v1.4.1-lab"}
+    for name, extra in (("test_boots", {}), ("test_breaks", {"last_milestone": "user-docker"})):
         props = {p.get("name"): p.get("value") for p in cases[name].iter("property")}
-        assert props == {"platform": "qemu", "arch": "x86_64", "image_version": "v1.4.1-lab"}
+        assert props == {**context, **extra}  # a failure says where the boot got to
     assert not list(cases["test_without_machine"].iter("property"))
 
 
