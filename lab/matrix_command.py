@@ -77,13 +77,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
     table = Table(title=f"{args.file}: {len(matrix.cells)} cells")
     for col in ("cell", "platform", "arch", "image", "hw", "scenarios", "timeout",
                 "secrets", "gc"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for c in matrix.cells:
         scen = " ".join(c.scenarios) + (f" -k {c.keyword}" if c.keyword else "")
         table.add_row(c.id, c.platform, c.arch, c.image, c.hw or "-", scen,
                       f"{c.timeout_minutes} min", " ".join(c.secrets) or "-",
                       "yes" if c.cloud else "-")
-    console = Console()
+    # CI logs are no terminal: rich would fold the table to 80 columns there
+    console = Console() if sys.stdout.isatty() else Console(width=200)
     console.print(table)
     for e in matrix.known_failures:
         console.print(f"known failure: {e.scenario} ({', '.join(e.cells) or 'every cell'}) "
