@@ -40,6 +40,7 @@ PASSED, FAILED, NOT_APPLICABLE, KNOWN = "passed", "failed", "not applicable", "k
 STATUSES = (PASSED, FAILED, KNOWN, NOT_APPLICABLE)
 MEDIAN_MILESTONES = ("kernel", "login-prompt", "ssh", "user-docker")
 EXCERPT_LINES = 15
+BLOCKED = re.compile(r"machine did not boot")  # fixtures.plugin's skip after a failed boot
 GOOD_EXIT_CODES = (0, 1)  # pytest: all passed / some failed; anything else: the run broke
 
 
@@ -195,6 +196,10 @@ def _judge(case: Case, rerun: Case | None, policy: dict[str, Any], folder: Path)
     out = Outcome(case.nodeid, PASSED, case, rerun)
     if case.outcome == "passed":
         out.status = PASSED
+    elif case.outcome == "skipped" and BLOCKED.search(case.message):
+        # a boot that failed earlier in the module: the check never ran, which is no pass
+        # and no "not applicable" (the failed boot itself is reported as an error)
+        out.status, out.note = FAILED, f"not run: {case.message}"
     elif case.outcome == "skipped":
         out.status, out.note = NOT_APPLICABLE, case.message
     elif rerun is None:
