@@ -180,7 +180,12 @@ def cell_verdict(folder: Path) -> CellVerdict:
         verdict.broken = "the cell did not run its scenarios" + (f" ({why})" if why else "")
         verdict.meta["log_tail"] = _tail(log) if log.is_file() else "(no pytest output)"
         return verdict
-    if attempts[0].get("exit_code") not in GOOD_EXIT_CODES:
+    if meta.get("interrupted"):
+        verdict.broken = ("interrupted (Ctrl-C, SIGTERM or the CI's timeout) before the cell "
+                          "finished: what ran is judged below")
+        verdict.meta["log_tail"] = _tail(folder / "rerun-pytest.log") or \
+            _tail(folder / "pytest.log")
+    elif attempts[0].get("exit_code") not in GOOD_EXIT_CODES:
         verdict.broken = (f"pytest exit code {attempts[0].get('exit_code')}: the run was "
                           "interrupted or refused its input")
         verdict.meta["log_tail"] = _tail(folder / "pytest.log")
@@ -416,9 +421,10 @@ def _grid(nightly: Nightly) -> str:
     head = "".join(f"<th>{escape(f)}</th>" for f in ["cell", *families])
     rows = []
     for cell in nightly.cells:
+        flag = f"<br><span class='bad'>{escape(cell.broken)}</span>" if cell.broken else ""
         cells = [f"<td><b>{escape(cell.cell)}</b><br><span class='meta'>"
-                 f"{escape(_describe(cell.meta))}</span></td>"]
-        if cell.broken:
+                 f"{escape(_describe(cell.meta))}</span>{flag}</td>"]
+        if cell.broken and not cell.outcomes:
             cells.append(f"<td class='broken' colspan='{max(len(families), 1)}'>"
                          f"{escape(cell.broken)}</td>")
         else:
