@@ -40,6 +40,7 @@ PASSED, FAILED, NOT_APPLICABLE, KNOWN = "passed", "failed", "not applicable", "k
 STATUSES = (PASSED, FAILED, KNOWN, NOT_APPLICABLE)
 MEDIAN_MILESTONES = ("kernel", "login-prompt", "ssh", "user-docker")
 EXCERPT_LINES = 15
+BLOCKED = re.compile(r"machine did not boot")  # fixtures.plugin's skip after a failed boot
 GOOD_EXIT_CODES = (0, 1)  # pytest: all passed / some failed; anything else: the run broke
 
 
@@ -179,7 +180,12 @@ def cell_verdict(folder: Path) -> CellVerdict:
         verdict.broken = "the cell did not run its scenarios" + (f" ({why})" if why else "")
         verdict.meta["log_tail"] = _tail(log) if log.is_file() else "(no pytest output)"
         return verdict
-    if attempts[0].get("exit_code") not in GOOD_EXIT_CODES:
+    if meta.get("interrupted"):
+        verdict.broken = ("interrupted (Ctrl-C, SIGTERM or the CI's timeout) before the cell "
+                          "finished: what ran is judged below")
+        verdict.meta["log_tail"] = _tail(folder / "rerun-pytest.log") or \
+            _tail(folder / "pytest.log")
+    elif attempts[0].get("exit_code") not in GOOD_EXIT_CODES:
         verdict.broken = (f"pytest exit code {attempts[0].get('exit_code')}: the run was "
                           "interrupted or refused its input")
         verdict.meta["log_tail"] = _tail(folder / "pytest.log")
@@ -195,6 +201,10 @@ def _judge(case: Case, rerun: Case | None, policy: dict[str, Any], folder: Path)
     out = Outcome(case.nodeid, PASSED, case, rerun)
     if case.outcome == "passed":
         out.status = PASSED
+    elif case.outcome == "skipped" and BLOCKED.search(case.message):
+        # a boot that failed earlier in the module: the check never ran, which is no pass
+        # and no "not applicable" (the failed boot itself is reported as an error)
+        out.status, out.note = FAILED, f"not run: {case.message}"
     elif case.outcome == "skipped":
         out.status, out.note = NOT_APPLICABLE, case.message
     elif rerun is None:
@@ -411,9 +421,10 @@ def _grid(nightly: Nightly) -> str:
     head = "".join(f"<th>{escape(f)}</th>" for f in ["cell", *families])
     rows = []
     for cell in nightly.cells:
+        flag = f"<br><span class='bad'>{escape(cell.broken)}</span>" if cell.broken else ""
         cells = [f"<td><b>{escape(cell.cell)}</b><br><span class='meta'>"
-                 f"{escape(_describe(cell.meta))}</span></td>"]
-        if cell.broken:
+                 f"{escape(_describe(cell.meta))}</span>{flag}</td>"]
+        if cell.broken and not cell.outcomes:
             cells.append(f"<td class='broken' colspan='{max(len(families), 1)}'>"
                          f"{escape(cell.broken)}</td>")
         else:

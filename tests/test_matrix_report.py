@@ -148,6 +148,17 @@ def test_flake_policy_and_known_failures(tmp_path: Path) -> None:
                                  "4 rerun (2 passed on rerun)")
 
 
+def test_a_check_skipped_after_a_failed_boot_is_no_pass(tmp_path: Path) -> None:
+    skipped = "scenarios/test_boot.py::test_each_boot_phase_within_budget"
+    folder = make_cell(tmp_path, "c", [
+        case_xml(BOOT, "error", "GuestPanic: guest kernel panic"),
+        case_xml(skipped, "skipped", "this module's machine did not boot (see x): panic")],
+        [case_xml(BOOT, "error", "GuestPanic: guest kernel panic")])
+    status = {o.nodeid: (o.status, o.note) for o in cell_verdict(folder).outcomes}
+    assert status[skipped] == (FAILED, "not run: this module's machine did not boot "
+                                       "(see x): panic")
+
+
 def test_a_known_failure_that_flakes_is_red(tmp_path: Path) -> None:
     node = "scenarios/test_docker.py::test_sockets_are_separate"
     folder = make_cell(tmp_path, "c", [case_xml(node, "failed", "x")], [case_xml(node)],
