@@ -460,8 +460,13 @@ def _failures(nightly: Nightly) -> str:
         if cell.broken:
             parts.append(f"<h3>{escape(cell.cell)}: the cell broke</h3><p>{escape(cell.broken)}"
                          f"</p><pre>{escape(cell.meta.get('log_tail', ''))}</pre>")
+        blocked = [o.nodeid for o in cell.outcomes if o.status == FAILED and o.note.startswith(
+            "not run:")]
+        if blocked:  # one line, not a block each: their cause is the boot failure shown
+            parts.append(f"<p class='st-failed'>{escape(cell.cell)}: not run because their "
+                         f"machine did not boot: {escape(', '.join(blocked))}</p>")
         for o in cell.outcomes:
-            if o.status not in (FAILED, KNOWN):
+            if o.status not in (FAILED, KNOWN) or o.nodeid in blocked:
                 continue
             last = o.failed_attempt
             first_line = (last.message or last.text).strip().splitlines()[:1]
