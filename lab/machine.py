@@ -19,6 +19,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,25 @@ SERVICE_LOG_LINES = 15
 SERVICE_STATE_FORMAT = ("{{.Name}}|{{.State.Status}}|{{.State.ExitCode}}|{{.RestartCount}}|"
                         "{{.HostConfig.RestartPolicy.Name}}")
 ARTIFACTS = ("console.log", "serial.raw", "qemu.stderr", "cloud-config.yml", "timeline.json")
+
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """One system container as `system-docker inspect` reports it."""
+
+    status: str  # running, restarting, exited, created, dead
+    exit_code: int
+    restarts: int  # restarts by its restart policy (not by `system-docker restart`)
+    policy: str  # restart policy: always, unless-stopped, on-failure, no
+
+    @property
+    def keeps_running(self) -> bool:
+        return self.policy in ("always", "unless-stopped", "on-failure")
+
+    def __str__(self) -> str:  # "running", "exited(0)": how scenarios quote a state
+        return f"exited({self.exit_code})" if self.status == "exited" else self.status
+
 
 _live: weakref.WeakSet[Machine] = weakref.WeakSet()
 log = logging.getLogger(__name__)
@@ -180,29 +200,35 @@ class Machine:
         raise BootTimeout(f"the user Docker did not answer within {self.scaled(timeout):.0f} s",
                           expected=expected, **self._context())
 
+    def service_states(self, check: bool = True) -> dict[str, ServiceState]:
+        """Every system Docker container by name, as `system-docker inspect` sees it.
+
+        With check=False, a system Docker that does not answer (yet) gives {}."""
+        listing = self.run(f"sudo system-docker inspect --format '{SERVICE_STATE_FORMAT}' "
+                           "$(sudo system-docker ps -aq) 2>/dev/null", timeout=30, check=check)
+        states = {}
+        for line in listing.output.splitlines() if listing.ok else []:
+            parts = line.split("|")
+            if len(parts) == 5 and parts[2].lstrip("-").isdigit() and parts[3].isdigit():
+                name, status, code, restarts, policy = parts
+                states[name.lstrip("/")] = ServiceState(status, int(code), int(restarts), policy)
+        return states
+
     def failing_services(self, only: Collection[str] | None = None) -> list[str]:
         """System containers (of `only`, when given) that should run and do not:
         crash-looping or exited despite a restart policy; each with its log tail."""
-        listing = self.run(f"sudo system-docker inspect --format '{SERVICE_STATE_FORMAT}' "
-                           "$(sudo system-docker ps -aq) 2>/dev/null", timeout=30)
-        if not listing.ok:
-            return []  # the system Docker itself is not answering (yet): the wait goes on
         faults = []
-        for line in listing.output.splitlines():
-            parts = line.split("|")
-            if len(parts) != 5 or not parts[3].isdigit():
-                continue
-            name, status, code, restarts, policy = parts
-            name = name.lstrip("/")
+        for name, state in self.service_states(check=False).items():
             if only is not None and name not in only:
                 continue
-            keeps_running = policy in ("always", "unless-stopped", "on-failure")
-            if int(restarts) >= CRASH_LOOP_RESTARTS:  # one restart may be a recovery
+            if state.restarts >= CRASH_LOOP_RESTARTS:  # one restart may be a recovery
                 # a running container's ExitCode was reset at its last start
-                last = "" if status == "running" else f", last exit code {code}"
-                why = f"is crash-looping (restarted {restarts} times, now {status}{last})"
-            elif keeps_running and status in ("exited", "dead"):
-                why = f"exited with code {code} although it should keep running (restart: {policy})"
+                last = "" if state.status == "running" else f", last exit code {state.exit_code}"
+                why = (f"is crash-looping (restarted {state.restarts} times, "
+                       f"now {state.status}{last})")
+            elif state.keeps_running and state.status in ("exited", "dead"):
+                why = (f"exited with code {state.exit_code} although it should keep running "
+                       f"(restart: {state.policy})")
             else:
                 continue
             log = self.run(f"sudo system-docker logs --tail {SERVICE_LOG_LINES} {name} 2>&1",
