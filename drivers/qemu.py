@@ -462,7 +462,13 @@ class QemuDriver(Driver):
         return self.proc is not None and self.proc.poll() is None
 
     def exit_reason(self) -> str:
-        if self.proc is None or self.proc.poll() is None:
+        if self.proc is None:
+            return ""
+        # Asked once the console has closed: QEMU's sockets close a moment before the
+        # process can be reaped, so give it that moment rather than report nothing.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(2)
+        if self.proc.poll() is None:
             return ""
         tail = self._stderr_tail().strip().splitlines()[-3:]
         return f"QEMU exited with status {self.proc.returncode}" + (

@@ -18,7 +18,8 @@ import shutil
 import tempfile
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -48,12 +49,34 @@ RUN_PASSWORD = secrets.token_hex(8)  # rancher's console password on direct kern
 keep_secret(RUN_PASSWORD, "console password")  # the kernel prints its cmdline on the console
 BAKED_PASSWORD = "rancher"  # what ISO and disk images bake into their own cmdline
 DEFAULT_BOOT_TIMEOUT = 300.0  # TCG on a busy 2-core host; KVM boots need a fraction
+# what the user-Docker wait watches: its own container (a broken ntp is a scenario's
+# finding, not a reason to stop waiting)
+USER_DOCKER_SERVICES = ("docker",)
 SERVICE_CHECK_INTERVAL = 5.0  # seconds between looks at the system containers while waiting
 CRASH_LOOP_RESTARTS = 3  # a service restarted this often during one wait is not recovering
 SERVICE_LOG_LINES = 15
 SERVICE_STATE_FORMAT = ("{{.Name}}|{{.State.Status}}|{{.State.ExitCode}}|{{.RestartCount}}|"
                         "{{.HostConfig.RestartPolicy.Name}}")
 ARTIFACTS = ("console.log", "serial.raw", "qemu.stderr", "cloud-config.yml", "timeline.json")
+
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """One system container as `system-docker inspect` reports it."""
+
+    status: str  # running, restarting, exited, created, dead
+    exit_code: int
+    restarts: int  # restarts by its restart policy (not by `system-docker restart`)
+    policy: str  # restart policy: always, unless-stopped, on-failure, no
+
+    @property
+    def keeps_running(self) -> bool:
+        return self.policy in ("always", "unless-stopped", "on-failure")
+
+    def __str__(self) -> str:  # "running", "exited(0)": how scenarios quote a state
+        return f"exited({self.exit_code})" if self.status == "exited" else self.status
+
 
 _live: weakref.WeakSet[Machine] = weakref.WeakSet()
 log = logging.getLogger(__name__)
@@ -192,37 +215,45 @@ class Machine:
             # a crash-looping service never recovers: say why now, not at the timeout
             if time.monotonic() - checked >= SERVICE_CHECK_INTERVAL:
                 checked = time.monotonic()
-                self.check_services(expected)
+                self.check_services(expected, USER_DOCKER_SERVICES)
             return False
 
         if self.wait_until(answering, timeout):
             self.timeline.mark(tl.USER_DOCKER)
             return
-        self.check_services(expected)
+        self.check_services(expected, USER_DOCKER_SERVICES)
         raise BootTimeout(f"the user Docker did not answer within {self.scaled(timeout):.0f} s",
                           expected=expected, **self._context())
 
-    def failing_services(self) -> list[str]:
-        """System containers that should run and do not: restarting, crash-looping, or
-        exited despite a restart policy; each described with its exit code and log tail."""
+    def service_states(self, check: bool = True) -> dict[str, ServiceState]:
+        """Every system Docker container by name, as `system-docker inspect` sees it.
+
+        With check=False, a system Docker that does not answer (yet) gives {}."""
         listing = self.run(f"sudo system-docker inspect --format '{SERVICE_STATE_FORMAT}' "
-                           "$(sudo system-docker ps -aq) 2>/dev/null", timeout=30)
-        if not listing.ok:
-            return []  # the system Docker itself is not answering (yet): the wait goes on
-        faults = []
-        for line in listing.output.splitlines():
+                           "$(sudo system-docker ps -aq) 2>/dev/null", timeout=30, check=check)
+        states = {}
+        for line in listing.output.splitlines() if listing.ok else []:
             parts = line.split("|")
-            if len(parts) != 5 or not parts[3].isdigit():
+            if len(parts) == 5 and parts[2].lstrip("-").isdigit() and parts[3].isdigit():
+                name, status, code, restarts, policy = parts
+                states[name.lstrip("/")] = ServiceState(status, int(code), int(restarts), policy)
+        return states
+
+    def failing_services(self, only: Collection[str] | None = None) -> list[str]:
+        """System containers (of `only`, when given) that should run and do not:
+        crash-looping or exited despite a restart policy; each with its log tail."""
+        faults = []
+        for name, state in self.service_states(check=False).items():
+            if only is not None and name not in only:
                 continue
-            name, status, code, restarts, policy = parts
-            name = name.lstrip("/")
-            keeps_running = policy in ("always", "unless-stopped", "on-failure")
-            if int(restarts) >= CRASH_LOOP_RESTARTS:  # one restart may be a recovery
+            if state.restarts >= CRASH_LOOP_RESTARTS:  # one restart may be a recovery
                 # a running container's ExitCode was reset at its last start
-                last = "" if status == "running" else f", last exit code {code}"
-                why = f"is crash-looping (restarted {restarts} times, now {status}{last})"
-            elif keeps_running and status in ("exited", "dead"):
-                why = f"exited with code {code} although it should keep running (restart: {policy})"
+                last = "" if state.status == "running" else f", last exit code {state.exit_code}"
+                why = (f"is crash-looping (restarted {state.restarts} times, "
+                       f"now {state.status}{last})")
+            elif state.keeps_running and state.status in ("exited", "dead"):
+                why = (f"exited with code {state.exit_code} although it should keep running "
+                       f"(restart: {state.policy})")
             else:
                 continue
             log = self.run(f"sudo system-docker logs --tail {SERVICE_LOG_LINES} {name} 2>&1",
@@ -231,9 +262,9 @@ class Machine:
                           + "\n".join(f"    | {x}" for x in log.splitlines()[-SERVICE_LOG_LINES:]))
         return faults
 
-    def check_services(self, expected: str) -> None:
+    def check_services(self, expected: str, only: Collection[str] | None = None) -> None:
         """Raise ServiceFailed naming every system service that should run and does not."""
-        faults = self.failing_services()
+        faults = self.failing_services(only)
         if faults:
             raise ServiceFailed("\n".join(faults), expected=expected, **self._context())
 
