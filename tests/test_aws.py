@@ -293,6 +293,17 @@ def test_unknown_ami_is_named_before_anything_is_made(tmp_path: Path, ec2: Any,
     assert _ours(ec2) == NOTHING
 
 
+def test_an_ami_of_the_other_arch_is_refused_before_anything_is_made(
+        tmp_path: Path, ec2: Any, place: dict[str, str]) -> None:
+    arm = ec2.describe_images(Filters=[{"Name": "architecture", "Values": ["arm64"]}])[
+        "Images"][0]["ImageId"]  # one of the emulator's preloaded public AMIs
+    machine = _machine(tmp_path, arm, _options(place))
+    with pytest.raises(ImageError, match=f"{arm} is an arm64 AMI, but this run is for x86_64"):
+        machine.boot()
+    machine.stop()
+    assert _ours(ec2) == NOTHING
+
+
 def test_the_release_table_gives_the_region_s_ami(tmp_path: Path, ec2: Any,
                                                   place: dict[str, str]) -> None:
     assert aws.load_catalog()[REGION] == "ami-0c728496e40cbbfe1"  # the seed's eu-west-1 row
