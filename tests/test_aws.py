@@ -432,6 +432,8 @@ def test_sigterm_during_a_pytest_run_terminates_and_no_credential_is_written(
         run.kill()
     assert run.returncode != 0
     assert _ours(ec2) == NOTHING, output
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert (out / "junit.xml").exists(), written
     _no_secret_in([tmp_path], output)
 
 
