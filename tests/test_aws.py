@@ -262,8 +262,8 @@ def test_a_quota_error_at_launch_names_it_and_leaves_nothing(
     machine = _machine(tmp_path, place["ami"], _options(place))
     with pytest.raises(PlatformError, match=r"AWS quota or capacity: .*VcpuLimitExceeded"):
         machine.boot()
+    assert _ours(ec2) == NOTHING  # the driver removed the key pair and group by itself
     machine.stop()
-    assert _ours(ec2) == NOTHING
 
 
 def test_ctrl_c_during_the_address_wait_leaves_nothing(tmp_path: Path, ec2: Any,
@@ -280,14 +280,25 @@ def test_ctrl_c_during_the_address_wait_leaves_nothing(tmp_path: Path, ec2: Any,
     driver.ec2.meta.events.register("before-send.ec2.DescribeInstances", second_describe)
     with pytest.raises(KeyboardInterrupt):
         driver.start()
+    assert calls["n"] >= 1 and _ours(ec2) == NOTHING  # the driver removed all it made
     machine.stop()
-    assert _ours(ec2) == NOTHING
 
 
 def test_unknown_ami_is_named_before_anything_is_made(tmp_path: Path, ec2: Any,
                                                       place: dict[str, str]) -> None:
     machine = _machine(tmp_path, "ami-0123456789abcdef0", _options(place))
     with pytest.raises(ImageError, match="AWS does not know that AMI .*ami-0123456789abcdef0"):
+        machine.boot()
+    machine.stop()
+    assert _ours(ec2) == NOTHING
+
+
+def test_an_ami_of_the_other_arch_is_refused_before_anything_is_made(
+        tmp_path: Path, ec2: Any, place: dict[str, str]) -> None:
+    arm = ec2.describe_images(Filters=[{"Name": "architecture", "Values": ["arm64"]}])[
+        "Images"][0]["ImageId"]  # one of the emulator's preloaded public AMIs
+    machine = _machine(tmp_path, arm, _options(place))
+    with pytest.raises(ImageError, match=f"{arm} is an arm64 AMI, but this run is for x86_64"):
         machine.boot()
     machine.stop()
     assert _ours(ec2) == NOTHING
@@ -421,6 +432,8 @@ def test_sigterm_during_a_pytest_run_terminates_and_no_credential_is_written(
         run.kill()
     assert run.returncode != 0
     assert _ours(ec2) == NOTHING, output
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert (out / "junit.xml").exists(), written
     _no_secret_in([tmp_path], output)
 
 
