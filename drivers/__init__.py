@@ -7,8 +7,9 @@ import importlib
 from drivers.base import Driver
 from lab.errors import ConfigError
 
-PLATFORMS: dict[str, str] = {"qemu": "drivers.qemu:QemuDriver"}
-PLANNED = ("libvirt", "aws", "gce", "digitalocean", "openstack", "physical")
+PLATFORMS: dict[str, str] = {"qemu": "drivers.qemu:QemuDriver",
+                             "libvirt": "drivers.libvirt:LibvirtDriver"}
+PLANNED = ("aws", "gce", "digitalocean", "openstack", "physical")
 
 
 def driver_class(platform: str) -> type[Driver]:

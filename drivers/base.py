@@ -57,6 +57,7 @@ class MachineSpec:
     cpus: int = 2
     cmdline_extra: list[str] = field(default_factory=list)
     keep_on_exit: bool = False  # survive the harness (--keep-failed); otherwise die with it
+    options: dict[str, Any] = field(default_factory=dict)  # platform options (libvirt_uri, hw)
 
 
 class Driver(ABC):

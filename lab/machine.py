@@ -308,6 +308,7 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
             accel=accel_used, memory_mb=opts.get("memory_mb", 2048), cpus=opts.get("cpus", 2),
             cmdline_extra=list(opts.get("cmdline_extra", [])),
             keep_on_exit=opts.get("keep_on_exit", False),
+            options=dict(opts.get("platform_options", {})),
         )
         return Machine(driver, spec, platform, img, ssh_key, password, why,
                        opts.get("boot_timeout", DEFAULT_BOOT_TIMEOUT))
