@@ -89,7 +89,8 @@ def domain_xml(name: str, spec: MachineSpec, hw: HwProfile, media: dict[str, Any
     """The transient domain for `spec` on `hw`. media: kernel/initrd/cmdline/disk/cdrom/drives."""
     dom = ET.Element("domain", type="kvm" if spec.accel == "kvm" else "qemu")
     ET.SubElement(dom, "name").text = name
-    meta = ET.SubElement(ET.SubElement(dom, "metadata"), f"{{{META_NS}}}owner")
+    meta = ET.SubElement(ET.SubElement(dom, "metadata"), f"{{{META_NS}}}owner",
+                         created=str(int(time.time())))  # for gc --older-than
     for key, value in marks.items():
         ET.SubElement(meta, f"{{{META_NS}}}mark", key=key).text = value
     ET.SubElement(dom, "memory", unit="MiB").text = str(spec.memory_mb)
@@ -156,15 +157,18 @@ def _disk(dev: ET.Element, device: str, path: str, fmt: str, bus: str, letter: s
         ET.SubElement(disk, "readonly")
 
 
-def domain_marks(dom: Any) -> dict[str, str]:
-    """The ownership marks in a domain's metadata ({} when it is not ours)."""
+def domain_marks(dom: Any) -> tuple[dict[str, str], float | None]:
+    """The ownership marks in a domain's metadata ({} when it is not ours), and when it
+    was created."""
     import libvirt
 
     try:
-        text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, META_NS)
+        owner = ET.fromstring(dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, META_NS))
     except libvirt.libvirtError:
-        return {}
-    return {m.get("key", ""): m.text or "" for m in ET.fromstring(text).iter("mark")}
+        return {}, None
+    created = owner.get("created")
+    return ({m.get("key", ""): m.text or "" for m in owner.iter("mark")},
+            float(created) if created and created.isdigit() else None)
 
 
 class _ConsoleBridge:
@@ -240,6 +244,11 @@ class LibvirtDriver(Driver):
         self.spec = spec
         spec.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(spec.workdir, 0o711)  # QEMU runs as libvirt-qemu: it must reach its files
+        for parent in spec.workdir.resolve().parents:
+            if not parent.stat().st_mode & 0o001:
+                raise ConfigError(f"{parent} is closed to other users, so libvirt's QEMU "
+                                  f"(user libvirt-qemu) cannot reach {spec.workdir}: run from "
+                                  f"a folder others may traverse (chmod o+x), e.g. under /tmp")
         self._media = self._boot_media(spec)
         ds = self._deliver(spec)
         if spec.image.kind == KERNEL:
@@ -363,14 +372,13 @@ class LibvirtDriver(Driver):
         found = []
         try:
             for dom in conn.listAllDomains():
-                marks = domain_marks(dom)
-                why = gc.is_garbage(marks, None, older_than)
+                marks, created = domain_marks(dom)
+                why = gc.is_garbage(marks, created, older_than)
                 if why is None:
                     continue
                 found.append(gc.Garbage("domain", dom.name(), marks.get(gc.RUN_KEY, "?"), why))
                 if not dry_run:
-                    files = {os.path.dirname(s.get("file", "")) for s in
-                             ET.fromstring(dom.XMLDesc(0)).iter("source") if s.get("file")}
+                    files = _domain_dirs(dom.XMLDesc(0))
                     with contextlib.suppress(Exception):
                         dom.destroy()
                     with contextlib.suppress(Exception):
@@ -381,6 +389,14 @@ class LibvirtDriver(Driver):
         finally:
             conn.close()
         return found
+
+
+def _domain_dirs(xml: str) -> set[str]:
+    """The folders of a domain's files: disks, kernel, initrd and the console log."""
+    root = ET.fromstring(xml)
+    paths = [el.get("file", "") for el in root.iter() if el.tag in ("source", "log")]
+    paths += [el.text or "" for el in root.iter() if el.tag in ("kernel", "initrd")]
+    return {os.path.dirname(p) for p in paths if p}
 
 
 def _copy(src: Any, dst: Any) -> str:
