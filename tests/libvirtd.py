@@ -72,3 +72,14 @@ class Libvirtd:
             with contextlib.suppress(ValueError, ProcessLookupError):
                 os.kill(int(pid_file.read_text()), signal.SIGTERM)
         self.proc = None
+
+
+if __name__ == "__main__":  # python tests/libvirtd.py [LOGDIR]: daemons until Ctrl-C
+    import sys
+
+    daemon = Libvirtd(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/roslab-libvirtd"))
+    print(f"libvirtd up at {daemon.start()}; Ctrl-C stops it", flush=True)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        daemon.stop()
