@@ -77,6 +77,7 @@ class Libvirtd:
 if __name__ == "__main__":  # python tests/libvirtd.py [LOGDIR]: daemons until Ctrl-C
     import sys
 
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     daemon = Libvirtd(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/roslab-libvirtd"))
     print(f"libvirtd up at {daemon.start()}; Ctrl-C stops it", flush=True)
     try:
