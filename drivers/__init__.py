@@ -15,10 +15,11 @@ PLATFORMS: dict[str, str] = {
     "digitalocean": "drivers.digitalocean:DigitalOceanDriver",
     "cloudstack": "drivers.cloudstack:CloudStackDriver",
     "aliyun": "drivers.aliyun:AliyunDriver",
+    "libvirt": "drivers.libvirt:LibvirtDriver",
 }
 # platforms whose objects live in a cloud account: `roslab gc --all-clouds` visits each
 CLOUDS = ("aliyun", "aws", "cloudstack", "digitalocean", "gce", "openstack")
-PLANNED = ("libvirt", "physical")
+PLANNED = ("physical",)
 
 
 def driver_class(platform: str) -> type[Driver]:

@@ -60,7 +60,7 @@ class MachineSpec:
     ssh_keys: list[str] = field(default_factory=list)
     keep_on_exit: bool = False  # survive the harness (--keep-failed); otherwise die with it
     ssh_public_key: str = ""  # the lab's key (authorized_keys line), for platforms with key pairs
-    options: dict[str, Any] = field(default_factory=dict)  # platform options (--region, ...)
+    options: dict[str, Any] = field(default_factory=dict)  # platform options (--region, --hw, ...)
 
 
 class Driver(ABC):

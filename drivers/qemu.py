@@ -228,6 +228,19 @@ def probe_kernel(image: Image, scratch: Path) -> Iterator[Path | None]:
     yield None
 
 
+def make_overlay(workdir: Path, base: Path, fmt: str, size: int | None = None) -> Path:
+    """A copy-on-write layer over `base` in `workdir` (`base` is never written)."""
+    overlay = workdir / "overlay.qcow2"
+    proc = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base.resolve()),
+         str(overlay), *([str(size)] if size else [])],
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        raise ImageError(f"could not make an overlay for {base}: {proc.stderr.strip()}")
+    return overlay
+
+
 # -- the driver ----------------------------------------------------------------------------
 
 
@@ -314,17 +327,8 @@ class QemuDriver(Driver):
         return ["-drive", f"if=virtio,format=qcow2,file={overlay}"]
 
     def _overlay(self, base: Path, fmt: str, size: int | None = None) -> Path:
-        """A copy-on-write layer over `base` in the machine's workdir."""
         assert self.spec is not None
-        overlay = self.spec.workdir / "overlay.qcow2"
-        proc = subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base.resolve()),
-             str(overlay), *([str(size)] if size else [])],
-            capture_output=True, text=True,
-        )
-        if proc.returncode != 0:
-            raise ImageError(f"could not make an overlay for {base}: {proc.stderr.strip()}")
-        return overlay
+        return make_overlay(self.spec.workdir, base, fmt, size)
 
     def _deliver(self, spec: MachineSpec) -> str:
         """Make the cloud-config reachable; returns the datasource for the kernel cmdline."""

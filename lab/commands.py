@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                       help="how the cloud-config reaches the guest (default: the board's "
                            "first choice, a config drive where there is one)")
     boot.set_defaults(func=cmd_boot)
+    boot.add_argument("--hw", default=None, help="libvirt hardware profile (default, vmware)")
+    boot.add_argument("--libvirt-uri", default=None, help="libvirt connection (qemu:///system)")
     doctor = sub.add_parser("doctor", help="check QEMU, KVM and disk space; say what to install")
     doctor.add_argument("--arch", default="x86_64", choices=ARCHES)
     doctor.set_defaults(func=cmd_doctor)
@@ -46,6 +48,7 @@ def cmd_boot(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="roslab-boot-") as work, make_machine(
         args.platform, args.image, args.arch, cc, args.datasource, Path(work), args.accel,
         progress=lambda m: print(f"roslab: {m}", file=sys.stderr),
+        platform_options={"hw": args.hw, "libvirt_uri": args.libvirt_uri},
     ) as machine:
         if not machine.capabilities.console:  # before anything is launched (and paid for)
             why = machine.capabilities.lacks("console")

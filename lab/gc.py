@@ -108,6 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     gc.add_argument("--older-than", default=None, type=parse_duration,
                     help="also take what roslab made longer ago than this (e.g. 5h), "
                          "expired or not")
+    gc.add_argument("--libvirt-uri", default=None, help="libvirt: the connection "
+                                                        "(default qemu:///system)")
     gc.add_argument("--dry-run", action="store_true", help="list, remove nothing")
     gc.add_argument("--region", default=None,
                     help="cloud platforms: the region to sweep (default: boto3's, etc.)")

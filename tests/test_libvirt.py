@@ -1,0 +1,170 @@
+"""The libvirt driver against a real libvirtd the tests start (tests/libvirtd.py).
+
+Profile XML is checked without a daemon; the rest boots tiny guests (~4 s each under
+TCG) on one libvirtd per module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from libvirtd import Libvirtd
+
+from drivers.base import MachineSpec
+from drivers.libvirt import HW_PROFILES, LibvirtDriver, domain_xml, hw_profile
+from lab.errors import ConfigError
+from lab.machine import make_machine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _xml(tmp_path: Path, hw: str, media: dict) -> ET.Element:
+    spec = MachineSpec(name="t", arch="x86_64", image=None, workdir=tmp_path,  # type: ignore[arg-type]
+                       cloud_config=None, datasource="none", password="x")
+    text = domain_xml("t", spec, hw_profile(hw), media, 2222, str(tmp_path / "serial.raw"),
+                      {"created-by": "roslab", "roslab-run-id": "r1", "roslab-expires": "9"})
+    return ET.fromstring(text)
+
+
+def test_vmware_profile_shows_vmware_hardware(tmp_path: Path) -> None:
+    root = _xml(tmp_path, "vmware", {"disk": "/w/overlay.qcow2", "cdrom": "/w/boot.iso",
+                                     "drives": ["/w/config-2.iso"]})
+    args = [a.get("value") for a in root.iter() if a.tag.endswith("}arg")]
+    assert any(a.startswith("vmxnet3,") for a in args)
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in " ".join(args)
+    assert root.find("devices/controller[@type='scsi']").get("model") == "vmpvscsi"
+    buses = {(d.get("device"), d.find("target").get("bus")) for d in root.iter("disk")}
+    assert buses == {("disk", "scsi"), ("cdrom", "ide")}
+    assert root.find("devices/video/model").get("type") == "vmvga"
+    assert root.find("sysinfo/system/entry[@name='manufacturer']").text == "VMware, Inc."
+    assert root.find("features/acpi") is not None and root.get("type") == "qemu"
+
+
+def test_default_profile_is_virtio_and_marked(tmp_path: Path) -> None:
+    root = _xml(tmp_path, "default", {"kernel": "/w/vmlinuz", "initrd": "/w/initrd",
+                                      "cmdline": "console=ttyS0"})
+    args = " ".join(a.get("value") for a in root.iter() if a.tag.endswith("}arg"))
+    assert "virtio-net-pci," in args
+    assert root.find("devices/controller") is None and root.find("sysinfo") is None
+    assert root.find("os/cmdline").text == "console=ttyS0"
+    marks = {m.get("key"): m.text for m in root.iter() if m.tag.endswith("}mark")}
+    assert root.find("metadata/*").get("created", "").isdigit()
+    assert marks == {"created-by": "roslab", "roslab-run-id": "r1", "roslab-expires": "9"}
+
+
+def test_every_profile_builds(tmp_path: Path) -> None:
+    for name in HW_PROFILES:
+        assert _xml(tmp_path, name, {"disk": "/w/d.qcow2"}).find("devices/serial") is not None
+
+
+def test_unknown_profile_is_named() -> None:
+    with pytest.raises(ConfigError, match="unknown hardware profile 'esx9'.*vmware"):
+        hw_profile("esx9")
+
+
+def test_unreachable_uri_fails_before_anything_is_made(tiny_guests: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot reach libvirt at test\\+unix:///nowhere"), \
+            make_machine("libvirt", tiny_guests["shell"], "x86_64", None, "none", tmp_path,
+                         "tcg", platform_options={"libvirt_uri": "test+unix:///nowhere"}) as m:
+        m.boot()
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- with a real libvirtd ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def libvirt_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    daemon = Libvirtd(tmp_path_factory.mktemp("libvirtd"))
+    yield daemon.start()
+    daemon.stop()
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    """A scratch folder QEMU (user libvirt-qemu) can reach: pytest's tmp_path is 0700."""
+    path = Path(tempfile.mkdtemp(prefix="roslab-libvirt-test-"))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _domains(uri: str) -> list[str]:
+    import libvirt
+
+    conn = libvirt.open(uri)
+    try:
+        return [d.name() for d in conn.listAllDomains()]
+    finally:
+        conn.close()
+
+
+def test_console_stream_and_cleanup(libvirt_uri: str, tiny_guests: dict[str, Path],
+                                    work: Path) -> None:
+    machine = make_machine("libvirt", tiny_guests["shell"], "x86_64", None, "none", work,
+                           "tcg", cpus=1, memory_mb=512, platform_options={"hw": "vmware"})
+    driver = machine.driver
+    assert isinstance(driver, LibvirtDriver)
+    driver.prepare(machine.spec)
+    t0 = driver.start()
+    try:
+        stream, seen = driver.console_stream(), b""
+        stream.settimeout(60)
+        while b"Linux version" not in seen:
+            chunk = stream.recv(4096)
+            assert chunk, f"console closed early: {seen[-300:]!r}"
+            seen += chunk
+        assert time.monotonic() >= t0
+        assert machine.name in _domains(libvirt_uri)
+    finally:
+        machine.stop()
+    assert machine.name not in _domains(libvirt_uri)
+    assert not machine.workdir.exists()
+
+
+KILLED_RUN = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from lab.machine import make_machine
+    m = make_machine("libvirt", Path(sys.argv[1]), "x86_64", None, "none", Path(sys.argv[2]),
+                     "tcg", cpus=1, memory_mb=512, name="gc-victim")
+    m.driver.prepare(m.spec)
+    m.driver.start()
+    print(m.name, flush=True)
+    time.sleep(600)
+""")
+
+
+def test_gc_removes_a_domain_a_killed_run_left(libvirt_uri: str, tiny_guests: dict[str, Path],
+                                               work: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tiny_guests["hang"]),
+                             str(work)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert proc.stdout is not None
+    name = proc.stdout.readline().strip()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert name in _domains(libvirt_uri)  # a transient domain outlives its client
+    [workdir] = list(work.iterdir())
+    roslab = [sys.executable, "-m", "lab.cli", "gc", "--platform", "libvirt",
+              "--libvirt-uri", libvirt_uri]
+    dry = subprocess.run([*roslab, "--dry-run"], capture_output=True, text=True, cwd=ROOT)
+    assert f"would remove libvirt domain {name}" not in dry.stdout  # not expired yet
+    out = subprocess.run([*roslab, "--older-than", "0s"], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert f"removed libvirt domain {name}" in out.stdout
+    assert name not in _domains(libvirt_uri)
+    assert not workdir.exists()
+
