@@ -33,6 +33,7 @@ from drivers.cloud import (
     epoch,
     require_env,
     resource_name,
+    secret_env,
     sweep,
     wait_for,
 )
@@ -66,7 +67,7 @@ class AliyunDriver(CloudDriver):
         url = urlsplit(os.environ.get("ROSLAB_ALIYUN_ENDPOINT", "https://ecs.aliyuncs.com"))
         return get_driver(Provider.ALIYUN_ECS)(
             os.environ["ALIBABA_CLOUD_ACCESS_KEY_ID"],
-            os.environ["ALIBABA_CLOUD_ACCESS_KEY_SECRET"],
+            secret_env("ALIBABA_CLOUD_ACCESS_KEY_SECRET"),
             secure=url.scheme == "https", host=url.hostname, port=url.port,
             region=os.environ["ALIBABA_CLOUD_REGION_ID"])
 

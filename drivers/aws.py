@@ -35,6 +35,7 @@ from drivers.base import Capabilities, Driver, MachineSpec
 from lab import gc
 from lab.errors import ConfigError, ImageError, LabError, PlatformError
 from lab.images import CLOUD, DISK
+from lab.redact import keep_secret
 
 CATALOG = Path(__file__).with_name("aws_amis.yml")
 INSTANCE_TYPES = {"x86_64": "t3.small", "aarch64": "t4g.small"}
@@ -55,8 +56,17 @@ QUOTA_CODES = ("InstanceLimitExceeded", "VcpuLimitExceeded", "InsufficientInstan
 
 
 def make_session(region: str | None) -> boto3.session.Session:
-    """A boto3 session from the standard sources (AWS_ENDPOINT_URL included)."""
-    return boto3.session.Session(region_name=region or None)
+    """A boto3 session from the standard sources (AWS_ENDPOINT_URL included); its secret key
+    and session token are registered so that no evidence ever quotes them."""
+    session = boto3.session.Session(region_name=region or None)
+    credentials = session.get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        for value, what in ((frozen.secret_key, "AWS secret access key"),
+                            (frozen.token, "AWS session token")):
+            if value:
+                keep_secret(value, what)
+    return session
 
 
 def load_catalog() -> dict[str, str]:

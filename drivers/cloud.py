@@ -27,6 +27,7 @@ from typing import Any, ClassVar, TypeVar
 from drivers.base import Capabilities, Driver, MachineSpec
 from lab.errors import BootTimeout, ConfigError, LabError, PlatformError
 from lab.images import CLOUD
+from lab.redact import keep_secret
 
 T = TypeVar("T")
 
@@ -64,6 +65,13 @@ def setting(name: str, default: str | None = None, *, why: str = "") -> str:
     value = os.environ.get(name, default)
     if value is None or value == "":
         raise ConfigError(f"{name} is not set{': ' + why if why else ''}")
+    return value
+
+
+def secret_env(name: str) -> str:
+    """A credential from the environment, registered so that no evidence ever quotes it."""
+    value = os.environ[name]
+    keep_secret(value, name)
     return value
 
 

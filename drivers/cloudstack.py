@@ -29,6 +29,7 @@ from drivers.cloud import (
     epoch,
     require_env,
     resource_name,
+    secret_env,
     sweep,
     wait_for,
 )
@@ -62,7 +63,7 @@ class CloudStackDriver(CloudDriver):
 
         url = os.environ["CLOUDSTACK_ENDPOINT"]
         driver = get_driver(Provider.CLOUDSTACK)(
-            os.environ["CLOUDSTACK_KEY"], os.environ["CLOUDSTACK_SECRET"], url=url,
+            os.environ["CLOUDSTACK_KEY"], secret_env("CLOUDSTACK_SECRET"), url=url,
             secure=url.startswith("https://"))
         driver.connection.poll_interval = cls.poll_interval  # async jobs (deploy, destroy)
         return driver

@@ -26,6 +26,7 @@ from drivers.cloud import (
     cloud_capabilities,
     epoch,
     resource_name,
+    secret_env,
     sweep,
     wait_for,
 )
@@ -62,7 +63,7 @@ class DigitalOceanDriver(CloudDriver):
     def _token(cls) -> str:
         for var in TOKEN_VARS:
             if os.environ.get(var):
-                return os.environ[var]
+                return secret_env(var)
         raise ConfigError("platform digitalocean: no API token; set DIGITALOCEAN_TOKEN "
                           "(or DIGITALOCEAN_ACCESS_TOKEN) to a read-write token")
 

@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import re
+from pathlib import Path
 from typing import Any, ClassVar
 
 from drivers.cloud import (
@@ -39,6 +40,7 @@ from drivers.cloud import (
 )
 from lab import gc
 from lab.errors import ConfigError, ImageError
+from lab.redact import keep_secret
 
 CREDENTIALS_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file (or run "
                     "`gcloud auth application-default login`) and GOOGLE_CLOUD_PROJECT")
@@ -48,6 +50,18 @@ SERIAL_PORT = 1
 def label_value(text: str) -> str:
     """A GCE label value: lowercase letters, digits, `_` and `-`, at most 63 characters."""
     return re.sub(r"[^a-z0-9_-]", "-", text.lower())[:63]
+
+
+def _keep_key_file_secret(path: str | None) -> None:
+    """A service-account key file's private key never reaches evidence (line by line, as
+    a PEM block is logged)."""
+    if not path:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        key = json.loads(Path(path).read_text()).get("private_key", "")
+        for line in key.splitlines():
+            if "PRIVATE KEY" not in line:
+                keep_secret(line, "GCE service-account key")
 
 
 class GceDriver(CloudDriver):
@@ -77,6 +91,7 @@ class GceDriver(CloudDriver):
         except DefaultCredentialsError as exc:
             raise ConfigError(f"platform gce: no credentials ({exc}); {CREDENTIALS_HINT}") \
                 from None
+        _keep_key_file_secret(os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"))
         project = os.environ.get("GOOGLE_CLOUD_PROJECT") or project
         if not project:
             raise ConfigError(f"platform gce: no project; {CREDENTIALS_HINT}")

@@ -34,7 +34,10 @@ from drivers.cloud import (
 from lab import gc
 from lab.errors import ConfigError, ImageError
 from lab.images import CLOUD, DISK
+from lab.redact import keep_secret
 
+# clouds.yaml auth values that are credentials (kept out of every log and report)
+SECRET_AUTH_KEYS = ("password", "token", "application_credential_secret")
 CREDENTIALS_HINT = ("set OS_CLOUD to an entry of clouds.yaml (./clouds.yaml, "
                     "~/.config/openstack/clouds.yaml, /etc/openstack/clouds.yaml or "
                     "OS_CLIENT_CONFIG_FILE), or the OS_AUTH_URL, OS_USERNAME, OS_PASSWORD, "
@@ -70,8 +73,12 @@ class OpenStackDriver(CloudDriver):
             region = sdk.config.OpenStackConfig().get_one(cloud=os.environ.get("OS_CLOUD"))
         except (sdk.exceptions.ConfigException, ClientException) as exc:
             raise ConfigError(f"platform openstack: {exc}; {CREDENTIALS_HINT}") from None
-        if not region.config.get("auth", {}).get("auth_url"):
+        auth = region.config.get("auth", {})
+        if not auth.get("auth_url"):
             raise ConfigError(f"platform openstack: no cloud configured; {CREDENTIALS_HINT}")
+        for key in SECRET_AUTH_KEYS:
+            if auth.get(key):
+                keep_secret(str(auth[key]), f"OpenStack {key}")
         return region
 
     @classmethod

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lab.errors import CommandError
 from lab.redact import keep_cloud_config_secrets, keep_secret, redact
 
@@ -99,3 +101,56 @@ def test_ssh_private_keys_stay_private(tmp_path: Path) -> None:
     private = pair.private_path.read_text()
     body = private.splitlines()[1:-1]
     assert body and not any(line in redact(private) for line in body)
+
+
+def _cloud_secrets(platform: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Start the cloud's stand-in (which sets the credentials a user would), let the driver
+    read them as it does before a launch, and return the secret values it was given."""
+    import json
+
+    import yaml
+
+    from drivers import driver_class
+    from tests.standins import (
+        aliyun_standin,
+        cloudstack_standin,
+        digitalocean_standin,
+        gce_standin,
+        openstack_standin,
+    )
+
+    if platform == "aws":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAROSLABTEST")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-from-the-environment-123")
+        monkeypatch.setenv("AWS_SESSION_TOKEN", "aws-session-token-from-the-environment")
+        from drivers.aws import make_session
+        make_session("us-east-1")
+        return [os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["AWS_SESSION_TOKEN"]]
+    serve = {"openstack": openstack_standin, "gce": gce_standin,
+             "digitalocean": digitalocean_standin, "cloudstack": cloudstack_standin,
+             "aliyun": aliyun_standin}[platform].serve
+    standin = serve(tmp_path, monkeypatch)
+    try:
+        driver_class(platform)._connect()
+    finally:
+        standin.stop()
+    if platform == "openstack":
+        config = yaml.safe_load(Path(os.environ["OS_CLIENT_CONFIG_FILE"]).read_text())
+        return [config["clouds"][os.environ["OS_CLOUD"]]["auth"]["password"]]
+    if platform == "gce":
+        key = json.loads(Path(os.environ["GOOGLE_APPLICATION_CREDENTIALS"]).read_text())
+        return [line for line in key["private_key"].splitlines() if "PRIVATE KEY" not in line]
+    return [os.environ[{"digitalocean": "DIGITALOCEAN_TOKEN", "cloudstack": "CLOUDSTACK_SECRET",
+                        "aliyun": "ALIBABA_CLOUD_ACCESS_KEY_SECRET"}[platform]]]
+
+
+@pytest.mark.parametrize("platform",
+                         ["aws", "openstack", "gce", "digitalocean", "cloudstack", "aliyun"])
+def test_cloud_credentials_the_drivers_read_are_kept_secret(
+        platform: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secrets = _cloud_secrets(platform, tmp_path, monkeypatch)
+    assert secrets
+    for secret in secrets:
+        evidence = redact(f"a console line, an error message: {secret} (end)")
+        assert secret not in evidence, f"{platform}: a credential would reach the evidence"
+        assert "[redacted:" in evidence
