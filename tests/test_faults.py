@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -174,6 +175,59 @@ def test_two_runs_side_by_side_on_one_host_both_pass(tiny_guests: dict, tmp_path
     outputs = [proc.communicate(timeout=600)[0] for proc in runs]
     for out in outputs:
         assert "2 passed" in out, out[-2000:]
+    qemu = subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"], capture_output=True)
+    assert qemu.returncode == 1, "QEMU left running"
+    assert [p for p in scratch.rglob("*") if "roslab" in p.name or "qemu" in p.name] == []
+
+
+HELD = '''
+import os, pathlib, time
+
+def test_holds_its_machine(machine):
+    pathlib.Path(os.environ["BOOTED_FILE"]).touch()
+    time.sleep(600)
+'''
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_matrix_run_interrupted_mid_boot_leaves_nothing_running_or_half_written(
+        how: str, tiny_guests: dict, tmp_path: Path) -> None:
+    """Ctrl-C at a terminal (SIGINT to the whole process group) or a cancelled CI job
+    (SIGTERM to roslab alone) while a cell's machine runs: the run stops within a bound,
+    QEMU and the run's temp dirs are gone, and cell.json is whole and says interrupted."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    booted = tmp_path / "booted"
+    (tmp_path / "test_hold.py").write_text(HELD)
+    (tmp_path / "matrix.yml").write_text(
+        "cells:\n  - {id: held, platform: qemu, arch: x86_64, scenarios: [test_hold.py], "
+        f"image: {tiny_guests['shell']}, options: [--accel, tcg]}}\n")
+    env = {**os.environ, "TMPDIR": str(scratch), "BOOTED_FILE": str(booted)}
+    env.pop("ROSLAB_RUN_ID", None)
+    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "matrix", "run", "--cell", "held",
+                             "--results", "out"], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not booted.exists():
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "the cell's machine never booted"
+            time.sleep(0.2)
+        assert subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"]).returncode == 0
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        out = proc.communicate(timeout=120)[0]
+        stopped_in = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0, out[-3000:]
+    assert stopped_in < 60, f"took {stopped_in:.0f} s to stop"
+    cell = json.loads((tmp_path / "out" / "held" / "cell.json").read_text())
+    assert cell["interrupted"] is True and cell["finished"]
     qemu = subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"], capture_output=True)
     assert qemu.returncode == 1, "QEMU left running"
     assert [p for p in scratch.rglob("*") if "roslab" in p.name or "qemu" in p.name] == []
