@@ -1,5 +1,6 @@
 """Google Compute Engine through google-cloud-compute: an instance with the cloud-config as
-metadata `user-data`, labels, a per-run SSH firewall rule, the serial port as console log.
+metadata `user-data` (the lab's SSH key as `ssh-keys`), labels, a per-run SSH firewall
+rule, the serial port as console log.
 
     GOOGLE_APPLICATION_CREDENTIALS=sa.json ROSLAB_SSH_SOURCE=203.0.113.7/32 \\
         pytest scenarios/ --platform gce --image gce:projects/P/global/images/rancheros-v1-5-8
@@ -40,6 +41,7 @@ from drivers.cloud import (
 )
 from lab import gc
 from lab.errors import ConfigError, ImageError
+from lab.metadata import gce_ssh_keys
 from lab.redact import keep_secret
 
 CREDENTIALS_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file (or run "
@@ -145,11 +147,14 @@ class GceDriver(CloudDriver):
             lambda name: [name], self._delete_firewall)
         user_data = spec.cloud_config.text if spec.cloud_config is not None else ""
         machine_type = self.option("instance_type", "ROSLAB_GCE_MACHINE_TYPE", "e2-small")
+        metadata = [{"key": "user-data", "value": user_data},
+                    {"key": "serial-port-enable", "value": "true"}]
+        if spec.ssh_keys:  # the lab's key, as the gce datasource reads it
+            metadata.append({"key": "ssh-keys", "value": gce_ssh_keys(spec.ssh_keys)})
         instance = {
             "name": base, "machine_type": f"zones/{self.zone}/machineTypes/{machine_type}",
             "labels": labels, "tags": {"items": [base]},
-            "metadata": {"items": [{"key": "user-data", "value": user_data},
-                                   {"key": "serial-port-enable", "value": "true"}]},
+            "metadata": {"items": metadata},
             "disks": [{"boot": True, "auto_delete": True,
                        "initialize_params": {"source_image": image, "labels": labels}}],
             "network_interfaces": [{"network": network, "access_configs": [

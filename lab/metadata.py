@@ -38,6 +38,11 @@ IMDS_TOKEN_TTL_MAX = 21600  # seconds, as AWS's IMDSv2 allows
 PORT_80_WAIT = 120.0  # another cloudstack machine may be finishing with 127.0.0.1:80
 
 
+def gce_ssh_keys(keys: list[str]) -> str:
+    """GCE's `ssh-keys` metadata value: one `USER:KEY` line per key, for the user `rancher`."""
+    return "".join(f"rancher:{k}\n" for k in keys)
+
+
 @dataclass(frozen=True)
 class Instance:
     """What a metadata service tells an instance about itself."""
@@ -185,7 +190,7 @@ class Gce(Cloud):
         if headers.get("metadata-flavor") != "Google":
             return Reply(403, b"Missing required header: Metadata-Flavor: Google\n", flavor)
         i = self.instance
-        attributes: dict[str, Any] = {"ssh-keys": "".join(f"rancher:{k}\n" for k in i.ssh_keys)}
+        attributes: dict[str, Any] = {"ssh-keys": gce_ssh_keys(i.ssh_keys)}
         if i.user_data is not None:
             attributes["user-data"] = i.user_data
         tree = {"computeMetadata": {"v1": {

@@ -183,9 +183,11 @@ def test_a_machine_made_for_gce_is_deleted_by_machine_stop(
     machine.driver.start()
     ((zone, _name), inst), = cloud.instances.items()
     assert zone == "europe-west1-b"
-    user_data = {i["key"]: i["value"] for i in inst["metadata"]["items"]}["user-data"]
-    # the lab's key reaches the guest through user-data
-    assert yaml.safe_load(user_data)["ssh_authorized_keys"] == [key.public]
+    items = {i["key"]: i["value"] for i in inst["metadata"]["items"]}
+    # the lab's key reaches the guest as the instance's `ssh-keys` metadata (the gce
+    # datasource), not through the user's cloud-config
+    assert items["ssh-keys"] == f"rancher:{key.public}\n"
+    assert "ssh_authorized_keys" not in yaml.safe_load(items["user-data"])
     assert next(iter(cloud.firewalls.values()))["sourceRanges"] == ["192.0.2.9/32"]
     machine.stop()
     assert cloud.instances == {} and cloud.firewalls == {}
