@@ -1,7 +1,8 @@
 """Images a user brings: what kind each is and which arch it is for, checked before any boot.
 
 Kinds: a folder with `vmlinuz` + `initrd` (direct kernel boot), an `.iso` (CD-ROM boot),
-a disk (`.img`/`.qcow2`), a Raspberry Pi SD card release (`.zip` holding one `.img`), or an
+a disk (`.img`/`.qcow2`), a Raspberry Pi SD card release (`.zip` holding one `.img`), a GCE
+disk tarball (the release's `rancheros-gce.tar.gz`: a gzipped tar of `disk.raw`), or an
 image a cloud already holds (`openstack:NAME`, `gce:IMAGE`, `digitalocean:ID`...).
 The arch is read from the kernel itself (the file's boot header), so an arm64 kernel
 handed to an x86_64 run fails here, not after a silent hang.
@@ -14,6 +15,7 @@ import hashlib
 import json
 import re
 import shutil
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass, field, replace
@@ -28,6 +30,8 @@ KERNEL = "kernel"
 ISO = "iso"
 DISK = "disk"
 SDCARD = "sdcard"
+GCE_TARBALL = "gce-tarball"  # what GCE makes an image from: a .tar.gz holding disk.raw
+GCE_DISK_MEMBER = "disk.raw"
 # an image a cloud already holds: an AMI id (ami-..., or ami:REGION from the release's
 # catalog), or `<platform>:<name or id>` on the other clouds
 CLOUD = "cloud"
@@ -62,7 +66,7 @@ def _first(folder: Path, patterns: tuple[str, ...]) -> Path | None:
 @dataclass(frozen=True)
 class Image:
     path: Path
-    kind: str  # KERNEL, ISO, DISK, SDCARD or CLOUD
+    kind: str  # KERNEL, ISO, DISK, SDCARD, GCE_TARBALL or CLOUD
     arch: str | None  # None when the image gives no way to tell (a disk)
     kernel: Path | None = None
     initrd: Path | None = None
@@ -95,6 +99,9 @@ class Image:
     @classmethod
     def _file(cls, path: Path) -> Image:
         suffix = path.suffix.lower()
+        if path.name.lower().endswith(".tar.gz"):
+            _check_gce_tarball(path)
+            return cls(path, GCE_TARBALL, None)
         if suffix == ".iso":
             return cls(path, ISO, iso_arch(path))
         if suffix in DISK_SUFFIXES:
@@ -103,7 +110,8 @@ class Image:
             return cls._sd_card(path)
         raise ImageError(
             f"image {path}: unknown kind; give a folder with vmlinuz and initrd, "
-            "an .iso, a disk (.img, .qcow2) or a Raspberry Pi SD card .zip"
+            "an .iso, a disk (.img, .qcow2), a Raspberry Pi SD card .zip or a GCE disk "
+            "tarball (.tar.gz holding disk.raw)"
         )
 
     @classmethod
@@ -160,6 +168,20 @@ class Image:
             kernel = f"its kernel {self.kernel.name}" if self.kernel else "its kernel"
             raise ImageError(f"image {self.path}: {kernel} is {KERNEL_FORMAT[self.arch]} "
                              f"({self.arch}), but this run is for {arch}")
+
+
+def _check_gce_tarball(path: Path) -> None:
+    """GCE makes an image only from a gzipped tar whose file is `disk.raw`: say so before
+    anything is uploaded (only the first header is read, not the whole disk)."""
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            first = tar.next()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ImageError(f"{path} is not a readable .tar.gz: {exc}") from exc
+    if first is None or first.name.removeprefix("./") != GCE_DISK_MEMBER or not first.isfile():
+        found = first.name if first is not None else "nothing"
+        raise ImageError(f"{path}: a GCE disk tarball holds {GCE_DISK_MEMBER} (made with "
+                         f"`tar --format=oldgnu -Sczf {path.name} disk.raw`); it holds {found}")
 
 
 def _release_manifest(folder: Path, member: str | None = None) -> dict:
