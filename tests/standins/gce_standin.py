@@ -1,22 +1,35 @@
-"""Stand-in for Google Compute Engine's REST API (compute/v1) and its OAuth token endpoint.
+"""Stand-in for Google Compute Engine's REST API (compute/v1), the Cloud Storage JSON API
+(storage/v1) calls an upload makes, and the OAuth token endpoint.
 
 Payload shapes follow the published Compute Engine v1 reference: instances, images,
 firewalls, zonal and global operations (done at once, as a fast cloud's are), the
 aggregated instance list and `serialPort` output. Calls must carry the bearer token the
 token endpoint handed out for a signed service-account assertion. An instance is
-PROVISIONING when made and RUNNING from its second read on.
+PROVISIONING when made and RUNNING from its second read on. An image made from a raw disk
+in Cloud Storage (`rawDisk.source`) fails, as GCE's does, when that object does not exist.
+
+Cloud Storage, as google-cloud-storage uses it (JSON API reference): media and multipart
+uploads (`/upload/storage/v1/b/B/o?uploadType=multipart`), resumable ones (a POST that
+opens a session at the `Location` it answers, then PUTs with `Content-Range`; 308 until the
+last byte), the `ifGenerationMatch=0` precondition, an object's crc32c/md5Hash (checked
+against what the client sent, returned for it to check), get, delete and list with
+`prefix`. Objects keep their custom `metadata`.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
+import re
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
+import google_crc32c
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -26,10 +39,32 @@ from standins.base import Reply, Request, StandIn, rfc3339
 PROJECT = "standin-project"
 CONSOLE = "SeaBIOS ...\nLinux version 6.1.0 ...\nRancherOS v1.5.8 started\n"
 P = rf"/compute/v1/projects/({PROJECT})"
+RELEASE_BUCKET, RELEASE_OBJECT = "roslab-images", "rancheros-gce.tar.gz"  # already uploaded
+STORAGE_URL = "https://storage.googleapis.com/"  # how an image names its raw disk's object
 
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _hashes(data: bytes) -> dict[str, str]:
+    """An object's checksums as Cloud Storage reports them (base64 of the digests)."""
+    return {"crc32c": base64.b64encode(google_crc32c.Checksum(data).digest()).decode(),
+            "md5Hash": base64.b64encode(hashlib.md5(data).digest()).decode()}
+
+
+@dataclass
+class StoredObject:
+    resource: dict[str, Any]  # what the JSON API answers for it
+    data: bytes
+
+
+@dataclass
+class UploadSession:
+    bucket: str
+    metadata: dict[str, Any]  # the object resource the client sent when it opened it
+    content_type: str
+    data: bytearray
 
 
 class GceStandIn(StandIn):
@@ -39,6 +74,8 @@ class GceStandIn(StandIn):
         self.images: dict[str, dict[str, Any]] = {}
         self.firewalls: dict[str, dict[str, Any]] = {}
         self.operations: dict[str, dict[str, Any]] = {}
+        self.buckets: dict[str, dict[str, StoredObject]] = {RELEASE_BUCKET: {}}
+        self.sessions: dict[str, UploadSession] = {}  # resumable uploads, by upload_id
         self.hold_provisioning = False
         self.public_key: rsa.RSAPublicKey | None = None
         self.token = "ya29.standin-" + uuid.uuid4().hex
@@ -59,6 +96,11 @@ class GceStandIn(StandIn):
             r("GET", rf"{P}/global/({kind})", self._list_global)
             r("GET", rf"{P}/global/({kind})/([^/]+)", self._get_global)
             r("DELETE", rf"{P}/global/({kind})/([^/]+)", self._delete_global)
+        r("POST", r"/upload/storage/v1/b/([^/]+)/o", self._upload)
+        r("PUT", r"/upload/storage/v1/b/([^/]+)/o", self._upload_chunk)
+        r("GET", r"/storage/v1/b/([^/]+)/o", self._list_objects)
+        r("GET", r"/storage/v1/b/([^/]+)/o/(.+)", self._get_object)
+        r("DELETE", r"/storage/v1/b/([^/]+)/o/(.+)", self._delete_object)
 
     def authorized(self, header: str | None) -> bool:
         """The token this stand-in handed out, or a JWT the service-account key signed
@@ -127,7 +169,7 @@ class GceStandIn(StandIn):
         return f"{self.url}/compute/v1/projects/{PROJECT}/zones/{zone}"
 
     def _op(self, kind: str, target: str, zone: str | None = None,
-            error: str | None = None) -> Reply:
+            error: str | None = None, code: str = "QUOTA_EXCEEDED") -> Reply:
         name = f"operation-{uuid.uuid4().hex[:12]}"
         op: dict[str, Any] = {
             "kind": "compute#operation", "id": str(next(self._ids)), "name": name,
@@ -137,7 +179,7 @@ class GceStandIn(StandIn):
         if zone:
             op["zone"] = self._zone_url(zone)
         if error:
-            op["error"] = {"errors": [{"code": "QUOTA_EXCEEDED", "message": error}]}
+            op["error"] = {"errors": [{"code": code, "message": error}]}
             op["httpErrorStatusCode"] = 403
             op["httpErrorMessage"] = "FORBIDDEN"
         self.operations[name] = op
@@ -218,6 +260,10 @@ class GceStandIn(StandIn):
         store = getattr(self, kind)
         if body["name"] in store:
             return Reply(409, {"error": {"code": 409, "message": "already exists"}})
+        source = body.get("rawDisk", {}).get("source")
+        if source is not None and self.stored(source) is None:
+            return self._op("insert", body["name"], error=f"The resource '{source}' was not "
+                            "found", code="RESOURCE_NOT_FOUND")
         store[body["name"]] = {**body, "id": str(next(self._ids)),
                                "creationTimestamp": rfc3339(), "status": "READY"}
         return self._op("insert", body["name"])
@@ -235,13 +281,148 @@ class GceStandIn(StandIn):
         return self._op("delete", name)
 
 
+    # Cloud Storage -------------------------------------------------------------------------
+
+    def stored(self, url: str) -> StoredObject | None:
+        """The object a `https://storage.googleapis.com/BUCKET/NAME` URL names, if any."""
+        bucket, _, name = url.removeprefix(STORAGE_URL).partition("/")
+        return self.buckets.get(bucket, {}).get(name) if url.startswith(STORAGE_URL) else None
+
+    def put_object(self, bucket: str, name: str, data: bytes,
+                   metadata: dict[str, str] | None = None,
+                   content_type: str = "application/octet-stream") -> dict[str, Any]:
+        generation = str(next(self._ids))
+        resource = {
+            "kind": "storage#object", "id": f"{bucket}/{name}/{generation}", "name": name,
+            "bucket": bucket, "generation": generation, "metageneration": "1",
+            "contentType": content_type, "size": str(len(data)), **_hashes(data),
+            "timeCreated": rfc3339(), "updated": rfc3339(), "storageClass": "STANDARD",
+            "selfLink": f"{self.url}/storage/v1/b/{bucket}/o/{name}",
+            "mediaLink": f"{self.url}/download/storage/v1/b/{bucket}/o/{name}?alt=media"}
+        if metadata:
+            resource["metadata"] = dict(metadata)
+        self.buckets[bucket][name] = StoredObject(resource, data)
+        return resource
+
+    def _storage_error(self, status: int, message: str) -> Reply:
+        return Reply(status, {"error": {"code": status, "message": message,
+                                        "errors": [{"message": message}]}})
+
+    def _no_bucket(self, bucket: str) -> Reply:
+        return self._storage_error(404, f"The specified bucket {bucket} does not exist.")
+
+    def _store(self, req: Request, bucket: str, resource: dict[str, Any], data: bytes,
+               content_type: str, sent_hash: dict[str, str]) -> Reply:
+        """Make the object (the upload's last step): preconditions, then the checksum the
+        client computed against the bytes that arrived."""
+        name = resource.get("name") or req.query.get("name", [""])[0]
+        if not name:
+            return self._storage_error(400, "Required: object name")
+        if req.query.get("ifGenerationMatch") == ["0"] and name in self.buckets[bucket]:
+            return self._storage_error(412, "At least one of the pre-conditions you "
+                                       "specified did not hold.")
+        actual = _hashes(data)
+        for key, value in sent_hash.items():
+            if actual.get(key) != value:
+                return self._storage_error(400, f"Provided {key} \"{value}\" doesn't match "
+                                           f"calculated {key} \"{actual[key]}\".")
+        return Reply(200, self.put_object(bucket, name, data, resource.get("metadata"),
+                                          resource.get("contentType") or content_type))
+
+    def _upload(self, req: Request, bucket: str) -> Reply:
+        if bucket not in self.buckets:
+            return self._no_bucket(bucket)
+        kind = req.query.get("uploadType", [""])[0]
+        ctype = req.headers.get("content-type", "application/octet-stream")
+        if kind == "media":
+            return self._store(req, bucket, {}, req.body, ctype, {})
+        if kind == "multipart":
+            m = re.search(r'boundary="?([^";]+)"?', ctype)
+            if not m:
+                return self._storage_error(400, "multipart upload without a boundary")
+            parts = req.body.split(b"--" + m.group(1).encode())[1:-1]
+            if len(parts) != 2:
+                return self._storage_error(400, f"multipart upload of {len(parts)} parts")
+            (meta_head, meta), (data_head, data) = (
+                p.removeprefix(b"\r\n").removesuffix(b"\r\n").split(b"\r\n\r\n", 1)
+                for p in parts)
+            resource = json.loads(meta)
+            sent = {k: resource.pop(k) for k in ("crc32c", "md5Hash") if k in resource}
+            data_type = re.search(rb"content-type: *([^\r\n]+)", data_head, re.I)
+            return self._store(req, bucket, resource, data, data_type.group(1).decode()
+                               if data_type else ctype, sent)
+        if kind == "resumable":
+            upload_id = uuid.uuid4().hex
+            self.sessions[upload_id] = UploadSession(
+                bucket, req.json() or {},
+                req.headers.get("x-upload-content-type", "application/octet-stream"),
+                bytearray())
+            location = f"{self.url}/upload/storage/v1/b/{bucket}/o?uploadType=resumable" \
+                       f"&upload_id={upload_id}"
+            if req.query.get("ifGenerationMatch"):
+                location += f"&ifGenerationMatch={req.query['ifGenerationMatch'][0]}"
+            return Reply(200, b"", {"Location": location})
+        return self._storage_error(400, f"unknown uploadType {kind!r}")
+
+    def _upload_chunk(self, req: Request, bucket: str) -> Reply:
+        upload_id = req.query.get("upload_id", [""])[0]
+        session = self.sessions.get(upload_id)
+        if session is None or session.bucket != bucket:
+            return self._storage_error(404, "No such upload session.")
+        m = re.fullmatch(r"bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)",
+                         req.headers.get("content-range", ""))
+        if m is None:
+            return self._storage_error(400, "Content-Range missing or malformed")
+        if m.group(1) is not None:
+            if int(m.group(1)) != len(session.data) or \
+                    int(m.group(2)) - int(m.group(1)) + 1 != len(req.body):
+                return self._storage_error(400, "Content-Range does not follow what arrived")
+            session.data += req.body
+        total = m.group(3)
+        if total == "*" or len(session.data) < int(total):
+            return Reply(308, b"", {"Range": f"bytes=0-{len(session.data) - 1}"}
+                         if session.data else {})
+        del self.sessions[upload_id]
+        sent = dict(part.split("=", 1) for part in
+                    req.headers.get("x-goog-hash", "").replace(" ", "").split(",") if part)
+        return self._store(req, bucket, session.metadata, bytes(session.data),
+                           session.content_type, {{"md5": "md5Hash"}.get(k, k): v
+                                                  for k, v in sent.items()})
+
+    def _get_object(self, req: Request, bucket: str, name: str) -> Reply:
+        if bucket not in self.buckets:
+            return self._no_bucket(bucket)
+        stored = self.buckets[bucket].get(unquote(name))
+        if stored is None:
+            return self._storage_error(404, f"No such object: {bucket}/{unquote(name)}")
+        return Reply(200, stored.resource)
+
+    def _delete_object(self, req: Request, bucket: str, name: str) -> Reply:
+        if bucket not in self.buckets:
+            return self._no_bucket(bucket)
+        if self.buckets[bucket].pop(unquote(name), None) is None:
+            return self._storage_error(404, f"No such object: {bucket}/{unquote(name)}")
+        return Reply(204, b"")
+
+    def _list_objects(self, req: Request, bucket: str) -> Reply:
+        if bucket not in self.buckets:
+            return self._no_bucket(bucket)
+        prefix = req.query.get("prefix", [""])[0]
+        items = [o.resource for name, o in sorted(self.buckets[bucket].items())
+                 if name.startswith(prefix)]
+        return Reply(200, {"kind": "storage#objects", "items": items})
+
+
 def serve(tmp_path: Path, env: Any) -> GceStandIn:
     """Start one and point google-cloud-compute at it as a user would: a service-account
-    key file, a private API endpoint, the runner's address for the SSH rule."""
+    key file, private API endpoints (Compute Engine, Cloud Storage), the runner's address
+    for the SSH rule."""
     standin = GceStandIn().start()
+    standin.put_object(RELEASE_BUCKET, RELEASE_OBJECT, b"a release tarball, uploaded before")
     env.setenv("GOOGLE_APPLICATION_CREDENTIALS",
                str(standin.service_account_file(tmp_path / "sa.json")))
     env.setenv("ROSLAB_GCE_ENDPOINT", standin.url)
+    env.setenv("ROSLAB_GCS_ENDPOINT", standin.url)
     env.setenv("ROSLAB_SSH_SOURCE", "198.51.100.7")
     # google-auth probes the GCE metadata server when it finds no credentials: keep that
     # probe on loopback (nothing listens on port 9)
