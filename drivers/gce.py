@@ -5,6 +5,7 @@ rule, the serial port as console log.
     GOOGLE_APPLICATION_CREDENTIALS=sa.json ROSLAB_SSH_SOURCE=203.0.113.7/32 \\
         pytest scenarios/ --platform gce --image gce:projects/P/global/images/rancheros-v1-5-8
     ... --image gce:gs://BUCKET/rancheros-gce.tar.gz     # the release file, already uploaded
+    ... --image ./rancheros-gce.tar.gz --platform-option bucket=BUCKET  # uploaded per run
 
 Credentials: Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS naming a
 service-account key file, or `gcloud auth application-default login`); the project is
@@ -13,6 +14,12 @@ GOOGLE_CLOUD_PROJECT or the credentials' own. Settings (a `--platform-option KEY
 instance_type / ROSLAB_GCE_MACHINE_TYPE (e2-small), network / ROSLAB_GCE_NETWORK
 (global/networks/default), ssh_from / ROSLAB_SSH_SOURCE (the runner's address, required);
 ROSLAB_GCE_ENDPOINT (a private API endpoint, e.g. Private Service Connect).
+
+A local release tarball is uploaded with google-cloud-storage to the bucket named by the
+`bucket` option or ROSLAB_GCE_BUCKET (ROSLAB_GCS_ENDPOINT: Cloud Storage's private
+endpoint), as an object of its own per run (`roslab-...tar.gz`, the marks as object
+metadata); the image is made from it, and both are deleted when the machine is.
+`roslab gc --platform gce` sweeps that bucket too when ROSLAB_GCE_BUCKET is set.
 
 Labels: GCE label values are lowercase `[a-z0-9_-]`, at most 63 characters. The expiry is
 the same epoch-seconds integer as everywhere (digits only, so valid as it is); the run id
@@ -34,6 +41,7 @@ from drivers.cloud import (
     CloudDriver,
     cloud_capabilities,
     epoch,
+    import_sdk,
     resource_name,
     ssh_source,
     sweep,
@@ -41,12 +49,18 @@ from drivers.cloud import (
 )
 from lab import gc
 from lab.errors import ConfigError, ImageError
+from lab.images import CLOUD, GCE_TARBALL, Image
 from lab.metadata import gce_ssh_keys
 from lab.redact import keep_secret
 
 CREDENTIALS_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file (or run "
                     "`gcloud auth application-default login`) and GOOGLE_CLOUD_PROJECT")
 SERIAL_PORT = 1
+BUCKET_ENV = "ROSLAB_GCE_BUCKET"
+STORAGE_ENDPOINT_ENV = "ROSLAB_GCS_ENDPOINT"
+SCOPES = ["https://www.googleapis.com/auth/compute",
+          "https://www.googleapis.com/auth/devstorage.read_write"]  # uploads, gc of objects
+OBJECT_PREFIX = "roslab-"  # every object the driver uploads (resource_name's start)
 
 
 def label_value(text: str) -> str:
@@ -70,7 +84,7 @@ class GceDriver(CloudDriver):
     name = "gce"
     sdk_module = "google.cloud.compute_v1"
     sdk_package = "google-cloud-compute"
-    capabilities = cloud_capabilities("gce")
+    capabilities = cloud_capabilities("gce", image_kinds=(CLOUD, GCE_TARBALL))
     has_console_log = True
     running_states: ClassVar[tuple[str, ...]] = ("RUNNING",)
     failed_states: ClassVar[tuple[str, ...]] = ("TERMINATED", "SUSPENDED")
@@ -88,8 +102,7 @@ class GceDriver(CloudDriver):
         from google.auth.exceptions import DefaultCredentialsError
 
         try:
-            creds, project = google.auth.default(
-                scopes=["https://www.googleapis.com/auth/compute"])
+            creds, project = google.auth.default(scopes=SCOPES)
         except DefaultCredentialsError as exc:
             raise ConfigError(f"platform gce: no credentials ({exc}); {CREDENTIALS_HINT}") \
                 from None
@@ -114,6 +127,16 @@ class GceDriver(CloudDriver):
             for kind in ("Instances", "Images", "Firewalls")}
         return clients, project
 
+    @classmethod
+    def _storage(cls) -> Any:
+        """A Cloud Storage client (google-cloud-storage, imported only for uploads and gc of
+        uploaded objects) with the same credentials and project."""
+        storage = import_sdk("google.cloud.storage", "google-cloud-storage", cls.name)
+        creds, project = cls._credentials()
+        endpoint = os.environ.get(STORAGE_ENDPOINT_ENV)
+        return storage.Client(project=project, credentials=creds,
+                              client_options={"api_endpoint": endpoint} if endpoint else None)
+
     def client(self, kind: str) -> Any:
         return self.api[0][kind]
 
@@ -121,11 +144,22 @@ class GceDriver(CloudDriver):
     def project(self) -> str:
         return self.api[1]
 
-    @staticmethod
-    def _labels() -> dict[str, str]:
-        return {k: label_value(v) for k, v in gc.owner_marks().items()}
-
     # launch ------------------------------------------------------------------------------
+
+    def prepare(self, spec: Any) -> None:
+        super().prepare(spec)
+        if spec.image.kind == GCE_TARBALL:  # uploaded at start: check what that needs now
+            self._bucket()
+            import_sdk("google.cloud.storage", "google-cloud-storage", self.name)
+
+    def _bucket(self) -> str:
+        bucket = self.option("bucket", BUCKET_ENV)
+        if not bucket:
+            assert self.spec is not None
+            raise ConfigError(f"platform gce: {self.spec.image.path} is uploaded to a Cloud "
+                              "Storage bucket first, and none is given: give "
+                              f"--platform-option bucket=NAME or set {BUCKET_ENV}")
+        return bucket
 
     def _launch(self, spec: Any) -> None:
         from google.api_core import exceptions
@@ -133,8 +167,9 @@ class GceDriver(CloudDriver):
         base = resource_name()
         self.zone = self.option("zone", "ROSLAB_GCE_ZONE", "us-central1-a") or ""
         source = ssh_source(spec.options.get("ssh_from"))  # before anything is made
-        labels = self._labels()
-        image = self._image(spec.image.ref, base, labels)
+        marks = gc.owner_marks()
+        labels = {k: label_value(v) for k, v in marks.items()}
+        image = self._image(spec.image, base, labels, marks)
         network = self.option("network", "ROSLAB_GCE_NETWORK", "global/networks/default")
         self._create(
             "firewall", f"{base}-ssh",
@@ -169,11 +204,13 @@ class GceDriver(CloudDriver):
         except exceptions.GoogleAPICallError as err:
             raise ConfigError(f"gce refused the instance: {err.message}") from None
 
-    def _image(self, ref: str, base: str, labels: dict[str, str]) -> str:
+    def _image(self, image: Image, base: str, labels: dict[str, str],
+               marks: dict[str, str]) -> str:
         """The source image URL: an existing image, or one made for this run from a
-        release tarball in Cloud Storage (marked, deleted after)."""
+        release tarball in Cloud Storage, or uploaded there first (marked, deleted after)."""
         from google.api_core import exceptions
 
+        ref = self._upload(image.path, base, marks) if image.kind == GCE_TARBALL else image.ref
         if ref.startswith("gs://"):
             url = "https://storage.googleapis.com/" + ref[len("gs://"):]
             self._create("image", base, lambda: self._wait_op(self.client("Images").insert(
@@ -185,14 +222,45 @@ class GceDriver(CloudDriver):
             f"projects/{self.project}/global/images/{ref}"
         m = re.fullmatch(r"projects/([^/]+)/global/images/([^/]+)", path)
         if not m:
-            raise ImageError(f"gce image {ref!r}: give NAME, projects/P/global/images/NAME "
-                             "or gs://BUCKET/rancheros-gce.tar.gz")
+            raise ImageError(f"gce image {ref!r}: give NAME, projects/P/global/images/NAME, "
+                             "gs://BUCKET/rancheros-gce.tar.gz or a local "
+                             "rancheros-gce.tar.gz (uploaded to a bucket)")
         try:
             self.client("Images").get(project=m.group(1), image=m.group(2))
         except exceptions.NotFound:
             raise ImageError(f"gce has no image {path} (`gcloud compute images list` shows "
                              "what it has)") from None
         return path
+
+    def _upload(self, path: Path, base: str, marks: dict[str, str]) -> str:
+        """Upload the release tarball as an object of this machine's own (the marks as its
+        metadata, in the ledger before the image made from it); its gs:// URL."""
+        from google.api_core import exceptions
+
+        name = f"{base}.tar.gz"
+        bucket = self._storage().bucket(self._bucket())
+
+        def upload() -> str:
+            blob = bucket.blob(name)
+            blob.metadata = marks
+            # if_generation_match=0: create, never overwrite (a retry after a lost answer
+            # fails instead of uploading twice)
+            blob.upload_from_filename(str(path), content_type="application/gzip",
+                                      if_generation_match=0)
+            return name
+
+        try:
+            self._create("object", name, upload,
+                         lambda n: [n] if bucket.get_blob(n) is not None else [],
+                         lambda n: _delete_object(bucket, n))
+        except exceptions.NotFound:
+            raise ConfigError(f"gce: no Cloud Storage bucket {bucket.name} to upload {path} "
+                              f"to (`gcloud storage buckets list`; set {BUCKET_ENV} or the "
+                              "bucket option)") from None
+        except exceptions.Forbidden as err:
+            raise ConfigError(f"gce: may not upload to bucket {bucket.name}: {err.message}") \
+                from None
+        return f"gs://{bucket.name}/{name}"
 
     def _wait_op(self, operation: Any, ident: str) -> str:
         """Wait (bounded) for a zonal or global operation; its error as a ConfigError."""
@@ -271,7 +339,32 @@ class GceDriver(CloudDriver):
                 "image", image.name, dict(image.labels), epoch(image.creation_timestamp),
                 lambda n=image.name: _delete(clients["Images"], "image", n, wait, interval,
                                              project=project)))
+        bucket = options.get("bucket") or os.environ.get(BUCKET_ENV)
+        if bucket:  # the tarballs runs uploaded there (after the images made from them)
+            candidates += _object_candidates(cls._storage().bucket(bucket))
         return sweep(candidates, older_than, dry_run)
+
+
+def _object_candidates(bucket: Any) -> list[Candidate]:
+    from google.api_core import exceptions
+
+    try:
+        return [Candidate("object", f"gs://{bucket.name}/{blob.name}",
+                          dict(blob.metadata or {}),
+                          blob.time_created.timestamp() if blob.time_created else None,
+                          lambda n=blob.name: _delete_object(bucket, n))
+                for blob in bucket.list_blobs(prefix=OBJECT_PREFIX)]
+    except exceptions.NotFound:
+        raise ConfigError(f"gce: no Cloud Storage bucket {bucket.name} to sweep (set "
+                          f"{BUCKET_ENV} to the bucket runs upload to, or unset it)") from None
+
+
+def _delete_object(bucket: Any, name: str) -> None:
+    """Cloud Storage deletes at once: gone when the call returns."""
+    from google.api_core import exceptions
+
+    with contextlib.suppress(exceptions.NotFound):
+        bucket.delete_blob(name)
 
 
 def _delete(client: Any, kind: str, name: str, timeout: float, interval: float,

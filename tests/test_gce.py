@@ -5,20 +5,25 @@ a private API endpoint, as a user's project is."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from standins.base import machine_spec, start_run, terminate_while_waiting
-from standins.gce_standin import GceStandIn, serve
+from standins.gce_standin import PROJECT, GceStandIn, serve
 
 from drivers.gce import GceDriver, label_value
 from lab import gc
 from lab.cli import main
-from lab.errors import BootTimeout, ConfigError, ImageError
+from lab.errors import BootTimeout, ConfigError, ImageError, PlatformError
+from lab.images import GCE_TARBALL, Image
 
 ZONE = "us-central1-a"
 
@@ -193,3 +198,185 @@ def test_a_machine_made_for_gce_is_deleted_by_machine_stop(
     assert cloud.instances == {} and cloud.firewalls == {}
     assert list(cloud.images) == ["rancheros-v1-5-8"]
     assert machine.capabilities.lacks("console")
+
+
+# a local release tarball, uploaded to Cloud Storage per run -------------------------------
+
+BUCKET = "roslab-uploads"
+
+
+def gce_tarball(folder: Path, size: int) -> Path:
+    """A release-shaped `rancheros-gce.tar.gz`: a gzipped tar of `disk.raw` (random bytes,
+    so gzip cannot shrink it below the upload size under test)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    disk = folder / "disk.raw"
+    disk.write_bytes(os.urandom(size))
+    tarball = folder / "rancheros-gce.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(disk, arcname="disk.raw")
+    disk.unlink()
+    return tarball
+
+
+@pytest.fixture
+def bucket(cloud: GceStandIn, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    cloud.buckets[BUCKET] = {}
+    monkeypatch.setenv("ROSLAB_GCE_BUCKET", BUCKET)
+    return cloud.buckets[BUCKET]
+
+
+@pytest.mark.parametrize(("upload", "size"), [("multipart", 64 << 10),
+                                              ("resumable", 9 << 20)])  # over 8 MiB
+def test_a_local_tarball_is_uploaded_made_an_image_and_deleted_with_it(
+        cloud: GceStandIn, bucket: dict[str, Any], tmp_path: Path, upload: str,
+        size: int) -> None:
+    """Stand-in GCE and Cloud Storage: `--image ./rancheros-gce.tar.gz` uploads the exact
+    bytes as an object of the run's own, marked; the image is made from that object; stop
+    deletes the instance, then the image, then the object."""
+    tarball = gce_tarball(tmp_path / "release", size)
+    driver = GceDriver()
+    driver.prepare(machine_spec(str(tarball), tmp_path))
+    driver.start()
+    try:
+        (name, stored), = bucket.items()
+        assert stored.data == tarball.read_bytes()
+        assert name.startswith("roslab-") and name.endswith(".tar.gz")
+        marks = stored.resource["metadata"]
+        assert marks["created-by"] == "roslab" and marks["roslab-run-id"] == gc.run_id()
+        assert abs(int(marks["roslab-expires"]) - (time.time() + gc.DEFAULT_TTL)) < 60
+        (opened,) = cloud.calls("POST", rf"/upload/storage/v1/b/{BUCKET}/o")
+        assert opened.query["uploadType"] == [upload]
+        assert opened.query["ifGenerationMatch"] == ["0"]  # never overwrites an object
+        (image,) = cloud.images.values()
+        assert image["rawDisk"]["source"] == f"https://storage.googleapis.com/{BUCKET}/{name}"
+        (inst,) = cloud.instances.values()
+        assert inst["disks"][0]["initializeParams"]["sourceImage"].endswith(image["name"])
+    finally:
+        driver.stop()
+        driver.cleanup()
+    assert bucket == {} and cloud.images == {} and cloud.instances == {}
+    deletes = [r.path for r in cloud.requests if r.method == "DELETE"]
+    assert deletes.index(f"/storage/v1/b/{BUCKET}/o/{name}") == len(deletes) - 1  # last
+
+
+def test_two_machines_of_one_run_upload_objects_of_their_own(
+        cloud: GceStandIn, bucket: dict[str, Any], tmp_path: Path) -> None:
+    """Stand-in GCE and Cloud Storage: one run, two machines, two objects; each machine
+    deletes only its own."""
+    tarball = gce_tarball(tmp_path / "release", 4096)
+    first, second = GceDriver(), GceDriver()
+    first.prepare(machine_spec(str(tarball), tmp_path / "a"))
+    second.prepare(machine_spec(str(tarball), tmp_path / "b"))
+    first.start()
+    try:
+        second.start()
+        assert len(bucket) == 2 and len(cloud.images) == 2
+        second.stop()
+        second.cleanup()
+        assert len(bucket) == 1 and len(cloud.images) == 1
+    finally:
+        first.stop()
+        first.cleanup()
+    assert bucket == {} and cloud.images == {}
+
+
+def test_an_image_create_that_fails_after_the_upload_leaves_no_object(
+        cloud: GceStandIn, bucket: dict[str, Any], tmp_path: Path) -> None:
+    """Stand-in GCE and Cloud Storage: the image is made but its insert answers 503; the
+    driver deletes the image by name, then the object it uploaded."""
+    cloud.fail("POST", rf".*/projects/{PROJECT}/global/images", 503)
+    driver = GceDriver()
+    driver.prepare(machine_spec(str(gce_tarball(tmp_path / "release", 4096)), tmp_path))
+    with pytest.raises(PlatformError, match="gce: could not create the machine: .*stand-in "
+                                            "fault"):
+        driver.start()
+    assert bucket == {} and cloud.images == {} and cloud.instances == {}
+    assert cloud.calls("DELETE", rf"/storage/v1/b/{BUCKET}/o/roslab-[^/]+")
+    assert cloud.calls("DELETE", r".*/global/images/roslab-[^/]+")
+
+
+def test_an_upload_whose_answer_is_lost_leaves_no_object(
+        cloud: GceStandIn, bucket: dict[str, Any], tmp_path: Path) -> None:
+    """Stand-in Cloud Storage: the object is stored but the client sees a 503; its retry
+    is refused (create-only precondition), and the driver deletes the object by name."""
+    cloud.fail("POST", rf"/upload/storage/v1/b/{BUCKET}/o", 503)
+    driver = GceDriver()
+    driver.prepare(machine_spec(str(gce_tarball(tmp_path / "release", 4096)), tmp_path))
+    with pytest.raises(PlatformError, match="PreconditionFailed"):
+        driver.start()
+    assert len(cloud.calls("POST", rf"/upload/storage/v1/b/{BUCKET}/o")) == 2
+    assert bucket == {} and cloud.images == {} and cloud.instances == {}
+
+
+def test_a_local_tarball_needs_a_bucket_that_exists(
+        cloud: GceStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stand-in GCE and Cloud Storage: no bucket given, or one that does not exist, or
+    no google-cloud-storage: a ConfigError naming what to set; nothing is made."""
+    tarball = str(gce_tarball(tmp_path / "release", 4096))
+    monkeypatch.delenv("ROSLAB_GCE_BUCKET", raising=False)
+    with pytest.raises(ConfigError, match=r"rancheros-gce.tar.gz is uploaded to a Cloud "
+                       r"Storage bucket first.*--platform-option bucket=NAME or set "
+                       r"ROSLAB_GCE_BUCKET"):
+        GceDriver().prepare(machine_spec(tarball, tmp_path))
+    monkeypatch.setenv("ROSLAB_GCE_BUCKET", "no-such-bucket")
+    driver = GceDriver()
+    driver.prepare(machine_spec(tarball, tmp_path))
+    with pytest.raises(ConfigError, match="no Cloud Storage bucket no-such-bucket"):
+        driver.start()
+    assert not cloud.calls("POST", r"/compute/.*")
+    assert cloud.images == {} and cloud.instances == {} and cloud.firewalls == {}
+    monkeypatch.setitem(sys.modules, "google.cloud.storage", None)
+    with pytest.raises(ConfigError, match="needs the Python package google-cloud-storage"):
+        GceDriver().prepare(machine_spec(tarball, tmp_path))
+
+
+def test_a_tarball_without_disk_raw_is_refused_before_any_upload(tmp_path: Path) -> None:
+    """A rootfs tarball is not a GCE disk: the image check says what GCE needs."""
+    (tmp_path / "etc").mkdir()
+    rootfs = tmp_path / "rootfs_amd64.tar.gz"
+    with tarfile.open(rootfs, "w:gz") as tar:
+        tar.add(tmp_path / "etc", arcname="etc")
+    with pytest.raises(ImageError, match="a GCE disk tarball holds disk.raw.*it holds etc"):
+        Image.open(rootfs)
+    (tmp_path / "broken.tar.gz").write_bytes(b"not gzip")
+    with pytest.raises(ImageError, match="broken.tar.gz is not a readable .tar.gz"):
+        Image.open(tmp_path / "broken.tar.gz")
+    assert Image.open(gce_tarball(tmp_path / "release", 512)).kind == GCE_TARBALL
+
+
+def test_gc_finds_an_object_a_killed_run_left(
+        cloud: GceStandIn, bucket: dict[str, Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Stand-in GCE and Cloud Storage: a run SIGKILLed after its upload leaves an object
+    beside its instance, rule and image; gc sweeps the bucket only when one is configured,
+    and takes only objects that carry the marks."""
+    run = start_run("gce", str(gce_tarball(tmp_path / "release", 4096)), tmp_path)
+    run.send_signal(signal.SIGKILL)
+    run.wait(10)
+    (left,) = bucket
+    killed_run = bucket[left].resource["metadata"]["roslab-run-id"]
+    cloud.put_object(BUCKET, "roslab-old.tar.gz", b"old", metadata={
+        "created-by": "roslab", "roslab-run-id": "old", "roslab-expires": "1577840000"})
+    cloud.put_object(BUCKET, "roslab-notes.txt", b"someone's, unmarked")
+
+    assert main(["gc", "--platform", "gce", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"would remove gce object gs://{BUCKET}/roslab-old.tar.gz (run old: expired" in out
+    assert "1 found on gce" in out
+
+    monkeypatch.delenv("ROSLAB_GCE_BUCKET")
+    assert main(["gc", "--platform", "gce", "--older-than", "0s"]) == 0
+    assert "3 removed on gce" in capsys.readouterr().out  # instance, rule, image
+    assert len(bucket) == 3
+
+    monkeypatch.setenv("ROSLAB_GCE_BUCKET", BUCKET)
+    assert main(["gc", "--platform", "gce", "--older-than", "0s"]) == 0
+    out = capsys.readouterr().out
+    assert f"removed gce object gs://{BUCKET}/{left} (run {killed_run}: created" in out
+    assert "2 removed on gce" in out
+    assert list(bucket) == ["roslab-notes.txt"]
+    assert list(cloud.buckets["roslab-images"]) == ["rancheros-gce.tar.gz"]
+
+    monkeypatch.setenv("ROSLAB_GCE_BUCKET", "no-such-bucket")
+    assert main(["gc", "--platform", "gce", "--dry-run"]) == 2
+    assert "no Cloud Storage bucket no-such-bucket to sweep" in capsys.readouterr().err
