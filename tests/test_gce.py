@@ -380,3 +380,25 @@ def test_gc_finds_an_object_a_killed_run_left(
     monkeypatch.setenv("ROSLAB_GCE_BUCKET", "no-such-bucket")
     assert main(["gc", "--platform", "gce", "--dry-run"]) == 2
     assert "no Cloud Storage bucket no-such-bucket to sweep" in capsys.readouterr().err
+
+
+def test_sigterm_after_the_upload_deletes_the_object_too(
+        cloud: GceStandIn, bucket: dict[str, Any], tmp_path: Path) -> None:
+    """Stand-in GCE and Cloud Storage: a run from a local tarball, terminated while it
+    waits for RUNNING, leaves neither the instance, rule and image nor the object."""
+    cloud.hold_provisioning = True
+    tarball = str(gce_tarball(tmp_path / "release", 4096))
+    assert terminate_while_waiting("gce", tarball, tmp_path, lambda: cloud.instances) != 0
+    assert cloud.calls("POST", rf"/upload/storage/v1/b/{BUCKET}/o")
+    assert bucket == {} and cloud.instances == {} and cloud.firewalls == {}
+    assert cloud.images == {}
+
+
+def test_only_gce_takes_a_gce_tarball(tmp_path: Path) -> None:
+    """QEMU boots no GCE disk tarball: make_machine says so before anything starts."""
+    from lab.machine import make_machine
+
+    tarball = gce_tarball(tmp_path / "release", 512)
+    with pytest.raises(ImageError, match="platform qemu .*cannot boot a gce-tarball image"):
+        make_machine("qemu", tarball, "x86_64", None, "default", tmp_path, "tcg")
+    assert GCE_TARBALL in GceDriver.capabilities.image_kinds
