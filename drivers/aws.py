@@ -120,6 +120,7 @@ def _marks(item: dict[str, Any]) -> dict[str, str]:
 
 class AwsDriver(Driver):
     name = "aws"
+    delivers_instance_keys = True  # an imported key pair
     capabilities = Capabilities(
         arches=("x86_64", "aarch64"),
         console=False,
@@ -276,10 +277,10 @@ class AwsDriver(Driver):
 
     def _make_key_pair(self, name: str, tags: list[dict[str, str]]) -> None:
         assert self.spec is not None
-        if not self.spec.ssh_public_key:
-            return  # the cloud-config carries any keys; no key pair to make
+        if not self.spec.ssh_keys:
+            return  # no key to hand over (an instance takes one key pair: the lab's)
         try:
-            self.ec2.import_key_pair(KeyName=name, PublicKeyMaterial=self.spec.ssh_public_key
+            self.ec2.import_key_pair(KeyName=name, PublicKeyMaterial=self.spec.ssh_keys[0]
                                      .encode(), TagSpecifications=_spec_tags(("key-pair",), tags))
         except Exception as exc:
             raise explain(exc, f"create key pair {name}") from exc

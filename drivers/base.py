@@ -59,13 +59,16 @@ class MachineSpec:
     # the instance's SSH keys where a cloud hands them over by metadata (as a key pair)
     ssh_keys: list[str] = field(default_factory=list)
     keep_on_exit: bool = False  # survive the harness (--keep-failed); otherwise die with it
-    ssh_public_key: str = ""  # the lab's key (authorized_keys line), for platforms with key pairs
     options: dict[str, Any] = field(default_factory=dict)  # platform options (--region, --hw, ...)
 
 
 class Driver(ABC):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    # True when the driver hands `MachineSpec.ssh_keys` to the instance the way its cloud
+    # does (a key pair, `ssh-keys` metadata) for a metadata datasource; otherwise the lab's
+    # key travels in the cloud-config's ssh_authorized_keys
+    delivers_instance_keys: ClassVar[bool] = False
 
     @abstractmethod
     def prepare(self, spec: MachineSpec) -> None:

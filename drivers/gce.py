@@ -82,6 +82,7 @@ def _keep_key_file_secret(path: str | None) -> None:
 
 class GceDriver(CloudDriver):
     name = "gce"
+    delivers_instance_keys = True  # the ssh-keys metadata
     sdk_module = "google.cloud.compute_v1"
     sdk_package = "google-cloud-compute"
     capabilities = cloud_capabilities("gce", image_kinds=(CLOUD, GCE_TARBALL))

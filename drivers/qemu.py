@@ -246,6 +246,7 @@ def make_overlay(workdir: Path, base: Path, fmt: str, size: int | None = None) -
 
 class QemuDriver(Driver):
     name = "qemu"
+    delivers_instance_keys = True  # the lab's metadata stand-ins serve them
     capabilities: ClassVar[Capabilities] = Capabilities(  # any board; see BOARDS
         arches=("x86_64", "aarch64"),
         console=True,

@@ -421,7 +421,7 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
         None if cloud_config is None
         else CloudConfig.parse(cloud_config, allow_invalid=opts.get("allow_invalid", False)))
     instance_keys: list[str] = []
-    if ssh_key is not None and datasource in METADATA_DATASOURCES:
+    if ssh_key is not None and datasource in METADATA_DATASOURCES and cls.delivers_instance_keys:
         instance_keys = [ssh_key.public]  # the cloud's key pair, served as metadata
     elif ssh_key is not None:
         extra = {"ssh_authorized_keys": [ssh_key.public]}
@@ -444,7 +444,6 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
             accel=accel_used, memory_mb=opts.get("memory_mb", 2048), cpus=opts.get("cpus", 2),
             cmdline_extra=list(opts.get("cmdline_extra", [])),
             keep_on_exit=opts.get("keep_on_exit", False),
-            ssh_public_key=ssh_key.public if ssh_key is not None else "",
             options=dict(opts.get("platform_options") or {}),
         )
         return Machine(driver, spec, platform, img, ssh_key, password, why,

@@ -142,8 +142,12 @@ def test_launch_tags_user_data_console_and_terminate(tmp_path: Path, ec2: Any,
 
     sent = base64.b64decode(user_data).decode()
     assert sent == machine.spec.cloud_config.text and "hostname: roslab-aws" in sent
-    # the lab's key reaches rancher by cloud-config too
-    assert machine.ssh_key.public in yaml.safe_load(sent)["ssh_authorized_keys"]
+    # the lab's key reaches rancher as the instance's key pair (what the ec2 datasource
+    # reads from public-keys/0/openssh-key), not by cloud-config
+    (pair,) = ec2.describe_key_pairs(KeyNames=[driver.key_name],
+                                     IncludePublicKey=True)["KeyPairs"]
+    assert pair["PublicKey"].split()[:2] == machine.ssh_key.public.split()[:2]
+    assert "ssh_authorized_keys" not in yaml.safe_load(sent)
     assert driver.ssh_endpoint() == (instance["PrivateIpAddress"], 22)
     group = ec2.describe_security_groups(GroupIds=[driver.group_id])["SecurityGroups"][0]
     assert [(p["FromPort"], [r["CidrIp"] for r in p["IpRanges"]])

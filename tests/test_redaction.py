@@ -109,15 +109,15 @@ def _cloud_secrets(platform: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     import json
 
     import yaml
-
-    from drivers import driver_class
-    from tests.standins import (
+    from standins import (
         aliyun_standin,
         cloudstack_standin,
         digitalocean_standin,
         gce_standin,
         openstack_standin,
     )
+
+    from drivers import driver_class
 
     if platform == "aws":
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAROSLABTEST")
