@@ -119,6 +119,14 @@ class _TokenFlow:
         self.tokens[token] = time.monotonic() + ttl
         return Reply(200, token.encode(), {self.ttl_header: str(ttl)})
 
+    def gate(self, method: str, path: str, headers: dict[str, str]) -> Reply | None:
+        """The answer to anything but a GET the token admits (None: serve the GET)."""
+        if method == "PUT":
+            return self.put(headers) if path == "/latest/api/token" else Reply(405)
+        if method != "GET":
+            return Reply(405)
+        return self.refuses(headers)
+
     def refuses(self, headers: dict[str, str]) -> Reply | None:
         token = headers.get(self.token_header.lower())
         if token is None:
@@ -152,11 +160,7 @@ class Ec2(Cloud):
         }
 
     def answer(self, method: str, path: str, headers: dict[str, str]) -> Reply:
-        if method == "PUT":
-            return self.tokens.put(headers) if path == "/latest/api/token" else Reply(405)
-        if method != "GET":
-            return Reply(405)
-        refused = self.tokens.refuses(headers)
+        refused = self.tokens.gate(method, path, headers)
         if refused is not None:
             return refused
         if path in ("/", ""):
@@ -270,11 +274,7 @@ class Aliyun(Cloud):
                                  "X-aliyun-ecs-metadata-token", tokens_required)
 
     def answer(self, method: str, path: str, headers: dict[str, str]) -> Reply:
-        if method == "PUT":
-            return self.tokens.put(headers) if path == "/latest/api/token" else Reply(405)
-        if method != "GET":
-            return Reply(405)
-        refused = self.tokens.refuses(headers)
+        refused = self.tokens.gate(method, path, headers)
         if refused is not None:
             return refused
         version, _, rest = path.strip("/").partition("/")
