@@ -12,8 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -231,3 +232,35 @@ def test_a_matrix_run_interrupted_mid_boot_leaves_nothing_running_or_half_writte
     qemu = subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"], capture_output=True)
     assert qemu.returncode == 1, "QEMU left running"
     assert [p for p in scratch.rglob("*") if "roslab" in p.name or "qemu" in p.name] == []
+
+
+def test_ports_taken_by_other_processes_do_not_stop_a_boot(
+        make_tiny: Callable[..., Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Usual lab ports held by others, and the SSH forward's port taken between the lab's
+    probe and QEMU's bind (what another run on the host can do): QEMU refuses that port,
+    the lab starts it again on another, and the machine boots."""
+    from drivers import qemu
+
+    held = []
+    for port in (2222, 5555, 5900, 8022, 10022):
+        sock = socket.socket()
+        with contextlib.suppress(OSError):  # already taken by someone: all the better
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        held.append(sock)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    held.append(squatter)
+    taken = squatter.getsockname()[1]
+    probes = iter([taken])  # the first probe answers a port someone then took
+    real_free_port = qemu.free_port
+    monkeypatch.setattr(qemu, "free_port", lambda: next(probes, None) or real_free_port())
+    try:
+        machine = make_tiny("shell")
+        machine.boot()
+        assert machine.driver.ssh_port != taken
+        assert machine.run("echo up").output == "up"
+    finally:
+        for sock in held:
+            sock.close()
