@@ -14,9 +14,12 @@ passt, so the NIC is passed as QEMU arguments in the `qemu:commandline` namespac
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import shutil
 import socket
+import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from drivers.base import Capabilities, Driver, MachineSpec
-from drivers.qemu import free_port, make_overlay, probe_kernel, resolve_accel
+from drivers.qemu import QEMU_BINARY, free_port, make_overlay, probe_kernel, resolve_accel
 from lab import cloudconfig, gc
 from lab.errors import BootError, ConfigError
 from lab.images import DISK, ISO, KERNEL, Image
@@ -68,6 +71,65 @@ def hw_profile(name: str) -> HwProfile:
     if name not in HW_PROFILES:
         raise ConfigError(f"unknown hardware profile {name!r}: known are {', '.join(HW_PROFILES)}")
     return HW_PROFILES[name]
+
+
+# Which QEMU devices a profile needs. Checked against the emulator's `-device help` list,
+# not libvirt's domain capabilities: the NIC goes to QEMU as a raw -device argument that
+# libvirt never sees, and libvirt 9's domain capabilities list no SCSI controller models;
+# `-device help` names exactly what this binary can create, with or without libvirtd.
+# Per field: libvirt's name -> the QEMU devices behind it (a name not listed is itself one).
+_QEMU_DEVICES: tuple[tuple[str, str, dict[str, tuple[str, ...]]], ...] = (
+    ("NIC", "nic", {}),
+    ("disk controller", "scsi_model", {
+        "vmpvscsi": ("pvscsi",), "lsilogic": ("lsi53c895a",), "lsisas1068": ("mptsas1068",),
+        "lsisas1078": ("megasas",), "virtio-scsi": ("virtio-scsi-pci",)}),
+    ("disk bus", "disk_bus", {"virtio": ("virtio-blk-pci",), "scsi": ("scsi-hd",),
+                              "ide": ("ide-hd",), "sata": ("ich9-ahci", "ide-hd")}),
+    ("CD-ROM bus", "cdrom_bus", {"scsi": ("scsi-cd",), "ide": ("ide-cd",),
+                                 "sata": ("ich9-ahci", "ide-cd")}),
+    ("video", "video", {"none": (), "vga": ("VGA",), "cirrus": ("cirrus-vga",),
+                        "vmvga": ("vmware-svga",), "qxl": ("qxl-vga",),
+                        "virtio": ("virtio-vga",), "bochs": ("bochs-display",),
+                        "ramfb": ("ramfb",)}),
+)
+
+
+@functools.cache
+def qemu_device_names(binary: str) -> frozenset[str]:
+    """Every device name and alias `binary -device help` lists."""
+    try:
+        out = subprocess.run([binary, "-machine", "none", "-device", "help"], check=True,
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        raise ConfigError(f"cannot list the devices of {binary}: {err}") from err
+    return frozenset(re.findall(r'(?:name|alias) "([^"]+)"', out))
+
+
+def profile_gaps(name: str, binary: str) -> str:
+    """"" when `binary` has every device hardware profile `name` needs, else what it lacks
+    (shared by prepare() and `roslab doctor`)."""
+    hw, have = hw_profile(name), qemu_device_names(binary)
+    gaps = []
+    for role, field, qemu_names in _QEMU_DEVICES:
+        value = getattr(hw, field)
+        needed = qemu_names.get(value, (value,)) if value else ()
+        if lacking := [d for d in needed if d not in have]:
+            gaps.append(f"{role} {value!r}"
+                        + ("" if lacking == [value] else f" (QEMU device {', '.join(lacking)})"))
+    return (f"hardware profile {name!r} needs what {binary} does not have: {'; '.join(gaps)}"
+            if gaps else "")
+
+
+def emulator(conn: Any, arch: str = "x86_64", virt_type: str = "qemu") -> str:
+    """The QEMU binary libvirt runs for `arch` domains (what its domain capabilities name)."""
+    import libvirt
+
+    try:
+        caps = ET.fromstring(conn.getDomainCapabilities(None, arch, None, virt_type, 0))
+    except libvirt.libvirtError as err:
+        raise ConfigError(f"libvirt names no QEMU for {arch} ({virt_type}) domains: "
+                          f"{err.get_error_message()}") from err
+    return caps.findtext("path") or QEMU_BINARY[arch]
 
 
 def connect(uri: str) -> Any:
@@ -238,9 +300,13 @@ class LibvirtDriver(Driver):
 
     def prepare(self, spec: MachineSpec) -> None:
         opts = spec.options
-        self.hw = hw_profile(opts.get("hw") or "default")
+        hw_name = opts.get("hw") or "default"
+        self.hw = hw_profile(hw_name)
         self.uri = opts.get("libvirt_uri") or DEFAULT_URI
         self.conn = connect(self.uri)  # unreachable: a clear error before anything is made
+        binary = emulator(self.conn, spec.arch, "kvm" if spec.accel == "kvm" else "qemu")
+        if gaps := profile_gaps(hw_name, binary):
+            raise ConfigError(gaps)  # before any file is copied or domain defined
         self.spec = spec
         spec.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(spec.workdir, 0o711)  # QEMU runs as libvirt-qemu: it must reach its files
