@@ -146,6 +146,48 @@ def connect(uri: str) -> Any:
                           f"(is libvirtd running? see README, libvirt)") from err
 
 
+START_DAEMON = ("systemctl start libvirtd (without systemd, as root: virtlogd -d && "
+                "libvirtd -d)")
+
+
+def doctor_checks(uri: str) -> list[tuple[bool, str, str]]:
+    """`roslab doctor`'s libvirt lines: (ok, what, how to fix) for libvirt-python, the URI,
+    and each hardware profile against the QEMU libvirt runs (else the one on PATH)."""
+    binary = shutil.which(QEMU_BINARY["x86_64"]) or QEMU_BINARY["x86_64"]
+    try:
+        import libvirt  # noqa: F401 -- importable is the check
+    except ImportError as err:
+        checks = [(False, f"libvirt-python: {err}",
+                   "apt-get install gcc pkg-config libvirt-dev python3-dev, then "
+                   ".venv/bin/pip install libvirt-python (./setup does both)")]
+        conn = None
+    else:
+        checks = [(True, "libvirt-python importable", "")]
+        try:
+            conn = connect(uri)
+        except ConfigError as err:
+            checks.append((False, str(err), START_DAEMON))
+            conn = None
+    if conn is not None:
+        try:
+            binary = emulator(conn)
+            major, minor = divmod(conn.getLibVersion() // 1000, 1000)
+            checks.append((True, f"libvirt {major}.{minor} at {uri} (runs {binary})", ""))
+        except ConfigError as err:
+            checks.append((False, str(err), "apt-get install libvirt-daemon-driver-qemu"))
+        finally:
+            conn.close()
+    for name in HW_PROFILES:
+        try:
+            gaps = profile_gaps(name, binary)
+        except ConfigError as err:
+            gaps = str(err)
+        checks.append((not gaps, gaps or f"hardware profile {name}: {binary} has its devices",
+                       "use another --hw, or a QEMU that has them (apt-get install "
+                       "qemu-system-x86)"))
+    return checks
+
+
 def domain_xml(name: str, spec: MachineSpec, hw: HwProfile, media: dict[str, Any],
                ssh_port: int, serial_log: str, marks: dict[str, str]) -> str:
     """The transient domain for `spec` on `hw`. media: kernel/initrd/cmdline/disk/cdrom/drives."""
