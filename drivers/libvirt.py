@@ -14,9 +14,12 @@ passt, so the NIC is passed as QEMU arguments in the `qemu:commandline` namespac
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import re
 import shutil
 import socket
+import subprocess
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -25,7 +28,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from drivers.base import Capabilities, Driver, MachineSpec
-from drivers.qemu import free_port, make_overlay, probe_kernel, resolve_accel
+from drivers.qemu import QEMU_BINARY, free_port, make_overlay, probe_kernel, resolve_accel
 from lab import cloudconfig, gc
 from lab.errors import BootError, ConfigError
 from lab.images import DISK, ISO, KERNEL, Image
@@ -70,6 +73,65 @@ def hw_profile(name: str) -> HwProfile:
     return HW_PROFILES[name]
 
 
+# Which QEMU devices a profile needs. Checked against the emulator's `-device help` list,
+# not libvirt's domain capabilities: the NIC goes to QEMU as a raw -device argument that
+# libvirt never sees, and libvirt 9's domain capabilities list no SCSI controller models;
+# `-device help` names exactly what this binary can create, with or without libvirtd.
+# Per field: libvirt's name -> the QEMU devices behind it (a name not listed is itself one).
+_QEMU_DEVICES: tuple[tuple[str, str, dict[str, tuple[str, ...]]], ...] = (
+    ("NIC", "nic", {}),
+    ("disk controller", "scsi_model", {
+        "vmpvscsi": ("pvscsi",), "lsilogic": ("lsi53c895a",), "lsisas1068": ("mptsas1068",),
+        "lsisas1078": ("megasas",), "virtio-scsi": ("virtio-scsi-pci",)}),
+    ("disk bus", "disk_bus", {"virtio": ("virtio-blk-pci",), "scsi": ("scsi-hd",),
+                              "ide": ("ide-hd",), "sata": ("ich9-ahci", "ide-hd")}),
+    ("CD-ROM bus", "cdrom_bus", {"scsi": ("scsi-cd",), "ide": ("ide-cd",),
+                                 "sata": ("ich9-ahci", "ide-cd")}),
+    ("video", "video", {"none": (), "vga": ("VGA",), "cirrus": ("cirrus-vga",),
+                        "vmvga": ("vmware-svga",), "qxl": ("qxl-vga",),
+                        "virtio": ("virtio-vga",), "bochs": ("bochs-display",),
+                        "ramfb": ("ramfb",)}),
+)
+
+
+@functools.cache
+def qemu_device_names(binary: str) -> frozenset[str]:
+    """Every device name and alias `binary -device help` lists."""
+    try:
+        out = subprocess.run([binary, "-machine", "none", "-device", "help"], check=True,
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as err:
+        raise ConfigError(f"cannot list the devices of {binary}: {err}") from err
+    return frozenset(re.findall(r'(?:name|alias) "([^"]+)"', out))
+
+
+def profile_gaps(name: str, binary: str) -> str:
+    """"" when `binary` has every device hardware profile `name` needs, else what it lacks
+    (shared by prepare() and `roslab doctor`)."""
+    hw, have = hw_profile(name), qemu_device_names(binary)
+    gaps = []
+    for role, field, qemu_names in _QEMU_DEVICES:
+        value = getattr(hw, field)
+        needed = qemu_names.get(value, (value,)) if value else ()
+        if lacking := [d for d in needed if d not in have]:
+            gaps.append(f"{role} {value!r}"
+                        + ("" if lacking == [value] else f" (QEMU device {', '.join(lacking)})"))
+    return (f"hardware profile {name!r} needs what {binary} does not have: {'; '.join(gaps)}"
+            if gaps else "")
+
+
+def emulator(conn: Any, arch: str = "x86_64", virt_type: str = "qemu") -> str:
+    """The QEMU binary libvirt runs for `arch` domains (what its domain capabilities name)."""
+    import libvirt
+
+    try:
+        caps = ET.fromstring(conn.getDomainCapabilities(None, arch, None, virt_type, 0))
+    except libvirt.libvirtError as err:
+        raise ConfigError(f"libvirt names no QEMU for {arch} ({virt_type}) domains: "
+                          f"{err.get_error_message()}") from err
+    return caps.findtext("path") or QEMU_BINARY[arch]
+
+
 def connect(uri: str) -> Any:
     """An open libvirt connection, or a ConfigError naming the URI and libvirt's reason."""
     try:
@@ -82,6 +144,48 @@ def connect(uri: str) -> Any:
     except libvirt.libvirtError as err:
         raise ConfigError(f"cannot reach libvirt at {uri}: {err.get_error_message()} "
                           f"(is libvirtd running? see README, libvirt)") from err
+
+
+START_DAEMON = ("systemctl start libvirtd (without systemd, as root: virtlogd -d && "
+                "libvirtd -d)")
+
+
+def doctor_checks(uri: str) -> list[tuple[bool, str, str]]:
+    """`roslab doctor`'s libvirt lines: (ok, what, how to fix) for libvirt-python, the URI,
+    and each hardware profile against the QEMU libvirt runs (else the one on PATH)."""
+    binary = shutil.which(QEMU_BINARY["x86_64"]) or QEMU_BINARY["x86_64"]
+    try:
+        import libvirt  # noqa: F401 -- importable is the check
+    except ImportError as err:
+        checks = [(False, f"libvirt-python: {err}",
+                   "apt-get install gcc pkg-config libvirt-dev python3-dev, then "
+                   ".venv/bin/pip install libvirt-python (./setup does both)")]
+        conn = None
+    else:
+        checks = [(True, "libvirt-python importable", "")]
+        try:
+            conn = connect(uri)
+        except ConfigError as err:
+            checks.append((False, str(err), START_DAEMON))
+            conn = None
+    if conn is not None:
+        try:
+            binary = emulator(conn)
+            major, minor = divmod(conn.getLibVersion() // 1000, 1000)
+            checks.append((True, f"libvirt {major}.{minor} at {uri} (runs {binary})", ""))
+        except ConfigError as err:
+            checks.append((False, str(err), "apt-get install libvirt-daemon-driver-qemu"))
+        finally:
+            conn.close()
+    for name in HW_PROFILES:
+        try:
+            gaps = profile_gaps(name, binary)
+        except ConfigError as err:
+            gaps = str(err)
+        checks.append((not gaps, gaps or f"hardware profile {name}: {binary} has its devices",
+                       "use another --hw, or a QEMU that has them (apt-get install "
+                       "qemu-system-x86)"))
+    return checks
 
 
 def domain_xml(name: str, spec: MachineSpec, hw: HwProfile, media: dict[str, Any],
@@ -238,9 +342,13 @@ class LibvirtDriver(Driver):
 
     def prepare(self, spec: MachineSpec) -> None:
         opts = spec.options
-        self.hw = hw_profile(opts.get("hw") or "default")
+        hw_name = opts.get("hw") or "default"
+        self.hw = hw_profile(hw_name)
         self.uri = opts.get("libvirt_uri") or DEFAULT_URI
         self.conn = connect(self.uri)  # unreachable: a clear error before anything is made
+        binary = emulator(self.conn, spec.arch, "kvm" if spec.accel == "kvm" else "qemu")
+        if gaps := profile_gaps(hw_name, binary):
+            raise ConfigError(gaps)  # before any file is copied or domain defined
         self.spec = spec
         spec.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(spec.workdir, 0o711)  # QEMU runs as libvirt-qemu: it must reach its files

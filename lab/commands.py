@@ -38,8 +38,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     boot.set_defaults(func=cmd_boot)
     boot.add_argument("--hw", default=None, help="libvirt hardware profile (default, vmware)")
     boot.add_argument("--libvirt-uri", default=None, help="libvirt connection (qemu:///system)")
-    doctor = sub.add_parser("doctor", help="check QEMU, KVM and disk space; say what to install")
+    doctor = sub.add_parser("doctor", help="check QEMU, KVM, disk space and libvirt; "
+                                           "say what to install")
     doctor.add_argument("--arch", default="x86_64", choices=ARCHES)
+    doctor.add_argument("--platform", default="qemu", choices=("qemu", "libvirt"),
+                        help="libvirt: a libvirt problem counts as one (else it is info)")
+    doctor.add_argument("--libvirt-uri", default=None, help="libvirt connection (qemu:///system)")
     doctor.set_defaults(func=cmd_doctor)
 
 
@@ -91,10 +95,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     problems = 0
 
-    def line(ok: bool, what: str, fix: str = "") -> None:
+    def line(ok: bool, what: str, fix: str = "", required: bool = True) -> None:
         nonlocal problems
-        problems += not ok
-        print(f"[{'ok' if ok else '!!'}] {what}" + (f"\n     -> {fix}" if fix and not ok else ""))
+        problems += not ok and required
+        mark = "ok" if ok else "!!" if required else "--"
+        print(f"[{mark}] {what}" + (f"\n     -> {fix}" if fix and not ok else ""))
 
     for arch, name in QEMU_BINARY.items():
         package = "qemu-system-x86" if arch == "x86_64" else "qemu-system-arm"
@@ -128,5 +133,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     tmp_free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
     line(tmp_free > 1, f"free disk in {tempfile.gettempdir()}: {tmp_free:.1f} GiB",
          "free at least 1 GiB")
+    from drivers.libvirt import DEFAULT_URI, doctor_checks
+
+    if args.platform != "libvirt":
+        print("libvirt (info: only --platform libvirt needs it; `roslab doctor --platform "
+              "libvirt` counts it):")
+    for ok, what, fix in doctor_checks(args.libvirt_uri or DEFAULT_URI):
+        line(ok, what, fix, required=args.platform == "libvirt")
     print("ready" if not problems else f"{problems} problem(s)")
     return 1 if problems else 0

@@ -6,6 +6,7 @@ TCG) on one libvirtd per module.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ import pytest
 from libvirtd import Libvirtd
 
 from drivers.base import MachineSpec
-from drivers.libvirt import HW_PROFILES, LibvirtDriver, domain_xml, hw_profile
+from drivers.libvirt import HW_PROFILES, LibvirtDriver, domain_xml, hw_profile, profile_gaps
 from lab.errors import ConfigError
 from lab.machine import make_machine
 
@@ -82,6 +83,39 @@ def test_unreachable_uri_fails_before_anything_is_made(tiny_guests: dict[str, Pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_profile_gaps_name_each_device_qemu_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(HW_PROFILES, "odd", dataclasses.replace(
+        HW_PROFILES["vmware"], scsi_model="lsisas9999", video="matrox"))
+    qemu = shutil.which("qemu-system-x86_64") or "qemu-system-x86_64"
+    assert profile_gaps("odd", qemu) == (f"hardware profile 'odd' needs what {qemu} does not "
+                                         "have: disk controller 'lsisas9999'; video 'matrox'")
+    assert profile_gaps("vmware", qemu) == ""
+
+
+def _doctor(*args: str, cache: Path) -> tuple[list[str], int]:
+    """`roslab doctor` output lines and its problem count. An empty cache: no reference
+    image, so doctor probes KVM without booting anything."""
+    out = subprocess.run([sys.executable, "-m", "lab.cli", "doctor", *args], cwd=ROOT,
+                         capture_output=True, text=True, env={**os.environ,
+                                                              "ROSLAB_CACHE": str(cache)})
+    lines = out.stdout.splitlines()
+    problems = 0 if lines[-1] == "ready" else int(lines[-1].split()[0])
+    assert out.returncode == (1 if problems else 0), out.stderr
+    return lines, problems
+
+
+def test_doctor_unreachable_libvirt_is_info_unless_it_is_the_platform(tmp_path: Path) -> None:
+    uri = f"qemu:///system?socket={tmp_path}/no-libvirtd.sock"
+    info, info_problems = _doctor("--libvirt-uri", uri, cache=tmp_path)
+    need, need_problems = _doctor("--platform", "libvirt", "--libvirt-uri", uri, cache=tmp_path)
+    said = f"cannot reach libvirt at {uri}: Failed to connect socket"
+    assert any(line.startswith(f"[--] {said}") for line in info), info
+    assert any(line.startswith(f"[!!] {said}") for line in need), need
+    assert need_problems == info_problems + 1
+    fix = need[next(i for i, line in enumerate(need) if said in line) + 1]
+    assert fix.strip().startswith("-> systemctl start libvirtd")
+
+
 # -- with a real libvirtd ------------------------------------------------------------------
 
 
@@ -109,6 +143,32 @@ def _domains(uri: str) -> list[str]:
         return [d.name() for d in conn.listAllDomains()]
     finally:
         conn.close()
+
+
+def test_doctor_lists_the_real_profiles_as_runnable(libvirt_uri: str, tmp_path: Path) -> None:
+    lines, _ = _doctor("--platform", "libvirt", "--libvirt-uri", libvirt_uri, cache=tmp_path)
+    assert "[ok] libvirt-python importable" in lines
+    assert any(line.startswith("[ok] libvirt ") and f"at {libvirt_uri} (runs /" in line
+               for line in lines), lines
+    for name in ("default", "vmware", "legacy-esxi"):
+        assert any(line.startswith(f"[ok] hardware profile {name}: ") for line in lines), lines
+
+
+def test_profile_device_qemu_lacks_is_refused_before_anything_is_defined(
+        libvirt_uri: str, tiny_guests: dict[str, Path], work: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(HW_PROFILES, "vmware-next", dataclasses.replace(
+        HW_PROFILES["vmware"], nic="vmxnet9"))
+    before = _domains(libvirt_uri)
+    machine = make_machine("libvirt", tiny_guests["shell"], "x86_64", None, "none", work,
+                           "tcg", cpus=1, memory_mb=512,
+                           platform_options={"hw": "vmware-next", "libvirt_uri": libvirt_uri})
+    with pytest.raises(ConfigError, match=r"hardware profile 'vmware-next' needs what "
+                                          r"\S*qemu-system-x86_64 does not have: NIC 'vmxnet9'$"), \
+            machine:
+        machine.boot()
+    assert _domains(libvirt_uri) == before
+    assert list(work.iterdir()) == []
 
 
 def test_console_stream_and_cleanup(libvirt_uri: str, tiny_guests: dict[str, Path],
