@@ -26,6 +26,19 @@ exec libvirtd -f "$LVDIR/libvirtd.conf" -p "$LVDIR/libvirtd.pid"
 """
 
 
+def _destroy_domains(uri: str) -> None:
+    """Destroy every domain of this test daemon: they are all the tests' own."""
+    import libvirt
+
+    conn = libvirt.open(uri)
+    try:
+        for dom in conn.listAllDomains():
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+    finally:
+        conn.close()
+
+
 class Libvirtd:
     def __init__(self, logdir: Path) -> None:
         self.dir = logdir
@@ -49,7 +62,7 @@ class Libvirtd:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                libvirt.open(uri).close()
+                _destroy_domains(uri)  # a crashed run's domains are re-attached at start
                 return uri
             except libvirt.libvirtError as err:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -60,6 +73,9 @@ class Libvirtd:
     def stop(self) -> None:
         if self.proc is None:
             return
+        # transient domains outlive libvirtd (their QEMU is not its child): end them first
+        with contextlib.suppress(Exception):
+            _destroy_domains("qemu:///system")
         # libvirtd is the exec'd shell; virtlogd its child in the same session
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:

@@ -7,6 +7,7 @@ TCG) on one libvirtd per module.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import shutil
 import signal
@@ -121,9 +122,16 @@ def test_doctor_unreachable_libvirt_is_info_unless_it_is_the_platform(tmp_path: 
 
 @pytest.fixture(scope="module")
 def libvirt_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    daemon = Libvirtd(tmp_path_factory.mktemp("libvirtd"))
-    yield daemon.start()
-    daemon.stop()
+    """A libvirtd of the tests' own. There is one system socket, so under `-n 2` a worker
+    holds the daemon for its share of this module while the other waits its turn (xdist's
+    loadgroup does not keep a module on one worker with pytest 9)."""
+    with open(Path(tempfile.gettempdir()) / "roslab-test-libvirtd.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        daemon = Libvirtd(tmp_path_factory.mktemp("libvirtd"))
+        try:
+            yield daemon.start()
+        finally:
+            daemon.stop()
 
 
 @pytest.fixture
