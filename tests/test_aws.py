@@ -12,6 +12,7 @@ answers: SSH waits are exercised without contacting anything outside this host.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -38,9 +39,10 @@ from lab.ssh import KeyPair  # noqa: E402
 
 REGION = "eu-west-1"
 # fake credentials, distinctive enough to grep for in everything a run writes
-KEY_ID = "AKIAROSLABLEAKCHECK7"
-SECRET = "roslab-secret-that-must-never-be-written-0123456789"
-TOKEN = "roslab-session-token-that-must-never-be-written"
+# made per run: never a literal that looks like a real credential
+KEY_ID = "AKIA" + secrets.token_hex(8).upper()
+SECRET = f"roslab-secret-{secrets.token_hex(20)}"
+TOKEN = f"roslab-session-token-{secrets.token_hex(16)}"
 CLOUD_CONFIG = "#cloud-config\nhostname: roslab-aws\n"
 ROOT = Path(__file__).resolve().parents[1]
 

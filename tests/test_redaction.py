@@ -8,6 +8,7 @@ the console; the tiny guest prints it again from /proc/cmdline in a failing comm
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -120,9 +121,9 @@ def _cloud_secrets(platform: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     from drivers import driver_class
 
     if platform == "aws":
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAROSLABTEST")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-from-the-environment-123")
-        monkeypatch.setenv("AWS_SESSION_TOKEN", "aws-session-token-from-the-environment")
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA" + secrets.token_hex(8).upper())
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", f"aws-secret-{secrets.token_hex(16)}")
+        monkeypatch.setenv("AWS_SESSION_TOKEN", f"aws-token-{secrets.token_hex(16)}")
         from drivers.aws import make_session
         make_session("us-east-1")
         return [os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["AWS_SESSION_TOKEN"]]
