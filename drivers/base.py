@@ -114,6 +114,12 @@ class Driver(ABC):
         """What the machine made for `image` can do (a platform may pick a board by image)."""
         return cls.capabilities
 
+    @classmethod
+    def reference_artifact(cls, options: dict[str, Any]) -> str | None:
+        """The file of the reference release these options boot when no --image is given
+        (None: the release folder, kernel and initrd), as a user of that hardware would."""
+        return None
+
     def resolve_accel(self, requested: str, image: Image, scratch: Path) -> tuple[str, str]:
         """(accelerator to use, why): platforms without a choice keep what they have."""
         return "native", "the platform decides"

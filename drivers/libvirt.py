@@ -50,6 +50,7 @@ class HwProfile:
     smbios_vendor: str = ""  # SMBIOS system manufacturer ("" = QEMU's own)
     smbios_product: str = ""
     why_not: tuple[tuple[str, str], ...] = ()  # capability -> why it is missing
+    release_file: str = ""  # what that hypervisor's users boot from a release ("": the folder)
 
 
 HW_PROFILES: dict[str, HwProfile] = {
@@ -59,11 +60,13 @@ HW_PROFILES: dict[str, HwProfile] = {
         nic="vmxnet3", disk_bus="scsi", scsi_model="vmpvscsi", cdrom_bus="ide", video="vmvga",
         smbios_vendor="VMware, Inc.", smbios_product="VMware Virtual Platform",
         why_not=(("guestinfo", "QEMU does not emulate VMware's backdoor port, so "
-                               "guestinfo cloud-config cannot be delivered"),)),
+                               "guestinfo cloud-config cannot be delivered"),),
+        release_file="rancheros-vmware.iso"),
     # ESXi's older defaults; QEMU has no LSI53C1030 (mptspi): 53C895A is its LSI model
     "legacy-esxi": HwProfile(nic="e1000", disk_bus="scsi", scsi_model="lsilogic",
                              cdrom_bus="ide", video="vmvga", smbios_vendor="VMware, Inc.",
-                             smbios_product="VMware Virtual Platform"),
+                             smbios_product="VMware Virtual Platform",
+                             release_file="rancheros-vmware.iso"),
 }
 
 
@@ -220,13 +223,13 @@ def domain_xml(name: str, spec: MachineSpec, hw: HwProfile, media: dict[str, Any
     dev = ET.SubElement(dom, "devices")
     if hw.scsi_model:
         ET.SubElement(dev, "controller", type="scsi", index="0", model=hw.scsi_model)
-    letters = iter("abcdefgh")
+    slots: dict[str, int] = {}  # per bus: the next letter (and SCSI target)
     if media.get("disk"):
-        _disk(dev, "disk", media["disk"], "qcow2", hw.disk_bus, next(letters), readonly=False)
+        _disk(dev, "disk", media["disk"], "qcow2", hw.disk_bus, slots, readonly=False)
     if media.get("cdrom"):
-        _disk(dev, "cdrom", media["cdrom"], "raw", hw.cdrom_bus, next(letters), readonly=True)
+        _disk(dev, "cdrom", media["cdrom"], "raw", hw.cdrom_bus, slots, readonly=True)
     for drive in media.get("drives", []):  # config drives ride on the profile's disk bus
-        _disk(dev, "disk", drive, "raw", hw.disk_bus, next(letters), readonly=True)
+        _disk(dev, "disk", drive, "raw", hw.disk_bus, slots, readonly=True)
     serial = ET.SubElement(dev, "serial", type="pty")
     ET.SubElement(serial, "log", file=serial_log, append="on")
     ET.SubElement(serial, "target", port="0")
@@ -250,13 +253,18 @@ def _backend() -> ET.Element:
     return el
 
 
-def _disk(dev: ET.Element, device: str, path: str, fmt: str, bus: str, letter: str,
+def _disk(dev: ET.Element, device: str, path: str, fmt: str, bus: str, slots: dict[str, int],
           readonly: bool) -> None:
     prefix = {"virtio": "vd", "ide": "hd"}.get(bus, "sd")
+    index = slots[prefix] = slots.get(prefix, -1) + 1
     disk = ET.SubElement(dev, "disk", type="file", device=device)
     ET.SubElement(disk, "driver", name="qemu", type=fmt)
     ET.SubElement(disk, "source", file=path)
-    ET.SubElement(disk, "target", dev=f"{prefix}{letter}", bus=bus)
+    ET.SubElement(disk, "target", dev=f"{prefix}{'abcdefgh'[index]}", bus=bus)
+    if bus == "scsi":  # one target per disk, LUN 0: libvirt's default puts sdb at LUN 1,
+        # which pvscsi refuses ("bad scsi device lun")
+        ET.SubElement(disk, "address", type="drive", controller="0", bus="0",
+                      target=str(index), unit="0")
     if readonly:
         ET.SubElement(disk, "readonly")
 
@@ -335,6 +343,10 @@ class LibvirtDriver(Driver):
         self._media: dict[str, Any] = {}
         self._bridge: _ConsoleBridge | None = None
         self._last_state = ""
+
+    @classmethod
+    def reference_artifact(cls, options: dict[str, Any]) -> str | None:
+        return hw_profile(options.get("hw") or "default").release_file or None
 
     def resolve_accel(self, requested: str, image: Image, scratch: Path) -> tuple[str, str]:
         with probe_kernel(image, scratch) as kernel:
@@ -462,7 +474,9 @@ class LibvirtDriver(Driver):
             self.conn = None
 
     def info(self) -> dict[str, Any]:
-        return {"uri": self.uri, "hw": next(k for k, v in HW_PROFILES.items() if v is self.hw),
+        hw = next(k for k, v in HW_PROFILES.items() if v is self.hw)
+        # the board is the hardware the guest sees: history and reports group by it
+        return {"uri": self.uri, "hw": hw, "board": "pc" if hw == "default" else hw,
                 "ssh_port": self.ssh_port, "accel": self.spec.accel if self.spec else None}
 
     def attach_hint(self) -> str:

@@ -373,15 +373,21 @@ def _rfc3339(text: str) -> float | None:
 
 
 def resolve_image(image: Path | str | None, arch: str,
-                  progress: Callable[[str], None] | None = None) -> Image:
-    """The user's image, or the reference image (built on first use)."""
+                  progress: Callable[[str], None] | None = None,
+                  platform: str = "qemu", options: dict[str, Any] | None = None) -> Image:
+    """The user's image, or the reference image (built on first use): its folder, or the
+    release file the platform's options boot (libvirt's vmware hardware: the VMware ISO)."""
     if image is None:
         try:
             from lab.refimage.build import ensure_image
         except ImportError as exc:
             raise ImageError(f"no --image given and the reference image builder is "
                              f"unavailable ({exc})") from exc
-        image = ensure_image(arch, progress=progress)
+        folder = ensure_image(arch, progress=progress)
+        member = driver_class(platform).reference_artifact(options or {})
+        image = folder / member if member else folder
+        if not image.exists():
+            raise ImageError(f"the {arch} reference image has no {member} (in {folder})")
     return Image.open(image)
 
 
@@ -400,7 +406,8 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
     if arch not in cls.capabilities.arches:
         raise ConfigError(f"platform {platform} boots {', '.join(cls.capabilities.arches)}, "
                           f"not {arch!r}")
-    img = image if isinstance(image, Image) else resolve_image(image, arch, opts.get("progress"))
+    img = image if isinstance(image, Image) else resolve_image(
+        image, arch, opts.get("progress"), platform, opts.get("platform_options"))
     img.check_arch(arch)
     caps = cls.capabilities_for(img, arch)
     where = f"platform {platform}" + (f" (board {caps.board})" if caps.board else "")

@@ -15,7 +15,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ class BenchOptions:
     history: Path
     timeout: float
     workdir: Path | None = None
+    platform_options: dict[str, str] = field(default_factory=dict)  # --hw, --libvirt-uri...
     # soak runs: checks made on each booted machine (raise to fail that boot); the
     # record says whose failure it was (LabError.blame)
     check: Callable[[Any], None] | None = None
@@ -133,12 +134,12 @@ def resolve_image(opts: BenchOptions, console: Console) -> Path:
     """The image to boot: --image, or the reference image built/cached for the arch."""
     if opts.image is not None:
         return opts.image
-    from lab.refimage.build import ensure_image  # the lead's module; lazy: heavy, optional
+    from lab.machine import resolve_image as reference  # lazy: the builder is heavy
 
     def progress(message: object, *args: object, **kwargs: object) -> None:
         console.print(f"[dim]reference image:[/] {message}")
 
-    return Path(ensure_image(opts.arch, progress=progress))
+    return reference(None, opts.arch, progress, opts.platform, opts.platform_options).path
 
 
 def _boot_once(
@@ -163,6 +164,7 @@ def _boot_once(
             datasource="default",
             workdir=evidence.parent,
             accel=opts.accel,
+            platform_options=opts.platform_options,
         )
         ticker.machine = machine
         with machine:

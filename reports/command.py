@@ -112,6 +112,8 @@ def _run_options(parser: argparse.ArgumentParser, runs: int) -> None:
     parser.add_argument(
         "--workdir", type=Path, help="where boots keep console logs (default: beside the history)"
     )
+    parser.add_argument("--hw", help="libvirt hardware profile: default, vmware, legacy-esxi")
+    parser.add_argument("--libvirt-uri", help="libvirt connection (default: qemu:///system)")
 
 
 def _bench_options(args: argparse.Namespace) -> BenchOptions:
@@ -124,6 +126,8 @@ def _bench_options(args: argparse.Namespace) -> BenchOptions:
         history=args.history,
         timeout=args.timeout,
         workdir=args.workdir,
+        platform_options={k: v for k in ("hw", "libvirt_uri")
+                          if (v := getattr(args, k, None)) is not None},
     )
 
 

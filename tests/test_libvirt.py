@@ -48,6 +48,11 @@ def test_vmware_profile_shows_vmware_hardware(tmp_path: Path) -> None:
     assert root.find("devices/controller[@type='scsi']").get("model") == "vmpvscsi"
     buses = {(d.get("device"), d.find("target").get("bus")) for d in root.iter("disk")}
     assert buses == {("disk", "scsi"), ("cdrom", "ide")}
+    # each SCSI disk its own target at LUN 0 (pvscsi refuses LUN 1)
+    scsi = [(d.find("target").get("dev"), d.find("address").get("target"),
+             d.find("address").get("unit")) for d in root.iter("disk")
+            if d.find("target").get("bus") == "scsi"]
+    assert scsi == [("sda", "0", "0"), ("sdb", "1", "0")]
     assert root.find("devices/video/model").get("type") == "vmvga"
     assert root.find("sysinfo/system/entry[@name='manufacturer']").text == "VMware, Inc."
     assert root.find("features/acpi") is not None and root.get("type") == "qemu"

@@ -35,7 +35,8 @@ BUILDER_SOURCES = [
 ]
 # A release's files per arch (RancherOS publishes arm64 as a rootfs tarball and a Pi zip).
 ARTIFACTS = {
-    "x86_64": ["vmlinuz", "initrd", "rancheros.iso", "iso-checksums.txt", "manifest.json"],
+    "x86_64": ["vmlinuz", "initrd", "rancheros.iso", iso.VMWARE_ISO, "iso-checksums.txt",
+               "manifest.json"],
     "aarch64": ["vmlinuz", "initrd", pi.ROOTFS_TAR, pi.PI_ZIP, "iso-checksums.txt",
                 "manifest.json"],
 }
@@ -206,7 +207,18 @@ def _build(
                 ldlinux=boot / "usr/lib/syslinux/modules/bios/ldlinux.c32",
                 cfg=iso.isolinux_cfg(OS_NAME, OS_VERSION, default_cmdline(arch)),
             )
-            iso.write_checksums(tmp_out, ["rancheros.iso"], tmp_out / "iso-checksums.txt")
+            say(f"writing {iso.VMWARE_ISO}")
+            variants = {iso.VMWARE_ISO: iso.vmware_variant(root / "usr/lib/modules" / release)}
+            iso.write_iso(
+                tmp_out / iso.VMWARE_ISO,
+                vmlinuz=tmp_out / "vmlinuz",
+                initrd=tmp_out / "initrd",
+                isolinux_bin=boot / "usr/lib/ISOLINUX/isolinux.bin",
+                ldlinux=boot / "usr/lib/syslinux/modules/bios/ldlinux.c32",
+                cfg=iso.isolinux_cfg(f"{OS_NAME} (VMware)", OS_VERSION, default_cmdline(arch)),
+            )
+            iso.write_checksums(tmp_out, ["rancheros.iso", iso.VMWARE_ISO],
+                                tmp_out / "iso-checksums.txt")
         else:
             say(f"writing {pi.ROOTFS_TAR}")
             pi.write_rootfs_tar(root, tmp_out / pi.ROOTFS_TAR)
@@ -230,6 +242,7 @@ def _build(
             "arch": arch,
             "kernel_release": release,
             "kernel_cmdline": default_cmdline(arch),
+            "variants": variants if arch == "x86_64" else {},
             "inputs_hash": digest,
             "packages": {p.name: p.version for p in sorted(packages, key=lambda p: p.name)},
             "versions": {
@@ -242,7 +255,8 @@ def _build(
             },
             "sizes": {
                 n: (tmp_out / n).stat().st_size
-                for n in ("vmlinuz", "initrd", "rancheros.iso", pi.ROOTFS_TAR, pi.PI_ZIP)
+                for n in ("vmlinuz", "initrd", "rancheros.iso", iso.VMWARE_ISO, pi.ROOTFS_TAR,
+                          pi.PI_ZIP)
                 if (tmp_out / n).exists()
             },
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -8,6 +8,19 @@ from pathlib import Path
 
 import pycdlib
 
+from lab.errors import BuildError
+
+# RancherOS's ISO for VMware. Here the same kernel and initrd as rancheros.iso: the one
+# initrd carries the drivers of the hardware VMware shows a guest, checked at build time.
+VMWARE_ISO = "rancheros-vmware.iso"
+VMWARE_DRIVERS = {  # module -> the device it drives (libvirt's `vmware` hardware profile)
+    "vmxnet3": "VMXNET3 NIC",
+    "vmw_pvscsi": "PVSCSI disk controller",
+    "ata_piix": "IDE CD-ROM (PIIX)",
+    "sr_mod": "SCSI/ATAPI CD-ROM",
+    "sd_mod": "SCSI disks",
+}
+
 
 def isolinux_cfg(os_name: str, version: str, cmdline: str) -> str:
     # TIMEOUT is in tenths of a second: boot at once, as an unattended lab wants.
@@ -66,3 +79,17 @@ def write_checksums(folder: Path, names: list[str], out: Path) -> None:
                     h.update(chunk)
             lines.append(f"{algo}: {h.hexdigest()}  {name}")
     out.write_text("\n".join(lines) + "\n")
+
+
+def vmware_variant(modules: Path) -> dict:
+    """The manifest entry of the VMware ISO: its drivers, each found in the module tree
+    (a missing one fails the build rather than shipping an ISO that cannot see its NIC)."""
+    found = {m.name.split(".ko")[0]: m.relative_to(modules).as_posix()
+             for m in modules.rglob("*.ko*")}
+    missing = [name for name in VMWARE_DRIVERS if name not in found]
+    if missing:
+        raise BuildError(f"{VMWARE_ISO}: the kernel modules {', '.join(missing)} are not in "
+                         f"the image (see MODULE_DIRS in lab/refimage/rootfs.py)")
+    return {"hardware": "vmware", "same_initrd_as": "rancheros.iso",
+            "drivers": {name: {"for": what, "module": found[name]}
+                        for name, what in VMWARE_DRIVERS.items()}}
