@@ -41,6 +41,11 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 _Dumper.add_representer(str, _str)
 
 
+# libvirt cells need the daemons (the lab starts none on a user's host): systemd where
+# the runner has it, else by hand, as in a GitLab job's container
+START_LIBVIRTD = "systemctl start virtlogd libvirtd || { virtlogd -d && libvirtd -d; }"
+
+
 def _dump(system: str, data: dict[str, Any], note: str = "") -> str:
     body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=120, default_flow_style=False)
     return HEADER.format(system=system) + note + body
@@ -66,6 +71,8 @@ def github(matrix: Matrix) -> str:
         "steps": [
             {"uses": "actions/checkout@v4"},
             {"name": "Install roslab", "run": "./setup"},
+            {"name": "Start libvirtd", "if": "${{ matrix.platform == 'libvirt' }}",
+             "run": f"sudo {START_LIBVIRTD}"},
             {"name": "Run the cell",
              "run": f"{ROSLAB} matrix run --cell ${{{{ matrix.cell }}}} --results {RESULTS}"},
             {"name": "Upload the cell's results", "if": "${{ always() }}",
@@ -127,7 +134,8 @@ def gitlab(matrix: Matrix) -> str:
                                      "CLOUD": "yes" if c.cloud else "no",
                                      "SECRETS": " ".join(c.secrets)} for c in cells]},
             "variables": {"ROSLAB_RUN_ID": "gl-$CI_PIPELINE_ID-$CELL"},
-            "script": [f"{ROSLAB} matrix run --cell $CELL --results {RESULTS}"],
+            "script": [f'if [ "$PLATFORM" = libvirt ]; then {START_LIBVIRTD}; fi',
+                       f"{ROSLAB} matrix run --cell $CELL --results {RESULTS}"],
             # after_script runs when the script failed too: the cloud cells' garbage
             "after_script": [f'if [ "$CLOUD" = yes ]; then {ROSLAB} gc --platform $PLATFORM; fi'],
             "artifacts": {"when": "always", "name": "results-$CELL", "paths": [f"{RESULTS}/"],

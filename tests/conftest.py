@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from guests import build_guests  # tests/ is on sys.path (rootdir conftest mode)
+from libvirtd import held_daemon
 
 from lab.machine import Machine, make_machine
 
@@ -37,3 +38,11 @@ def make_tiny(tiny_guests: dict[str, Path], tmp_path: Path) -> Iterator[Callable
     yield make
     for machine in made:
         machine.stop()
+
+
+@pytest.fixture(scope="module")
+def libvirt_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A libvirtd of the tests' own (tests/libvirtd.py), one at a time across workers
+    (xdist's loadgroup does not keep a module on one worker with pytest 9)."""
+    with held_daemon(tmp_path_factory.mktemp("libvirtd")) as uri:
+        yield uri

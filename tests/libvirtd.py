@@ -9,10 +9,13 @@ given directory; `stop()` kills exactly the daemons it started.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 SCRIPT = r"""
@@ -90,13 +93,26 @@ class Libvirtd:
         self.proc = None
 
 
+LOCK = Path(tempfile.gettempdir()) / "roslab-test-libvirtd.lock"
+
+
+@contextlib.contextmanager
+def held_daemon(logdir: Path) -> Iterator[str]:
+    """A test libvirtd for the block, under a file lock: there is one system socket, so one
+    test daemon at a time across xdist workers and test modules (the others wait)."""
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        daemon = Libvirtd(logdir)
+        try:
+            yield daemon.start()
+        finally:
+            daemon.stop()
+
+
 if __name__ == "__main__":  # python tests/libvirtd.py [LOGDIR]: daemons until Ctrl-C
     import sys
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    daemon = Libvirtd(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/roslab-libvirtd"))
-    print(f"libvirtd up at {daemon.start()}; Ctrl-C stops it", flush=True)
-    try:
+    with held_daemon(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/roslab-libvirtd")) as uri:
+        print(f"libvirtd up at {uri}; Ctrl-C stops it", flush=True)
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
-    finally:
-        daemon.stop()

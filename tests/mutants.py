@@ -48,6 +48,8 @@ class Breakage:
     edits: tuple[Edit, ...] = ()
     services: Callable[[dict], None] | None = None  # changes rancher.services in os-config
     new_files: dict[str, str] = field(default_factory=dict)  # host path -> script (0755)
+    # kernel modules made empty files: the driver is gone (modprobe cannot load it)
+    emptied_modules: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,9 @@ class Mutant:
     name: str
     breakages: tuple[Breakage, ...]
     fails: tuple[Fails, ...]
+    # where its scenarios run: the hardware a breakage matters on (a libvirt profile needs
+    # a libvirtd; tests/test_mutants.py starts one)
+    platform: tuple[str, ...] = ("--platform", "qemu")
 
 
 # -- breakages of the service definitions ----------------------------------------------------
@@ -321,6 +326,16 @@ MUTANTS: tuple[Mutant, ...] = (
                   ("applied in part", "the YAML error is neither in")),
         ),
     ),
+    Mutant(
+        "no-vmxnet3-driver",
+        (Breakage("the vmxnet3 NIC driver is missing (vmxnet3.ko emptied)",
+                  emptied_modules=("vmxnet3",)),),
+        (
+            Fails("scenarios/test_services.py::test_network_service_gave_eth0_an_address",
+                  ("eth0 has no IPv4 address",)),
+        ),
+        platform=("--platform", "libvirt", "--hw", "vmware"),
+    ),
 )
 
 
@@ -388,7 +403,17 @@ def make_image(mutant: Mutant, out: Path) -> Path:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_text(text)
                 dest.chmod(source.stat().st_mode & 0o7777)
+        listing = _cpio_in(initrd, "-t").splitlines() if any(
+            b.emptied_modules for b in mutant.breakages) else []
         for breakage in mutant.breakages:
+            for module in breakage.emptied_modules:
+                paths = [p for p in listing if p.rsplit("/", 1)[-1].split(".ko")[0] == module
+                         and ".ko" in p]
+                assert paths, f"mutant {mutant.name}: the image has no module {module}"
+                for path in paths:
+                    dest = overlay / path
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(b"")
             for path, script in breakage.new_files.items():
                 dest = overlay / path
                 dest.parent.mkdir(parents=True, exist_ok=True)

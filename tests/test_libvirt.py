@@ -7,7 +7,6 @@ TCG) on one libvirtd per module.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import os
 import shutil
 import signal
@@ -21,7 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from libvirtd import Libvirtd
 
 from drivers.base import MachineSpec
 from drivers.libvirt import HW_PROFILES, LibvirtDriver, domain_xml, hw_profile, profile_gaps
@@ -123,20 +121,6 @@ def test_doctor_unreachable_libvirt_is_info_unless_it_is_the_platform(tmp_path: 
 
 
 # -- with a real libvirtd ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def libvirt_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A libvirtd of the tests' own. There is one system socket, so under `-n 2` a worker
-    holds the daemon for its share of this module while the other waits its turn (xdist's
-    loadgroup does not keep a module on one worker with pytest 9)."""
-    with open(Path(tempfile.gettempdir()) / "roslab-test-libvirtd.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        daemon = Libvirtd(tmp_path_factory.mktemp("libvirtd"))
-        try:
-            yield daemon.start()
-        finally:
-            daemon.stop()
 
 
 @pytest.fixture
@@ -241,3 +225,48 @@ def test_gc_removes_a_domain_a_killed_run_left(libvirt_uri: str, tiny_guests: di
     assert name not in _domains(libvirt_uri)
     assert not workdir.exists()
 
+
+
+HOLD = '''
+def test_waits_for_its_machine(machine):
+    pass
+'''
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_a_run_interrupted_mid_boot_leaves_no_domain_file_or_thread(
+        how: str, libvirt_uri: str, tiny_guests: dict[str, Path], work: Path) -> None:
+    """Ctrl-C (SIGINT to the process group) or a cancelled CI job (SIGTERM) while a libvirt
+    domain boots a guest that never reaches a login: the run stops within a bound, and no
+    domain, copied kernel, overlay or run folder is left."""
+    (work / "test_hold.py").write_text(HOLD)
+    scratch = work / "tmp"
+    scratch.mkdir()
+    scratch.chmod(0o711)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "test_hold.py",
+         f"--rootdir={work}", "--platform", "libvirt", "--libvirt-uri", libvirt_uri,
+         "--accel", "tcg", "--image", str(tiny_guests["hang"])],
+        cwd=work, env={**os.environ, "TMPDIR": str(scratch)}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _domains(libvirt_uri):
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "no domain was ever defined"
+            time.sleep(0.2)
+        time.sleep(2)  # mid-boot: the console bridge's threads are pumping
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        out = proc.communicate(timeout=120)[0]
+        stopped_in = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0, out[-3000:]
+    assert stopped_in < 30, f"took {stopped_in:.0f} s to stop"
+    assert _domains(libvirt_uri) == []
+    assert list(scratch.iterdir()) == [], "the run left files behind"

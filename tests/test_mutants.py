@@ -60,14 +60,18 @@ def _message(text: str) -> str:
 
 
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
-def test_mutant_fails_its_scenarios_with_their_causes(tmp_path: Path, mutant: Mutant) -> None:
+def test_mutant_fails_its_scenarios_with_their_causes(tmp_path: Path, mutant: Mutant,
+                                                     request: pytest.FixtureRequest) -> None:
     from mutants import make_image
 
     image = make_image(mutant, tmp_path / "image")
     junit = tmp_path / "junit.xml"
     artifacts = tmp_path / "results"
+    platform = list(mutant.platform)
+    if "libvirt" in platform:  # on the hardware the breakage matters on, a real libvirtd
+        platform += ["--libvirt-uri", request.getfixturevalue("libvirt_uri")]
     started = time.monotonic()
-    result = _pytest(*[f.scenario for f in mutant.fails], "-q", "--platform", "qemu",
+    result = _pytest(*[f.scenario for f in mutant.fails], "-q", *platform,
                      "--accel", "tcg", "--image", str(image), "--roslab-artifacts",
                      str(artifacts), f"--junitxml={junit}", timeout=1800)
     seconds = time.monotonic() - started
