@@ -39,6 +39,15 @@ CLOUD_IMAGE = re.compile(r"ami-[0-9a-f]{8,17}|ami:[a-z0-9-]*")
 CLOUD_PLATFORMS = ("gce", "digitalocean", "openstack", "cloudstack", "aliyun")
 CMDLINE_KINDS = (KERNEL, SDCARD)  # kinds whose kernel command line the lab controls
 DISK_SUFFIXES = {".img": "raw", ".raw": "raw", ".qcow2": "qcow2"}
+CMDLINE_DATASOURCES = ("url", "cmdline")  # they ride on the kernel command line
+
+
+def cmdline_gap(image: Image, datasource: str) -> str | None:
+    """Why `datasource` cannot reach a guest booted from `image` (None when it can)."""
+    if image.kind in CMDLINE_KINDS or datasource not in CMDLINE_DATASOURCES:
+        return None
+    return (f"datasource {datasource} needs direct kernel boot (an image folder): "
+            f"{image.path} boots with the datasources baked into it")
 KERNEL_NAMES = ("vmlinuz", "vmlinuz-*", "bzImage", "Image")
 INITRD_NAMES = ("initrd", "initrd.img", "initrd-*", "initramfs*")
 

@@ -37,7 +37,7 @@ from lab.errors import (
     ImageError,
     ServiceFailed,
 )
-from lab.images import CMDLINE_KINDS, Image
+from lab.images import CMDLINE_KINDS, Image, cmdline_gap
 from lab.redact import keep_cloud_config_secrets, keep_secret, redact, redact_bytes
 from lab.result import Result
 from lab.ssh import SSH, KeyPair
@@ -420,9 +420,8 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
     if datasource not in (*caps.datasources, "none"):
         raise ConfigError(f"{where} cannot deliver cloud-config by {datasource}: it can by "
                           f"{', '.join(caps.datasources)}")
-    if img.kind not in CMDLINE_KINDS and datasource in ("url", "cmdline"):
-        raise ConfigError(f"datasource {datasource} needs direct kernel boot (an image folder): "
-                          f"{img.path} boots with the datasources baked into it")
+    if (gap := cmdline_gap(img, datasource)) is not None:
+        raise ConfigError(gap)
     ssh_key: KeyPair | None = opts.get("ssh_key")
     cc = cloud_config if isinstance(cloud_config, CloudConfig) else (
         None if cloud_config is None
