@@ -121,7 +121,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             image = Image.open(default_out(args.arch))
     if image is None:
         print("     (no reference image built yet: `roslab image build`; KVM not probed)")
-        accel, why = ("kvm" if usable else "tcg"), "not probed"
+        # an unprobed KVM is not a working one (a guest can hang at 100% sys): say so
+        accel, why = (("kvm if a guest runs on it, else tcg", "not probed yet") if usable
+                      else ("tcg", "no usable KVM device"))
     else:
         with tempfile.TemporaryDirectory(prefix="roslab-doctor-") as scratch:
             accel, why = QemuDriver().resolve_accel("auto", image, Path(scratch))
