@@ -378,7 +378,10 @@ class LabgridDriver(Driver):
         assert self._box_end is not None
         while not self._stop.is_set():
             try:
-                data = self.serial.read(size=1, timeout=0.2, max_size=65536)
+                # _read, not the @step-wrapped read: labgrid's step stack is one global
+                # list, and a pump thread pushing onto it while the main thread powers
+                # off breaks its bookkeeping (an AssertionError in labgrid.step)
+                data = self.serial._read(size=1, timeout=0.2, max_size=65536)
             except TIMEOUT:
                 continue
             except (OSError, ExecutionError, AttributeError):
@@ -400,7 +403,7 @@ class LabgridDriver(Driver):
             if not data:
                 return
             with contextlib.suppress(Exception):
-                self.serial.write(data)
+                self.serial._write(data)  # see _from_box
 
     def _serve_netboot(self, spec: MachineSpec) -> None:
         image = spec.image
@@ -517,3 +520,49 @@ class LabgridDriver(Driver):
         return (f"place {self._place} stays acquired by this run's host/user\n"
                 f"ssh:     ssh -p {port} rancher@{host}\n"
                 f"release: labgrid-client -p {self._place} release")
+
+
+# -- command line (roslab boot, bench, doctor) ----------------------------------------------
+
+CLI_OPTIONS = ("place", "labgrid_coordinator", "labgrid_env", "labgrid_role", "wait_place")
+
+
+def add_cli_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("labgrid (--platform labgrid)")
+    group.add_argument("--place", default=None, help="the labgrid place (box) to run on")
+    group.add_argument("--labgrid-coordinator", default=None, metavar="HOST:PORT",
+                       help=f"default LG_COORDINATOR or {DEFAULT_COORDINATOR}")
+    group.add_argument("--labgrid-env", default=None, metavar="FILE",
+                       help="a labgrid environment file instead of --place")
+    group.add_argument("--labgrid-role", default=None, help="the env file's target (main)")
+    group.add_argument("--wait-place", default=None, metavar="SECONDS",
+                       help="wait this long for a place someone else holds (default: refuse)")
+
+
+def cli_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k in CLI_OPTIONS if (v := getattr(args, k, None)) is not None}
+
+
+def doctor_checks(options: dict[str, Any]) -> list[tuple[bool, str, str]]:
+    """(ok, what, how to fix) for `roslab doctor --platform labgrid`."""
+    import shutil
+
+    checks: list[tuple[bool, str, str]] = []
+    try:
+        _import_labgrid()
+        checks.append((True, "labgrid 26 importable", ""))
+    except ConfigError as exc:
+        return [(False, "labgrid 26 importable", str(exc))]
+    checks.append((shutil.which("ipmitool") is not None, "ipmitool (IPMI power)",
+                   "apt-get install ipmitool"))
+    if not options.get("place") and not options.get("labgrid_env"):
+        checks.append((True, "no --place/--labgrid-env given: coordinator not checked", ""))
+        return checks
+    why = LabgridDriver.not_ready(options)
+    where = options.get("place") or options.get("labgrid_env")
+    caps = LabgridDriver._facts.get("current")
+    what = f"place {where}" + (f": board {caps.board}, ssh {'yes' if caps.ssh else 'no'}, "
+                               f"netboot {'yes' if caps.datasources else 'no'}"
+                               if caps and why is None else "")
+    checks.append((why is None, what, why or ""))
+    return checks

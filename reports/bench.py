@@ -15,7 +15,7 @@ import threading
 import traceback
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class BenchOptions:
     # record says whose failure it was (LabError.blame)
     check: Callable[[Any], None] | None = None
     kind: str = "bench"
+    platform_options: dict[str, Any] = field(default_factory=dict)  # --place, ...
 
 
 @dataclass
@@ -75,6 +76,12 @@ def validate(opts: BenchOptions) -> None:
         raise ConfigError(f"--image {opts.image} does not exist")
     if opts.history.exists() and not opts.history.is_file():
         raise ConfigError(f"--history {opts.history} is not a file")
+    from drivers import driver_class
+
+    not_ready = getattr(driver_class(opts.platform), "not_ready", None)
+    why = not_ready(opts.platform_options) if not_ready is not None else None
+    if why is not None:  # a platform's SDK, credentials or place missing: before any boot
+        raise ConfigError(why)
 
 
 @contextlib.contextmanager
@@ -163,6 +170,7 @@ def _boot_once(
             datasource="default",
             workdir=evidence.parent,
             accel=opts.accel,
+            platform_options=opts.platform_options,
         )
         ticker.machine = machine
         with machine:

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from drivers import labgrid
 from lab.errors import ConfigError
 from reports import history
 from reports.bench import BenchOptions, fmt_s, print_summary, run_bench
@@ -112,6 +113,7 @@ def _run_options(parser: argparse.ArgumentParser, runs: int) -> None:
     parser.add_argument(
         "--workdir", type=Path, help="where boots keep console logs (default: beside the history)"
     )
+    labgrid.add_cli_options(parser)
 
 
 def _bench_options(args: argparse.Namespace) -> BenchOptions:
@@ -124,6 +126,7 @@ def _bench_options(args: argparse.Namespace) -> BenchOptions:
         history=args.history,
         timeout=args.timeout,
         workdir=args.workdir,
+        platform_options=labgrid.cli_options(args),
     )
 
 
