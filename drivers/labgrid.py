@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
+import logging
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from drivers.base import Capabilities, Driver, MachineSpec
 from lab import timeline as tl
@@ -37,6 +40,7 @@ from lab.images import KERNEL, Image
 from lab.netboot import SCRIPT, NetbootServer, ipxe_script
 from lab.redact import redact
 
+T = TypeVar("T")
 DEFAULT_COORDINATOR = "127.0.0.1:20408"
 PLACE_POLL_SECONDS = 1.0
 SERIAL_RESOURCES = ("NetworkSerialPort", "USBSerialPort", "RawSerialPort", "SerialPort")
@@ -71,9 +75,28 @@ def _options(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def _keeps_root_logging(method: Callable[..., T]) -> Callable[..., T]:
+    """labgrid's client logs through the root logger's module functions (logging.error),
+    which install a stderr handler on first use: later, every library's warnings (a
+    paramiko banner retry while sshd starts) would print. Undo that after each call."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        root = logging.getLogger()
+        before = list(root.handlers)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            for handler in [h for h in root.handlers if h not in before]:
+                root.removeHandler(handler)
+
+    return wrapper
+
+
 class _Session:
     """One coordinator session on its own asyncio loop (labgrid's client is async)."""
 
+    @_keeps_root_logging
     def __init__(self, address: str) -> None:
         import asyncio
 
@@ -96,6 +119,7 @@ class _Session:
     def me(self) -> str:
         return f"{self.session.gethostname()}/{self.session.getuser()}"
 
+    @_keeps_root_logging
     def sync(self) -> None:
         self.loop.run_until_complete(self.session.sync_with_coordinator())
 
@@ -107,6 +131,7 @@ class _Session:
                               f"{self.address} (places there: {known})")
         return place
 
+    @_keeps_root_logging
     def acquire(self, name: str, wait: float) -> None:
         """Acquire `name`, waiting up to `wait` seconds while someone else holds it."""
         deadline = time.monotonic() + wait
@@ -127,6 +152,7 @@ class _Session:
                                  f"with --wait-place SECONDS, or ask {holder} to release it")
             time.sleep(PLACE_POLL_SECONDS)
 
+    @_keeps_root_logging
     def release(self, name: str) -> None:
         self.sync()
         if self.place(name).acquired == self.me:
@@ -134,6 +160,7 @@ class _Session:
             with contextlib.redirect_stdout(io.StringIO()):
                 self.loop.run_until_complete(self.session.release())
 
+    @_keeps_root_logging
     def close(self) -> None:
         with contextlib.suppress(Exception):
             if getattr(self.session, "pump_task", None) is not None:
