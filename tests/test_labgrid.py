@@ -214,3 +214,15 @@ def test_a_place_option_is_required(farm: Farm, tmp_path: Path) -> None:
             machine.boot()
         finally:
             machine.stop()
+
+
+def test_environment_file_mistakes_are_named(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert "no such file" in (LabgridDriver.not_ready({"labgrid_env": str(missing)}) or "")
+    env = tmp_path / "env.yaml"
+    env.write_text("targets:\n  bench-box:\n    resources:\n"
+                   "      IPMIPowerPort: {host: 127.0.0.1, port: 9, username: admin}\n")
+    assert "has no target 'main' (has: bench-box)" in (
+        LabgridDriver.not_ready({"labgrid_env": str(env)}) or "")
+    why = LabgridDriver.not_ready({"labgrid_env": str(env), "labgrid_role": "bench-box"})
+    assert why is not None and "no serial port resource" in why
