@@ -16,15 +16,16 @@ PLATFORMS: dict[str, str] = {
     "cloudstack": "drivers.cloudstack:CloudStackDriver",
     "aliyun": "drivers.aliyun:AliyunDriver",
     "libvirt": "drivers.libvirt:LibvirtDriver",
+    "labgrid": "drivers.labgrid:LabgridDriver",  # physical boxes on a labgrid farm
 }
 # platforms whose objects live in a cloud account: `roslab gc --all-clouds` visits each
 CLOUDS = ("aliyun", "aws", "cloudstack", "digitalocean", "gce", "openstack")
-PLANNED = ("physical",)
+PLANNED: tuple[str, ...] = ()
 
 
 def driver_class(platform: str) -> type[Driver]:
     if platform not in PLATFORMS:
-        planned = f" (planned, not implemented yet: {', '.join(PLANNED)})"
+        planned = f" (planned, not implemented yet: {', '.join(PLANNED)})" if PLANNED else ""
         raise ConfigError(
             f"unknown platform {platform!r}: known platforms are {', '.join(PLATFORMS)}{planned}"
         )

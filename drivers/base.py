@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from lab.cloudconfig import CloudConfig
 from lab.gc import Garbage
 from lab.images import Image
+from lab.timeline import Timeline
 
 
 @dataclass(frozen=True, eq=False)
@@ -123,6 +124,11 @@ class Driver(ABC):
     def resolve_accel(self, requested: str, image: Image, scratch: Path) -> tuple[str, str]:
         """(accelerator to use, why): platforms without a choice keep what they have."""
         return "native", "the platform decides"
+
+    def watch(self, timeline: Timeline) -> None:
+        """Called once t0 is set: a driver that sees milestones the console cannot (a box
+        fetching its netboot files) marks them on `timeline`."""
+        return None
 
     def info(self) -> dict[str, Any]:
         return {}

@@ -13,7 +13,7 @@ import termios
 import tty
 from pathlib import Path
 
-from drivers import PLATFORMS
+from drivers import PLATFORMS, labgrid
 from lab.cache import cache_root
 from lab.cloudconfig import DATASOURCES
 from lab.errors import LabError
@@ -38,12 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     boot.set_defaults(func=cmd_boot)
     boot.add_argument("--hw", default=None, help="libvirt hardware profile (default, vmware)")
     boot.add_argument("--libvirt-uri", default=None, help="libvirt connection (qemu:///system)")
+    labgrid.add_cli_options(boot)
     doctor = sub.add_parser("doctor", help="check QEMU, KVM, disk space and libvirt; "
                                            "say what to install")
     doctor.add_argument("--arch", default="x86_64", choices=ARCHES)
-    doctor.add_argument("--platform", default="qemu", choices=("qemu", "libvirt"),
-                        help="libvirt: a libvirt problem counts as one (else it is info)")
+    doctor.add_argument("--platform", default="qemu", choices=("qemu", "libvirt", "labgrid"),
+                        help="libvirt, labgrid: that platform's problems count (else info)")
     doctor.add_argument("--libvirt-uri", default=None, help="libvirt connection (qemu:///system)")
+    labgrid.add_cli_options(doctor)
     doctor.set_defaults(func=cmd_doctor)
 
 
@@ -52,7 +54,8 @@ def cmd_boot(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="roslab-boot-") as work, make_machine(
         args.platform, args.image, args.arch, cc, args.datasource, Path(work), args.accel,
         progress=lambda m: print(f"roslab: {m}", file=sys.stderr),
-        platform_options={"hw": args.hw, "libvirt_uri": args.libvirt_uri},
+        platform_options={"hw": args.hw, "libvirt_uri": args.libvirt_uri,
+                          **labgrid.cli_options(args)},
     ) as machine:
         if not machine.capabilities.console:  # before anything is launched (and paid for)
             why = machine.capabilities.lacks("console")
@@ -142,5 +145,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
               "libvirt` counts it):")
     for ok, what, fix in doctor_checks(args.libvirt_uri or DEFAULT_URI):
         line(ok, what, fix, required=args.platform == "libvirt")
+    if args.platform == "labgrid":
+        print("labgrid:")
+        for ok, what, fix in labgrid.doctor_checks(labgrid.cli_options(args)):
+            line(ok, what, fix)
     print("ready" if not problems else f"{problems} problem(s)")
     return 1 if problems else 0

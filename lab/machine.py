@@ -148,6 +148,7 @@ class Machine:
         timeout = self.scaled(timeout or self.boot_timeout)
         self.driver.prepare(self.spec)
         self.timeline.t0 = self.driver.start()
+        self.driver.watch(self.timeline)
         self.info.update(self.driver.info())
         if not self.capabilities.console:
             # a cloud machine: no console to log in on; it is up once SSH lets the lab in

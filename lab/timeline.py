@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 # The milestones in boot order. `service:<name>` milestones (one per system container)
 # sit between SYSTEM_DOCKER and LOGIN_PROMPT.
 FIRMWARE = "firmware"  # first byte on the console (BIOS/bootloader) -- not all platforms
+NETBOOT = "netboot"  # the box fetched its iPXE script from the lab (firmware + DHCP done)
+NETBOOT_LOADED = "netboot-loaded"  # the lab sent the box its kernel and initrd
 KERNEL = "kernel"  # "Linux version ..." on the console
 INIT = "init"  # the kernel ran the first user-space process
 SYSTEM_DOCKER = "system-docker"  # system Docker answering (earliest system container created)
@@ -22,7 +24,8 @@ STARTED = "started"  # "<OS> <version> started" on the console
 SSH = "ssh"  # SSH banner readable on the forwarded port
 USER_DOCKER = "user-docker"  # `docker version` answers as the user
 
-ORDER = [FIRMWARE, KERNEL, INIT, SYSTEM_DOCKER, SERVICES, LOGIN_PROMPT, STARTED, SSH, USER_DOCKER]
+ORDER = [FIRMWARE, NETBOOT, NETBOOT_LOADED, KERNEL, INIT, SYSTEM_DOCKER, SERVICES, LOGIN_PROMPT,
+         STARTED, SSH, USER_DOCKER]
 
 
 def service_milestone(name: str) -> str:
@@ -68,6 +71,8 @@ class Timeline:
 
 # Pairs (earlier, later) every RancherOS-style boot keeps, whatever the image prints.
 CAUSAL_ORDER = [
+    (NETBOOT, NETBOOT_LOADED),
+    (NETBOOT_LOADED, KERNEL),
     (KERNEL, INIT),
     (INIT, SYSTEM_DOCKER),
     (SYSTEM_DOCKER, SERVICES),

@@ -53,6 +53,7 @@ class BenchOptions:
     # record says whose failure it was (LabError.blame)
     check: Callable[[Any], None] | None = None
     kind: str = "bench"
+    platform_options: dict[str, Any] = field(default_factory=dict)  # --place, ...
 
 
 @dataclass
@@ -76,6 +77,12 @@ def validate(opts: BenchOptions) -> None:
         raise ConfigError(f"--image {opts.image} does not exist")
     if opts.history.exists() and not opts.history.is_file():
         raise ConfigError(f"--history {opts.history} is not a file")
+    from drivers import driver_class
+
+    not_ready = getattr(driver_class(opts.platform), "not_ready", None)
+    why = not_ready(opts.platform_options) if not_ready is not None else None
+    if why is not None:  # a platform's SDK, credentials or place missing: before any boot
+        raise ConfigError(why)
 
 
 @contextlib.contextmanager

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from drivers import labgrid
 from lab.errors import ConfigError
 from reports import history
 from reports.bench import BenchOptions, fmt_s, print_summary, run_bench
@@ -114,6 +115,7 @@ def _run_options(parser: argparse.ArgumentParser, runs: int) -> None:
     )
     parser.add_argument("--hw", help="libvirt hardware profile: default, vmware, legacy-esxi")
     parser.add_argument("--libvirt-uri", help="libvirt connection (default: qemu:///system)")
+    labgrid.add_cli_options(parser)
 
 
 def _bench_options(args: argparse.Namespace) -> BenchOptions:
@@ -126,8 +128,9 @@ def _bench_options(args: argparse.Namespace) -> BenchOptions:
         history=args.history,
         timeout=args.timeout,
         workdir=args.workdir,
-        platform_options={k: v for k in ("hw", "libvirt_uri")
-                          if (v := getattr(args, k, None)) is not None},
+        platform_options={**{k: v for k in ("hw", "libvirt_uri")
+                             if (v := getattr(args, k, None)) is not None},
+                          **labgrid.cli_options(args)},
     )
 
 

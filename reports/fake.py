@@ -51,7 +51,7 @@ class FakeMachine:
         console_lines: int = 60,
         cloud_config: Any = None,
         datasource: str = "configdrive",
-        platform_options: Mapping[str, str] | None = None,
+        platform_options: Mapping[str, Any] | None = None,  # make_machine's; unused here
     ) -> None:
         self.name = name
         self.workdir = Path(workdir) / name  # like Machine: its own folder under workdir

@@ -33,7 +33,8 @@ Record = dict[str, Any]
 SIZE_PATTERNS = {"initrd": ("initrd*",), "vmlinuz": ("vmlinuz*",), "iso": ("*.iso",)}
 
 # Top-level fields a `key=value` filter may name.
-FILTER_KEYS = ("platform", "arch", "board", "accel", "host", "image_version", "run_id", "ok")
+FILTER_KEYS = ("platform", "arch", "board", "place", "accel", "host", "image_version", "run_id",
+               "ok")
 
 
 def utc_now() -> str:
@@ -51,6 +52,8 @@ def machine_context(info: Mapping[str, Any]) -> dict[str, Any]:
         "accel": str(info.get("accel") or "unknown"),
         "image": str(image) if image else None,
         "image_version": str(info.get("image_version") or "unknown"),
+        # a physical box: its labgrid place (the board says what kind of box it is)
+        **({"place": str(info["place"])} if info.get("place") else {}),
     }
 
 

@@ -29,7 +29,8 @@ def image() -> Path:
 
 
 def test_artifacts_are_those_of_a_release(image: Path) -> None:
-    for name in ("vmlinuz", "initrd", "rancheros.iso", "iso-checksums.txt", "manifest.json"):
+    for name in ("vmlinuz", "initrd", "rancheros.iso", "rancheros.ipxe", "iso-checksums.txt",
+                 "manifest.json"):
         assert (image / name).stat().st_size > 0, name
     assert kernel_arch((image / "vmlinuz").read_bytes()[:4096]) == "x86_64"
     manifest = json.loads((image / "manifest.json").read_text())

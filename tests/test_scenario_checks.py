@@ -31,7 +31,8 @@ def _collect(*args: str) -> subprocess.CompletedProcess[str]:
 def test_bad_budget_option_stops_the_run(args: tuple[str, ...], message: str) -> None:
     result = _collect(*args)
     assert result.returncode == 4, result.stdout + result.stderr
-    assert message in result.stderr and "known phases: firmware, kernel" in result.stderr
+    assert message in result.stderr
+    assert "known phases: firmware, netboot, netboot-loaded, kernel" in result.stderr
 
 
 def test_unknown_phase_in_budgets_file_stops_the_run(tmp_path: Path) -> None:

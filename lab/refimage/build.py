@@ -1,7 +1,7 @@
 """`roslab image build`: the reference image, from Debian packages, cached by input hash.
 
-Output folder (as a RancherOS release): vmlinuz, initrd, rancheros.iso,
-iso-checksums.txt, manifest.json. The folder is assembled beside its final place and
+Output folder (as a RancherOS release): vmlinuz, initrd, rancheros.iso, rancheros.ipxe
+(x86_64), iso-checksums.txt, manifest.json. The folder is assembled beside its final place and
 renamed into it only when complete, and manifest.json is written last, so an
 interrupted build never leaves something a later run would take for a good image.
 """
@@ -27,6 +27,10 @@ from lab.refimage.debs import Apt, Package, extract
 
 OS_NAME = "RoslabOS"
 OS_VERSION = "v0.1.0"
+IPXE_SCRIPT = "rancheros.ipxe"
+# where a release's iPXE script says its kernel and initrd are; whoever serves the folder
+# (the labgrid driver's netboot server) sets its own base URL
+IPXE_BASE_URL = "http://releases.roslab.invalid/os/" + OS_VERSION
 BUILDER_REVISION = "1"  # bump when the image layout changes in a way the hash cannot see
 GUEST = Path(__file__).parent / "guest"
 BUILDER_SOURCES = [
@@ -35,8 +39,8 @@ BUILDER_SOURCES = [
 ]
 # A release's files per arch (RancherOS publishes arm64 as a rootfs tarball and a Pi zip).
 ARTIFACTS = {
-    "x86_64": ["vmlinuz", "initrd", "rancheros.iso", iso.VMWARE_ISO, "iso-checksums.txt",
-               "manifest.json"],
+    "x86_64": ["vmlinuz", "initrd", "rancheros.iso", iso.VMWARE_ISO, IPXE_SCRIPT,
+               "iso-checksums.txt", "manifest.json"],
     "aarch64": ["vmlinuz", "initrd", pi.ROOTFS_TAR, pi.PI_ZIP, "iso-checksums.txt",
                 "manifest.json"],
 }
@@ -55,6 +59,15 @@ def default_cmdline(arch: str) -> str:
         f"console=tty0 console={tty},115200n8 rancher.autologin={tty} "
         "rancher.cloud_init.datasources=[configdrive,nocloud]"
     )
+
+
+def ipxe_script(arch: str) -> str:
+    """`rancheros.ipxe` in the shape RancherOS releases ship it: netboot kernel and initrd
+    from `base-url` into RAM."""
+    return ("#!ipxe\n# Boot RoslabOS to RAM\n\n# Location of Kernel/Initrd images\n"
+            f"set base-url {IPXE_BASE_URL}\n\n"
+            f"kernel ${{base-url}}/vmlinuz {default_cmdline(arch)}\n"
+            "initrd ${base-url}/initrd\nboot\n")
 
 
 def _tree_hash(paths: list[Path]) -> str:
@@ -217,6 +230,7 @@ def _build(
                 ldlinux=boot / "usr/lib/syslinux/modules/bios/ldlinux.c32",
                 cfg=iso.isolinux_cfg(f"{OS_NAME} (VMware)", OS_VERSION, default_cmdline(arch)),
             )
+            (tmp_out / IPXE_SCRIPT).write_text(ipxe_script(arch))
             iso.write_checksums(tmp_out, ["rancheros.iso", iso.VMWARE_ISO],
                                 tmp_out / "iso-checksums.txt")
         else:

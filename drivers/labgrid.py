@@ -1,0 +1,595 @@
+"""labgrid driver: a physical box on a labgrid farm (labgrid 26's Python API).
+
+    --platform labgrid --place NAME [--labgrid-coordinator HOST:PORT] [--wait-place SECONDS]
+    --platform labgrid --labgrid-env FILE [--labgrid-role NAME]
+
+The place is acquired at `prepare()` for the run and released by `cleanup()`, which the
+machine runs on every exit path (a failure, Ctrl-C, SIGTERM). Everything that can be
+wrong is found before power-on: the coordinator, the place (unknown, or held: the holder
+is named; `wait_place` waits for it), the BMC (unreachable, wrong password), the console
+port (refused), the netboot port.
+
+The console is labgrid's SerialDriver (ser2net RFC 2217 or raw TCP, or a local tty)
+bridged into a socketpair, so the lab's Console stamps, watches and logs it exactly as
+on QEMU. Power is the place's power driver: labgrid's own (NetworkPowerDriver for its PDU
+backends, ExternalPowerDriver, relays...) or IPMIPowerDriver (drivers/labgrid_parts.py).
+Boot: iPXE netboot from the lab's HTTP server (lab/netboot.py) with the release's
+`rancheros.ipxe`; the place's tags say where the server listens (`netboot_listen`) and
+the URL the box reaches it at (`netboot_url`), and name the `board`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from drivers.base import Capabilities, Driver, MachineSpec
+from lab import timeline as tl
+from lab.errors import ConfigError, ImageError, PlatformError
+from lab.images import KERNEL, Image
+from lab.netboot import SCRIPT, NetbootServer, ipxe_script
+from lab.redact import redact
+
+T = TypeVar("T")
+DEFAULT_COORDINATOR = "127.0.0.1:20408"
+PLACE_POLL_SECONDS = 1.0
+SERIAL_RESOURCES = ("NetworkSerialPort", "USBSerialPort", "RawSerialPort", "SerialPort")
+POWER_DRIVERS = {  # resource -> labgrid power driver that drives it
+    "IPMIPowerPort": "IPMIPowerDriver", "NetworkPowerPort": "NetworkPowerDriver",
+    "PDUDaemonPort": "PDUDaemonDriver", "YKUSHPowerPort": "YKUSHPowerDriver",
+    "USBPowerPort": "USBPowerDriver", "SiSPMPowerPort": "SiSPMPowerDriver",
+}
+WHY_NO_POWER_BUTTON = ("the lab presses no power button on a box: IPMI `chassis power soft` "
+                       "is not wired up (ipmi_sim's does nothing), and PDUs have none")
+
+
+class PlaceTaken(PlatformError):
+    """The place is held by someone else."""
+
+
+def _import_labgrid() -> Any:
+    try:
+        import labgrid  # noqa: F401
+
+        import drivers.labgrid_parts  # noqa: F401 -- registers IPMIPowerDriver etc.
+    except ImportError as exc:
+        raise ConfigError(f"--platform labgrid needs labgrid 26: pip install 'roslab[labgrid]' "
+                          f"({exc})") from exc
+
+
+def _options(options: dict[str, Any]) -> dict[str, Any]:
+    place, env = options.get("place"), options.get("labgrid_env")
+    if not place and not env:
+        raise ConfigError("--platform labgrid needs --place NAME (a place on the coordinator) "
+                          "or --labgrid-env FILE (a labgrid environment file)")
+    return options
+
+
+def _keeps_root_logging(method: Callable[..., T]) -> Callable[..., T]:
+    """labgrid's client logs through the root logger's module functions (logging.error),
+    which install a stderr handler on first use: later, every library's warnings (a
+    paramiko banner retry while sshd starts) would print. Undo that after each call."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        root = logging.getLogger()
+        before = list(root.handlers)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            for handler in [h for h in root.handlers if h not in before]:
+                root.removeHandler(handler)
+
+    return wrapper
+
+
+class _Session:
+    """One coordinator session on its own asyncio loop (labgrid's client is async)."""
+
+    @_keeps_root_logging
+    def __init__(self, address: str) -> None:
+        import asyncio
+
+        from labgrid.remote.client import start_session
+
+        self.address = address
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)  # gRPC's channel binds to the current loop
+        try:
+            self.session = start_session(address, loop=self.loop, extra={
+                "args": argparse.Namespace(allow_unmatched=False, kick=False, place=None,
+                                           acquired=None)})
+        except Exception as exc:
+            self.loop.close()
+            raise PlatformError(f"the labgrid coordinator at {address} does not answer "
+                                f"({type(exc).__name__}: {exc or 'timed out'}): is "
+                                f"labgrid-coordinator running there?") from None
+
+    @property
+    def me(self) -> str:
+        return f"{self.session.gethostname()}/{self.session.getuser()}"
+
+    @_keeps_root_logging
+    def sync(self) -> None:
+        self.loop.run_until_complete(self.session.sync_with_coordinator())
+
+    def place(self, name: str) -> Any:
+        place = self.session.places.get(name)
+        if place is None:
+            known = ", ".join(sorted(self.session.places)) or "none"
+            raise ConfigError(f"no place {name!r} on the labgrid coordinator at "
+                              f"{self.address} (places there: {known})")
+        return place
+
+    @_keeps_root_logging
+    def acquire(self, name: str, wait: float) -> None:
+        """Acquire `name`, waiting up to `wait` seconds while someone else holds it."""
+        deadline = time.monotonic() + wait
+        self.session.args.place = name
+        while True:
+            self.sync()
+            holder = self.place(name).acquired
+            if not holder:
+                try:
+                    with contextlib.redirect_stdout(io.StringIO()):  # labgrid's CLI chatter
+                        self.loop.run_until_complete(self.session.acquire())
+                    return
+                except Exception as exc:  # taken between our look and our request
+                    holder = self.place(name).acquired or str(exc)
+            if time.monotonic() >= deadline:
+                waited = f" (waited {wait:.0f} s)" if wait else ""
+                raise PlaceTaken(f"place {name!r} is held by {holder}{waited}: wait for it "
+                                 f"with --wait-place SECONDS, or ask {holder} to release it")
+            time.sleep(PLACE_POLL_SECONDS)
+
+    @_keeps_root_logging
+    def release(self, name: str) -> None:
+        self.sync()
+        if self.place(name).acquired == self.me:
+            self.session.args.place = name
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.loop.run_until_complete(self.session.release())
+
+    @_keeps_root_logging
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            if getattr(self.session, "pump_task", None) is not None:
+                self.loop.run_until_complete(self.session.stop())
+            self.loop.run_until_complete(self.session.close())
+        self.loop.close()
+
+
+def _place_facts(options: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
+    """(resource classes, tags) of the place or environment target, without acquiring."""
+    _import_labgrid()
+    _options(options)
+    if options.get("labgrid_env") and not options.get("place"):
+        config = _env_target_config(options)
+        return set(_env_resources(config)), dict(config.get("tags") or {})
+    session = _Session(_coordinator(options))
+    try:
+        place = session.place(options["place"])
+        classes = {m.cls for m in place.matches}
+        for exporter, groups in session.session.resources.items():
+            for group_name, group in groups.items():
+                for resource_name, resource in group.items():
+                    if place.getmatch((exporter, group_name, resource.cls, resource_name)):
+                        classes.add(resource.cls)
+        return {c for c in classes if c != "*"}, dict(place.tags)
+    finally:
+        session.close()
+
+
+def _coordinator(options: dict[str, Any]) -> str:
+    return (options.get("labgrid_coordinator") or os.environ.get("LG_COORDINATOR")
+            or DEFAULT_COORDINATOR)
+
+
+def _env_target_config(options: dict[str, Any]) -> dict[str, Any]:
+    from labgrid.environment import Environment
+
+    path = Path(options["labgrid_env"])
+    if not path.is_file():
+        raise ConfigError(f"--labgrid-env {path}: no such file")
+    try:
+        targets = Environment(str(path)).config.get_targets()
+    except Exception as exc:
+        raise ConfigError(f"--labgrid-env {path}: {exc}") from exc
+    role = options.get("labgrid_role") or "main"
+    if role not in targets:
+        raise ConfigError(f"--labgrid-env {path} has no target {role!r} (has: "
+                          f"{', '.join(targets) or 'none'}); pick one with --labgrid-role")
+    return targets[role] or {}
+
+
+def _env_resources(config: dict[str, Any]) -> list[str]:
+    from labgrid.factory import target_factory
+
+    resources, _ = target_factory.normalize_config(config)
+    return list(resources)
+
+
+def capabilities_of(classes: set[str], tags: dict[str, str]) -> Capabilities:
+    serial = bool(classes & set(SERIAL_RESOURCES))
+    ssh = "NetworkService" in classes
+    netboot = bool(tags.get("netboot_url"))
+    arch = tags.get("arch", "x86_64")
+    why = {"power_button": WHY_NO_POWER_BUTTON}
+    if not ssh:
+        why["ssh"] = why["network"] = ("the place has no NetworkService resource (the box's "
+                                       "SSH address), so the lab cannot reach it")
+    if not serial:
+        why["console"] = "the place has no serial port resource"
+    return Capabilities(
+        arches=(arch,), console=serial, ssh=ssh, power_button=False, snapshot=False,
+        datasources=("url",) if netboot else (), image_kinds=(KERNEL,) if netboot else (),
+        network=ssh, board=tags.get("board", "box"), why_not=why)
+
+
+class LabgridDriver(Driver):
+    name = "labgrid"
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        arches=("x86_64", "aarch64"), console=True, ssh=True, power_button=False,
+        snapshot=False, datasources=("url",), image_kinds=(KERNEL,), board="box",
+        why_not={"power_button": WHY_NO_POWER_BUTTON})
+    # the place looked up by not_ready(); capabilities_for answers from it
+    _facts: ClassVar[dict[str, Capabilities]] = {}
+
+    @classmethod
+    def not_ready(cls, options: dict[str, Any]) -> str | None:
+        """Why a run on this place cannot start (before any test): labgrid missing, no
+        place given, coordinator down, place unknown. A held place is waited for later."""
+        try:
+            classes, tags = _place_facts(options)
+        except (ConfigError, PlatformError) as exc:
+            return str(exc)
+        caps = capabilities_of(classes, tags)
+        cls._facts["current"] = caps
+        if not caps.console:
+            return (f"the box ({options.get('place') or options.get('labgrid_env')}) has no "
+                    f"serial port resource: the lab drives boxes through their console")
+        return None
+
+    @classmethod
+    def capabilities_for(cls, image: Image, arch: str) -> Capabilities:
+        return cls._facts.get("current", cls.capabilities)
+
+    def __init__(self) -> None:
+        self.spec: MachineSpec | None = None
+        self.options: dict[str, Any] = {}
+        self._session: _Session | None = None
+        self._place = ""
+        self._held = False
+        self.target: Any = None
+        self.power: Any = None
+        self.serial: Any = None
+        self.strategy: Any = None
+        self.netboot: NetbootServer | None = None
+        self._ssh: tuple[str, int] = ("", 22)
+        self._lab_end: socket.socket | None = None
+        self._box_end: socket.socket | None = None
+        self._pumps: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._timeline: tl.Timeline | None = None
+        self._early: dict[str, float] = {}
+        self._powered = False
+        self.tags: dict[str, str] = {}
+
+    # prepare ------------------------------------------------------------------------------
+
+    def prepare(self, spec: MachineSpec) -> None:
+        _import_labgrid()
+        self.spec = spec
+        self.options = _options(spec.options)
+        spec.workdir.mkdir(parents=True, exist_ok=True)
+        self.target = self._acquire_target()
+        self._bind_drivers()
+        # the BMC and the console port are checked here, before anything is powered
+        self.strategy.transition("off")
+        self._open_console()
+        self._serve_netboot(spec)
+
+    def _acquire_target(self) -> Any:
+        from labgrid.remote.client import find_role_by_place
+        from labgrid.resource.remote import RemotePlaceManager
+        from labgrid.target import Target
+
+        env_path = self.options.get("labgrid_env")
+        env = None
+        if env_path:
+            from labgrid.environment import Environment
+
+            config = _env_target_config(self.options)
+            env = Environment(str(env_path))
+            self.tags = dict(config.get("tags") or {})
+            remote = config.get("resources", {})
+            places = [r["RemotePlace"]["name"] for r in remote
+                      if isinstance(r, dict) and "RemotePlace" in r] \
+                if isinstance(remote, list) else list((remote or {}).get("RemotePlace", {}))
+            self._place = self.options.get("place") or (places[0] if places else "")
+            if not self._place:  # a box wired to this host: no coordinator, no lock
+                return env.get_target(self.options.get("labgrid_role") or "main")
+        else:
+            self._place = self.options["place"]
+        coordinator = _coordinator(self.options)
+        if env is not None:
+            coordinator = env.config.get_option("coordinator_address", coordinator)
+        self._session = _Session(coordinator)
+        self._session.place(self._place)
+        self._session.acquire(self._place, float(self.options.get("wait_place") or 0))
+        self._held = True
+        self._session.sync()
+        place = self._session.place(self._place)
+        self.tags = {**dict(place.tags), **self.tags}
+        # labgrid's RemotePlace resources use the manager's session: ours
+        manager = RemotePlaceManager.get()
+        manager.session, manager.loop = self._session.session, self._session.loop
+        if env is not None:
+            role = self.options.get("labgrid_role") or find_role_by_place(
+                env.config.get_targets(), self._place) or "main"
+            return env.get_target(role)
+        target = Target(self._place, env=None)
+        from labgrid.resource.remote import RemotePlace
+
+        RemotePlace(target, name=self._place)
+        return target
+
+    def _bind_drivers(self) -> None:
+        from labgrid.driver import SerialDriver
+        from labgrid.factory import target_factory
+        from labgrid.protocol import PowerProtocol
+
+        target = self.target
+        resources = {type(r).__name__: r for r in target.resources}
+        self.serial = self._existing(target, "SerialDriver")
+        if self.serial is None:
+            if not set(resources) & set(SERIAL_RESOURCES):
+                raise ConfigError(f"place {self._place or target.name} has no serial port "
+                                  f"resource ({', '.join(sorted(resources))})")
+            self.serial = SerialDriver(target, "console")
+        self.power = self._existing(target, PowerProtocol)
+        if self.power is None:
+            kind = next((r for r in resources if r in POWER_DRIVERS), None)
+            if kind is None:
+                raise ConfigError(f"place {self._place or target.name} has no power resource "
+                                  f"the lab can drive ({', '.join(sorted(resources))})")
+            target_factory.make_driver(target, POWER_DRIVERS[kind], "power", {})
+            self.power = target.get_driver(PowerProtocol)
+        self.strategy = self._existing(target, "RancherOSStrategy")
+        if self.strategy is None:
+            self.strategy = target_factory.make_driver(target, "RancherOSStrategy",
+                                                       "rancheros", {})
+        if "NetworkService" in resources:
+            service = resources["NetworkService"]
+            self._ssh = (service.address, int(service.port))
+
+    @staticmethod
+    def _existing(target: Any, cls: Any) -> Any:
+        from labgrid.exceptions import NoDriverFoundError
+
+        try:
+            return target.get_driver(cls, activate=False)
+        except NoDriverFoundError:
+            return None
+
+    def _open_console(self) -> None:
+        """Activate labgrid's serial driver and bridge it to a socketpair for lab.console."""
+        port = getattr(self.serial, "port", None)
+        where = f"{getattr(port, 'host', '')}:{getattr(port, 'port', '')}"
+        try:
+            self.target.activate(self.serial)
+        except Exception as exc:
+            raise PlatformError(f"the console port {where} of place {self._place} refused the "
+                                f"lab ({type(exc).__name__}: {exc}): is ser2net running "
+                                f"there?") from None
+        self._lab_end, self._box_end = socket.socketpair()
+        self._pumps = [threading.Thread(target=f, name=f"roslab-labgrid-{n}", daemon=True)
+                       for n, f in (("rx", self._from_box), ("tx", self._to_box))]
+        for pump in self._pumps:
+            pump.start()
+
+    def _from_box(self) -> None:
+        from labgrid.driver.exception import ExecutionError
+        from pexpect import TIMEOUT
+
+        assert self._box_end is not None
+        while not self._stop.is_set():
+            try:
+                # _read, not the @step-wrapped read: labgrid's step stack is one global
+                # list, and a pump thread pushing onto it while the main thread powers
+                # off breaks its bookkeeping (an AssertionError in labgrid.step)
+                data = self.serial._read(size=1, timeout=0.2, max_size=65536)
+            except TIMEOUT:
+                continue
+            except (OSError, ExecutionError, AttributeError):
+                break
+            try:
+                self._box_end.sendall(data)
+            except OSError:
+                break
+        with contextlib.suppress(OSError):
+            self._box_end.shutdown(socket.SHUT_WR)
+
+    def _to_box(self) -> None:
+        assert self._box_end is not None
+        while not self._stop.is_set():
+            try:
+                data = self._box_end.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            with contextlib.suppress(Exception):
+                self.serial._write(data)  # see _from_box
+
+    def _serve_netboot(self, spec: MachineSpec) -> None:
+        image = spec.image
+        script = (image.path / "rancheros.ipxe") if image.path.is_dir() else None
+        if script is None or not script.is_file():
+            raise ImageError(f"{image.path} has no rancheros.ipxe: netbooting a box needs a "
+                             "RancherOS release folder (vmlinuz, initrd, rancheros.ipxe)")
+        listen, url = self.tags.get("netboot_listen"), self.tags.get("netboot_url")
+        listen = self.options.get("netboot_listen") or listen
+        url = (self.options.get("netboot_url") or url or "").rstrip("/")
+        if not listen or not url:
+            raise ConfigError(f"place {self._place}: no netboot_listen/netboot_url tags (where "
+                              f"the lab serves boot.ipxe and how the box's iPXE reaches it)")
+        args = [f"rancher.password={spec.password}", "panic=-1", *spec.cmdline_extra]
+        files: dict[str, Path | bytes] = {"vmlinuz": image.kernel, "initrd": image.initrd}
+        if spec.cloud_config is not None and spec.datasource == "url":
+            files["user-data"] = spec.cloud_config.text.encode()
+            args.append(f"rancher.cloud_init.datasources=[url:{url}/user-data]")
+        else:
+            args.append("rancher.cloud_init.datasources=[]")
+        text = ipxe_script(script.read_text(), url, args)
+        files[SCRIPT] = text.encode()
+        (spec.workdir / "boot.ipxe").write_text(redact(text))  # evidence
+        self.netboot = NetbootServer(listen, files, self._milestone)
+
+    def _milestone(self, name: str, at: float) -> None:
+        if self._timeline is not None:
+            self._timeline.mark(name, at)
+        else:
+            self._early.setdefault(name, at)
+
+    def watch(self, timeline: tl.Timeline) -> None:
+        self._timeline = timeline
+        for name, at in self._early.items():
+            timeline.mark(name, at)
+
+    # run ----------------------------------------------------------------------------------
+
+    def start(self) -> float:
+        assert self.strategy is not None, "prepare() first"
+        self._powered = True
+        self.strategy.transition("on")
+        return time.monotonic()
+
+    def console_stream(self) -> socket.socket:
+        assert self._lab_end is not None, "start() first"
+        return self._lab_end
+
+    def ssh_endpoint(self) -> tuple[str, int]:
+        return self._ssh
+
+    def power_button(self) -> None:
+        raise ConfigError(WHY_NO_POWER_BUTTON)
+
+    def alive(self) -> bool:
+        if not self._powered or self.power is None:
+            return False
+        get = getattr(self.power, "get", None)
+        if get is None:
+            return True  # a power driver without a state query: on until we switch it off
+        try:
+            return bool(get())
+        except Exception:
+            return True
+
+    def exit_reason(self) -> str:
+        if self._powered and not self.alive():
+            return f"the box of place {self._place} is powered off (its power driver says so)"
+        return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._powered and self.strategy is not None:
+            self._powered = False
+            with contextlib.suppress(Exception):
+                self.strategy.transition("off")
+        self._stop.set()
+        if self.serial is not None and self.target is not None:
+            with contextlib.suppress(Exception):
+                self.target.deactivate(self.serial)
+        for end in (self._lab_end, self._box_end):
+            if end is not None:
+                with contextlib.suppress(OSError):
+                    end.close()
+        self._lab_end = self._box_end = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.netboot is not None:
+            self.netboot.stop()
+            self.netboot = None
+        if self.target is not None:
+            with contextlib.suppress(Exception):
+                self.target.cleanup()
+            self.target = None
+        if self._session is not None:
+            try:
+                if self._held:
+                    self._session.release(self._place)
+                    self._held = False
+            finally:
+                self._session.close()
+                self._session = None
+                from labgrid.resource.remote import RemotePlaceManager
+
+                manager = RemotePlaceManager.get()
+                manager.session = manager.loop = None
+
+    def info(self) -> dict[str, Any]:
+        return {"place": self._place, "board": self.tags.get("board", "box"),
+                "netboot_url": self.tags.get("netboot_url")}
+
+    def attach_hint(self) -> str:
+        host, port = self._ssh
+        return (f"place {self._place} stays acquired by this run's host/user\n"
+                f"ssh:     ssh -p {port} rancher@{host}\n"
+                f"release: labgrid-client -p {self._place} release")
+
+
+# -- command line (roslab boot, bench, doctor) ----------------------------------------------
+
+CLI_OPTIONS = ("place", "labgrid_coordinator", "labgrid_env", "labgrid_role", "wait_place")
+
+
+def add_cli_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("labgrid (--platform labgrid)")
+    group.add_argument("--place", default=None, help="the labgrid place (box) to run on")
+    group.add_argument("--labgrid-coordinator", default=None, metavar="HOST:PORT",
+                       help=f"default LG_COORDINATOR or {DEFAULT_COORDINATOR}")
+    group.add_argument("--labgrid-env", default=None, metavar="FILE",
+                       help="a labgrid environment file instead of --place")
+    group.add_argument("--labgrid-role", default=None, help="the env file's target (main)")
+    group.add_argument("--wait-place", default=None, metavar="SECONDS",
+                       help="wait this long for a place someone else holds (default: refuse)")
+
+
+def cli_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k in CLI_OPTIONS if (v := getattr(args, k, None)) is not None}
+
+
+def doctor_checks(options: dict[str, Any]) -> list[tuple[bool, str, str]]:
+    """(ok, what, how to fix) for `roslab doctor --platform labgrid`."""
+    import shutil
+
+    checks: list[tuple[bool, str, str]] = []
+    try:
+        _import_labgrid()
+        checks.append((True, "labgrid 26 importable", ""))
+    except ConfigError as exc:
+        return [(False, "labgrid 26 importable", str(exc))]
+    checks.append((shutil.which("ipmitool") is not None, "ipmitool (IPMI power)",
+                   "apt-get install ipmitool"))
+    if not options.get("place") and not options.get("labgrid_env"):
+        checks.append((True, "no --place/--labgrid-env given: coordinator not checked", ""))
+        return checks
+    why = LabgridDriver.not_ready(options)
+    where = options.get("place") or options.get("labgrid_env")
+    caps = LabgridDriver._facts.get("current")
+    what = f"place {where}" + (f": board {caps.board}, ssh {'yes' if caps.ssh else 'no'}, "
+                               f"netboot {'yes' if caps.datasources else 'no'}"
+                               if caps and why is None else "")
+    checks.append((why is None, what, why or ""))
+    return checks

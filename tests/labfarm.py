@@ -1,0 +1,287 @@
+"""A labgrid farm of real parts on loopback, for the lab's own tests and for demos.
+
+    python -m tests.labfarm DIR     # runs until Ctrl-C; prints the roslab options to use
+
+Stand-in, named as such: *QEMU behind ipmi_sim as a physical x86 box*. Everything else
+is the real program a farm runs:
+- labgrid-coordinator on 127.0.0.1 (its gRPC port has no authentication) and one
+  labgrid-exporter exporting the box's resources;
+- ipmi_sim (OpenIPMI's BMC simulator): IPMI over LAN on 127.0.0.1; its `startcmd`
+  starts the box's QEMU on power-on, and power-off goes to QEMU's external BMC;
+- the box's serial cable: a pty the rig holds (a box's UART outlives its power, as a
+  USB-serial adapter on an exporter does), joined to QEMU's serial socket;
+- ser2net exporting that tty as raw TCP;
+- the box's firmware: QEMU's iPXE ROM on a virtio NIC, whose DHCP boot file is the lab's
+  netboot URL (the place's `netboot_url` tag), as a farm's DHCP server would hand out.
+Places: `box` (all good), `box-deadbmc` (its BMC port answers nothing),
+`box-deadconsole` (its ser2net port refuses). `stop()` ends every daemon it started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import tty
+from pathlib import Path
+
+from drivers.qemu import free_port
+
+EXPORTER = "roslab-farm"
+BOARD = "x86-ipmi-box"
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise RuntimeError(f"{proc.args[0]} did not say {text!r}: "
+                       f"{path.read_text(errors='replace')[-1500:] if path.exists() else ''}")
+
+
+def _wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+class SerialCable:
+    """The box's UART: a pty (ser2net opens its tty) joined to QEMU's serial socket.
+
+    Bytes the box sends while no one has the tty open are dropped, as on a real line."""
+
+    def __init__(self, port: int) -> None:
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        os.set_blocking(self.master, False)
+        self.path = os.ttyname(self.slave)
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="serial-cable")
+        self.thread.start()
+
+    def _run(self) -> None:
+        box: socket.socket | None = None
+        while not self.stopped.is_set():
+            watched = [self.listener, self.master, *([box] if box else [])]
+            ready, _, _ = select.select(watched, [], [], 0.2)
+            if self.listener in ready:
+                if box is not None:
+                    box.close()
+                box, _ = self.listener.accept()
+            if box is not None and box in ready:
+                data = box.recv(65536)
+                if not data:
+                    box.close()
+                    box = None
+                else:
+                    with contextlib.suppress(BlockingIOError, OSError):
+                        os.write(self.master, data)
+            if self.master in ready:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    data = os.read(self.master, 65536)
+                    if box is not None:
+                        box.sendall(data)
+        if box is not None:
+            box.close()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.listener.close()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+class Farm:
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.cable: SerialCable | None = None
+        self.password = secrets.token_hex(8)
+        names = ("coordinator", "ipmi", "bmc_link", "cable", "console", "netboot", "ssh",
+                 "dead_bmc", "dead_console")
+        self.ports = {n: free_port() for n in names}
+        self.coordinator = f"127.0.0.1:{self.ports['coordinator']}"
+        self.netboot_url = f"http://10.0.2.2:{self.ports['netboot']}"  # the host, to slirp
+        self.netboot_listen = f"127.0.0.1:{self.ports['netboot']}"
+
+    # -- daemons --------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str], **env: str) -> tuple[subprocess.Popen[bytes],
+                                                                       Path]:
+        log = self.dir / f"{name}.log"
+        with log.open("wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env={**os.environ, **env}, cwd=self.dir)
+        self.procs.append(proc)
+        return proc, log
+
+    def start(self) -> Farm:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_box()
+            self._start_labgrid()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_box(self) -> None:
+        p = self.ports
+        box = self.dir / "box.sh"
+        # exec: ipmi_sim's power-off kill reaches QEMU itself
+        box.write_text(
+            "#!/bin/sh\nexec qemu-system-x86_64 -name roslab-farm-box -nodefaults "
+            "-display none -accel tcg -m 2048 -smp 2 "
+            f"-pidfile {self.dir / 'box.pid'} "
+            f"-chardev socket,id=bmc,host=127.0.0.1,port={p['bmc_link']},reconnect=1 "
+            "-device ipmi-bmc-extern,id=bmc0,chardev=bmc -device isa-ipmi-bt,bmc=bmc0 "
+            f"-chardev socket,id=ser0,host=127.0.0.1,port={p['cable']},reconnect=1 "
+            "-serial chardev:ser0 "
+            f"-netdev user,id=n0,bootfile={self.netboot_url}/boot.ipxe,"
+            f"hostfwd=tcp:127.0.0.1:{p['ssh']}-:22 "
+            "-device virtio-net-pci,netdev=n0 -device virtio-rng-pci -boot n "
+            f">> {self.dir / 'box.log'} 2>&1\n")
+        box.chmod(0o755)
+        (self.dir / "lan.conf").write_text(f"""name "roslabbox"
+set_working_mc 0x20
+  startlan 1
+    addr 127.0.0.1 {p['ipmi']}
+    priv_limit admin
+    allowed_auths_callback none md2 md5 straight
+    allowed_auths_user none md2 md5 straight
+    allowed_auths_operator none md2 md5 straight
+    allowed_auths_admin none md2 md5 straight
+    guid a123456789abcdefa123456789abcdef
+  endlan
+  serial 15 127.0.0.1 {p['bmc_link']} codec VM
+  startcmd "{box}"
+  startnow false
+  poweroff_wait 5
+  kill_wait 5
+  user 2 true "admin" "{self.password}" admin 10 none md2 md5 straight
+""")
+        (self.dir / "box.emu").write_text(
+            "mc_setbmc 0x20\n"
+            "mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n"
+            "sel_enable 0x20 1000 0x0a\nmc_enable 0x20\n")
+        (self.dir / "ipmi-state").mkdir(exist_ok=True)
+        self._spawn("ipmi_sim", ["ipmi_sim", "-c", "lan.conf", "-f", "box.emu",
+                                 "-s", "ipmi-state", "-n"])
+        self.cable = SerialCable(p["cable"])
+        (self.dir / "ser2net.yaml").write_text(
+            "connection: &box\n"
+            f"    accepter: tcp,127.0.0.1,{p['console']}\n"
+            f"    connector: serialdev,{self.cable.path},115200n81,local\n"
+            "    options:\n      kickolduser: true\n")
+        self._spawn("ser2net", ["ser2net", "-n", "-c", str(self.dir / "ser2net.yaml")])
+        _wait_port(p["console"])
+
+    def _start_labgrid(self) -> None:
+        p, bin_dir = self.ports, Path(sys.executable).parent
+        env = {"GRPC_ENABLE_FORK_SUPPORT": "0"}
+        proc, log = self._spawn("coordinator", [str(bin_dir / "labgrid-coordinator"), "-l",
+                                                self.coordinator], **env)
+        _wait_for(log, "Coordinator ready", proc, 30)
+        groups = {
+            "box": (p["console"], p["ipmi"]),
+            "box-deadbmc": (p["console"], p["dead_bmc"]),
+            "box-deadconsole": (p["dead_console"], p["ipmi"]),
+        }
+        resources = "".join(
+            f"{group}:\n"
+            f"  NetworkSerialPort: {{host: 127.0.0.1, port: {console}, protocol: raw}}\n"
+            f"  IPMIPowerPort: {{host: 127.0.0.1, port: {ipmi}, username: admin}}\n"
+            f"  NetworkService: {{address: 127.0.0.1, port: {p['ssh']}, username: rancher}}\n"
+            for group, (console, ipmi) in groups.items())
+        (self.dir / "exporter.yaml").write_text(resources)
+        proc, log = self._spawn("exporter", [
+            str(bin_dir / "labgrid-exporter"), "-c", self.coordinator, "-n", EXPORTER,
+            "--hostname", "127.0.0.1", str(self.dir / "exporter.yaml")], **env)
+        _wait_for(log, "connected to coordinator", proc, 30)
+        for place in groups:
+            self.client("-p", place, "create")
+            self.client("-p", place, "add-match", f"{EXPORTER}/{place}/*")
+            self.client("-p", place, "set-tags", f"board={BOARD}", "arch=x86_64",
+                        f"netboot_listen={self.netboot_listen}",
+                        f"netboot_url={self.netboot_url}")
+
+    def client(self, *args: str) -> str:
+        """labgrid-client against this farm (the rig's own setup and checks)."""
+        proc = subprocess.run([str(Path(sys.executable).parent / "labgrid-client"),
+                               "-x", self.coordinator, *args], capture_output=True, text=True,
+                              timeout=60, env={**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "0"})
+        if proc.returncode != 0:
+            raise RuntimeError(f"labgrid-client {' '.join(args)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def ipmi(self, *args: str) -> str:
+        return subprocess.run(
+            ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(self.ports["ipmi"]),
+             "-U", "admin", "-E", "-C", "3", *args], capture_output=True, text=True,
+            timeout=30, env={**os.environ, "IPMI_PASSWORD": self.password}).stdout
+
+    def box_running(self) -> bool:
+        return "is on" in self.ipmi("chassis", "power", "status")
+
+    def options(self, place: str = "box") -> dict[str, str]:
+        return {"place": place, "labgrid_coordinator": self.coordinator}
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.ipmi("chassis", "power", "off")
+        pidfile = self.dir / "box.pid"
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        for proc in reversed(self.procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+        if self.cable is not None:
+            self.cable.stop()
+            self.cable = None
+
+
+def main() -> None:
+    import tempfile
+
+    workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(
+        prefix="roslab-farm-"))
+    farm = Farm(workdir).start()
+    print(f"farm up in {workdir}: QEMU behind ipmi_sim as a physical x86 box\n"
+          f"export ROSLAB_IPMI_PASSWORD={farm.password}\n"
+          f"--platform labgrid --place box --labgrid-coordinator {farm.coordinator}",
+          flush=True)
+    try:
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        farm.stop()
+
+
+if __name__ == "__main__":
+    main()
