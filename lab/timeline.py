@@ -22,6 +22,10 @@ STARTED = "started"  # "<OS> <version> started" on the console
 SSH = "ssh"  # SSH banner readable on the forwarded port
 USER_DOCKER = "user-docker"  # `docker version` answers as the user
 
+# A machine restored from a snapshot has these instead: t0 is when the restore began
+RESUMED = "resumed"  # the saved state is loaded and the guest runs again
+RESTORED = "restored"  # its console shell answers: the machine is usable
+
 ORDER = [FIRMWARE, KERNEL, INIT, SYSTEM_DOCKER, SERVICES, LOGIN_PROMPT, STARTED, SSH, USER_DOCKER]
 
 

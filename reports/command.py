@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     _run_options(soak, runs=50)
     soak.set_defaults(func=cmd_soak)
-    actions = bench.add_subparsers(dest="action", metavar="{compare,report,merge,show}")
+    actions = bench.add_subparsers(
+        dest="action", metavar="{compare,report,merge,show,restore,power}"
+    )
 
     cmp_ = actions.add_parser("compare", help="is the candidate slower than the baseline?")
     cmp_.add_argument("--baseline", type=Path, required=True, help="history file")
@@ -92,6 +94,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     show.add_argument("histories", type=Path, nargs="+")
     show.add_argument("--where", action="append", default=[], metavar="KEY=VALUE")
     show.set_defaults(func=cmd_show)
+
+    rst = actions.add_parser(
+        "restore", help="boot one machine, save it, restore it N times (timed, each checked)"
+    )
+    _run_options(rst, runs=20)
+    rst.set_defaults(func=cmd_restore)
 
     pw = actions.add_parser(
         "power", help="detection and false-alarm rates of `compare` on simulated boots"
@@ -169,6 +177,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise ConfigError("no boot records match")
     print_summary(records, Console(), title=", ".join(map(str, args.histories)))
     return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from reports.restore import run_restore_bench
+
+    records = run_restore_bench(_bench_options(args), _console())
+    return 0 if records and all(r["ok"] for r in records) else 1
 
 
 def cmd_power(args: argparse.Namespace) -> int:

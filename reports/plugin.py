@@ -53,7 +53,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if path is None or not machines:
         return
     run = run_id()
-    for boot, machine in enumerate(machines.values(), 1):
+    # a restored machine's timeline is a restore, not a boot (roslab bench restore times it)
+    booted = [m for m in machines.values()
+              if (getattr(m, "info", None) or {}).get("started") != "restored"]
+    for boot, machine in enumerate(booted, 1):
         timeline = getattr(machine, "timeline", None)
         marks = timeline.to_dict() if timeline is not None else {}
         record = history.new_record(context=_context(machine), milestones=marks,
