@@ -13,7 +13,6 @@ import contextlib
 import functools
 import shutil
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from rich.table import Table
 from lab import timeline as tl
 from lab.errors import LabError
 from reports import history
-from reports.bench import BenchOptions, _sigterm_as_interrupt, fmt_s, resolve_image, validate
+from reports.bench import BenchOptions, _sigterm_as_interrupt, fmt_s, start_run
 from reports.history import Record
 
 
@@ -32,12 +31,8 @@ def run_restore_bench(opts: BenchOptions, console: Console | None = None) -> lis
     from lab.ssh import KeyPair
     from reports.soak import contract_check
 
-    validate(opts)
     console = console or Console(stderr=True)
-    image = resolve_image(opts, console)
-    run_id = f"{history.utc_now().replace(':', '')}-{uuid.uuid4().hex[:6]}"
-    run_dir = (opts.workdir or opts.history.parent / "bench-runs") / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    image, run_id, run_dir = start_run(opts, console)
     make = functools.partial(make_machine, opts.platform, image, opts.arch, None, "default",
                              run_dir, opts.accel, ssh_key=KeyPair.generate(run_dir / "key"))
     records: list[Record] = []

@@ -26,12 +26,18 @@ def _hold(folder: str, seconds: float, started: multiprocessing.synchronize.Even
         time.sleep(seconds)
 
 
-def test_one_start_at_a_time_across_processes(tmp_path: Path) -> None:
-    Limits(memory_slots=2, cpu_slots=1, why="test").save(tmp_path)
+def _holder(folder: Path, seconds: float) -> multiprocessing.Process:
+    """Another process (an xdist worker) holding the one CPU slot for `seconds`."""
+    Limits(memory_slots=1, cpu_slots=1, why="test").save(folder)
     started = multiprocessing.Event()
-    other = multiprocessing.Process(target=_hold, args=(str(tmp_path), 1.0, started))
+    other = multiprocessing.Process(target=_hold, args=(str(folder), seconds, started))
     other.start()
     assert started.wait(10)
+    return other
+
+
+def test_one_start_at_a_time_across_processes(tmp_path: Path) -> None:
+    other = _holder(tmp_path, 1.0)
     t = time.monotonic()
     with Admission(tmp_path).starting():
         waited = time.monotonic() - t
@@ -40,11 +46,7 @@ def test_one_start_at_a_time_across_processes(tmp_path: Path) -> None:
 
 
 def test_a_dead_holder_releases_its_slots(tmp_path: Path) -> None:
-    Limits(memory_slots=1, cpu_slots=1, why="test").save(tmp_path)
-    started = multiprocessing.Event()
-    other = multiprocessing.Process(target=_hold, args=(str(tmp_path), 60.0, started))
-    other.start()
-    assert started.wait(10)
+    other = _holder(tmp_path, 60.0)
     other.kill()
     other.join()
     t = time.monotonic()
