@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 # sit between SYSTEM_DOCKER and LOGIN_PROMPT.
 FIRMWARE = "firmware"  # first byte on the console (BIOS/bootloader) -- not all platforms
 KERNEL = "kernel"  # "Linux version ..." on the console
+UNPACK_START = "unpack-start"  # the kernel starts unpacking the initramfs
+UNPACKED = "unpacked"  # ... and frees the initrd: the phase is the unpack itself
 INIT = "init"  # the kernel ran the first user-space process
 SYSTEM_DOCKER = "system-docker"  # system Docker answering (earliest system container created)
 SERVICES = "services"  # every long-running system container running
@@ -26,7 +28,8 @@ USER_DOCKER = "user-docker"  # `docker version` answers as the user
 RESUMED = "resumed"  # the saved state is loaded and the guest runs again
 RESTORED = "restored"  # its console shell answers: the machine is usable
 
-ORDER = [FIRMWARE, KERNEL, INIT, SYSTEM_DOCKER, SERVICES, LOGIN_PROMPT, STARTED, SSH, USER_DOCKER]
+ORDER = [FIRMWARE, KERNEL, UNPACK_START, UNPACKED, INIT, SYSTEM_DOCKER, SERVICES, LOGIN_PROMPT,
+         STARTED, SSH, USER_DOCKER]
 
 
 def service_milestone(name: str) -> str:
