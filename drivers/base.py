@@ -63,6 +63,20 @@ class MachineSpec:
     options: dict[str, Any] = field(default_factory=dict)  # platform options (--region, --hw, ...)
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """A running machine's saved state, to start copies of it (`Driver.restore`).
+
+    `path` holds everything the state needs that the template machine's work folder
+    held (its writable disks, its config drive); `data` is the driver's own.
+    """
+
+    path: Path
+    platform: str
+    size: int  # bytes of saved state
+    data: dict[str, Any] = field(default_factory=dict)
+
+
 class Driver(ABC):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
@@ -70,6 +84,8 @@ class Driver(ABC):
     # does (a key pair, `ssh-keys` metadata) for a metadata datasource; otherwise the lab's
     # key travels in the cloud-config's ssh_authorized_keys
     delivers_instance_keys: ClassVar[bool] = False
+    # its machines run on this host and take its memory and CPU (lab/admission.py)
+    runs_on_host: ClassVar[bool] = False
 
     @abstractmethod
     def prepare(self, spec: MachineSpec) -> None:
@@ -109,6 +125,23 @@ class Driver(ABC):
     @abstractmethod
     def cleanup(self) -> None:
         """Release everything prepare/start made (servers, cloud objects); idempotent."""
+
+    def snapshot_unsupported(self, spec: MachineSpec) -> str | None:
+        """Why a machine made from `spec` cannot be snapshotted (None when it can)."""
+        return self.capabilities_for(spec.image, spec.arch).lacks("snapshot")
+
+    def snapshot(self, dest: Path) -> Snapshot:
+        """Save the running machine into the new folder `dest`, then power it off.
+
+        Restored copies start from that state with disks of their own on top of it.
+        """
+        raise NotImplementedError(f"{self.name} cannot save a running machine")
+
+    def restore(self, spec: MachineSpec, snapshot: Snapshot) -> float:
+        """Instead of prepare + start: a new machine running from `snapshot`, with its own
+        work folder, disk layer, console and SSH endpoint; returns the host-monotonic
+        time the guest resumed. The console is connected and has missed no byte."""
+        raise NotImplementedError(f"{self.name} cannot restore a saved machine")
 
     @classmethod
     def capabilities_for(cls, image: Image, arch: str) -> Capabilities:

@@ -325,6 +325,7 @@ class _ConsoleBridge:
 
 class LibvirtDriver(Driver):
     name = "libvirt"
+    runs_on_host = True  # qemu:///system on this host
     capabilities: ClassVar[Capabilities] = Capabilities(
         arches=("x86_64",), console=True, ssh=True, power_button=True,
         snapshot=False, datasources=("configdrive", "nocloud", "cmdline"),

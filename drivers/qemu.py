@@ -17,6 +17,8 @@ import ctypes
 import ipaddress
 import logging
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from drivers.base import Capabilities, Driver, MachineSpec
+from drivers.base import Capabilities, Driver, MachineSpec, Snapshot
 from lab import cloudconfig
 from lab.errors import BootError, ConfigError, EmulatorError, ImageError
 from lab.images import DISK, ISO, KERNEL, SDCARD, Image
@@ -37,6 +39,8 @@ QEMU_BINARY = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 GUEST_HOST_IP = "10.0.2.2"  # the host as QEMU user-mode networking shows it to the guest
 PR_SET_PDEATHSIG = 1
 PROBE_SECONDS = 10.0
+MIGRATE_BANDWIDTH = 1 << 40  # bytes/s: QEMU's default 32 MiB/s would make a save take 10 s
+MIGRATE_SECONDS = 120.0  # bound on saving or loading a machine's state
 
 
 class _PeerHangUp(logging.Filter):
@@ -102,10 +106,10 @@ class Board:
 BOARDS = {
     "pc": Board("", "", "tcg", "ttyS0", 0, Capabilities(
         arches=("x86_64",), console=True, ssh=True, power_button=True,
-        snapshot=False,  # savevm/migrate are measured (PLATFORM-NOTES), not wired up yet
+        snapshot=True,  # migrate to a file, restore with -incoming
         datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL, ISO, DISK), board="pc")),
     "virt": Board("virt", "cortex-a57", "tcg", "ttyAMA0", 0, Capabilities(
-        arches=("aarch64",), console=True, ssh=True, power_button=False, snapshot=False,
+        arches=("aarch64",), console=True, ssh=True, power_button=False, snapshot=True,
         datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL,), board="virt",
         # emulated arm64 on x86, from `roslab bench` medians to the user Docker: virt 1.3x
         # pc, raspi3b 2.7x; timeouts get more room than that
@@ -118,6 +122,8 @@ BOARDS = {
         datasources=("cmdline",), image_kinds=(SDCARD,), network=False, board="raspi3b",
         slowdown=4.0,  # see virt
         why_not={
+            "snapshot": "the lab does not save raspi3b machines (its SD card model is not "
+                        "restored over a new overlay)",
             "ssh": "QEMU's raspi3b model has no network (no USB Ethernet), so no SSH",
             "network": "QEMU's raspi3b model has no network interface (no USB Ethernet)",
             "power_button": "a Raspberry Pi 3 has no power button and QEMU's raspi3b cannot "
@@ -247,6 +253,7 @@ def make_overlay(workdir: Path, base: Path, fmt: str, size: int | None = None) -
 class QemuDriver(Driver):
     name = "qemu"
     delivers_instance_keys = True  # the lab's metadata stand-ins serve them
+    runs_on_host = True
     capabilities: ClassVar[Capabilities] = Capabilities(  # any board; see BOARDS
         arches=("x86_64", "aarch64"),
         console=True,
@@ -284,8 +291,7 @@ class QemuDriver(Driver):
 
     # prepare ------------------------------------------------------------------------------
 
-    def prepare(self, spec: MachineSpec) -> None:
-        # make_machine checked the spec against this board's capabilities
+    def _take(self, spec: MachineSpec) -> Board:
         self.spec = spec
         self.board = board = board_for(spec.image, spec.arch)
         spec.workdir.mkdir(parents=True, exist_ok=True)
@@ -294,6 +300,11 @@ class QemuDriver(Driver):
             base = tempfile.gettempdir()
             self.sockdir = Path(tempfile.mkdtemp(prefix="roslab-sock-",
                                                  dir=base if len(base) < 60 else "/tmp"))
+        return board
+
+    def prepare(self, spec: MachineSpec) -> None:
+        # make_machine checked the spec against this board's capabilities
+        board = self._take(spec)
         self._disks = self._boot_media(spec.image)
         ds = self._deliver(spec)
         lab_args = [
@@ -399,10 +410,16 @@ class QemuDriver(Driver):
     # run ----------------------------------------------------------------------------------
 
     def start(self) -> float:
+        self._launch()
+        self._qmp.cmd("cont")
+        return time.monotonic()
+
+    def _launch(self, extra: tuple[str, ...] = ()) -> None:
+        """Run QEMU paused, with a free SSH port, and connect console and QMP."""
         assert self.spec is not None, "prepare() first"
         for attempt in range(3):
             self.ssh_port = free_port()
-            self.argv = self._argv()
+            self.argv = [*self._argv(), *extra]
             stderr = (self.spec.workdir / "qemu.stderr").open("wb")
             self.proc = popen(self.argv, keep=self.spec.keep_on_exit, stdin=subprocess.DEVNULL,
                               stdout=stderr, stderr=stderr)
@@ -416,7 +433,76 @@ class QemuDriver(Driver):
                     self.proc.wait()
                     continue
                 raise
-        self._qmp.cmd("cont")
+
+    # snapshot and restore -----------------------------------------------------------------
+
+    def snapshot_unsupported(self, spec: MachineSpec) -> str | None:
+        if spec.datasource == "url" or spec.datasource in cloudconfig.METADATA_DATASOURCES:
+            # the guest may ask that server again, and a copy would find nobody there
+            return (f"its cloud-config is served by a host-side server ({spec.datasource}) "
+                    "that does not outlive the saved machine")
+        return super().snapshot_unsupported(spec)
+
+    def snapshot(self, dest: Path) -> Snapshot:
+        """Migrate the paused machine to a file (PLATFORM-NOTES: 0.2-1.4 s), quit it, and
+        move its writable disks and config drive beside the state."""
+        spec = self.spec
+        assert spec is not None and self._qmp is not None, "start() first"
+        why = self.snapshot_unsupported(spec)
+        if why is not None:
+            raise ConfigError(f"cannot snapshot machine {spec.name}: {why}")
+        dest.mkdir(parents=True)
+        state = dest / "state"
+        self._qmp.cmd("stop")
+        self._qmp.cmd("migrate-set-parameters", **{"max-bandwidth": MIGRATE_BANDWIDTH})
+        self._qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
+        self._await_migration("save the machine's state")
+        self.stop()
+        disks = []
+        for arg in self._disks:
+            for path in re.findall(r"file=([^,]+)", arg):
+                if Path(path).parent == spec.workdir:
+                    shutil.move(path, dest / Path(path).name)
+                    arg = arg.replace(f"file={path}", f"file={dest / Path(path).name}")
+            disks.append(arg)
+        return Snapshot(dest, self.name, state.stat().st_size,
+                        {"disks": disks, "kernel_args": list(self._kernel_args)})
+
+    def _await_migration(self, what: str) -> None:
+        assert self._qmp is not None
+        deadline = time.monotonic() + MIGRATE_SECONDS
+        while True:
+            info = self._qmp.cmd("query-migrate")
+            status = info.get("status") if isinstance(info, dict) else None
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled") or time.monotonic() > deadline \
+                    or not self.alive():
+                detail = info.get("error-desc", status) if isinstance(info, dict) else status
+                raise EmulatorError(f"QEMU could not {what}: {detail}",
+                                    expected=f"the migration to end in {MIGRATE_SECONDS:.0f} s",
+                                    last_lines=self._stderr_tail().splitlines()[-10:])
+            time.sleep(0.02)
+
+    def restore(self, spec: MachineSpec, snapshot: Snapshot) -> float:
+        """A new QEMU with the template's devices (the state needs the same command line,
+        but for paths and the SSH port), loading the state with -incoming."""
+        self._take(spec)
+        self._kernel_args = list(snapshot.data["kernel_args"])
+        self._disks = []
+        for arg in snapshot.data["disks"]:
+            path = re.search(r"file=([^,]+)", arg)
+            if path and "readonly=on" not in arg and "format=qcow2" in arg:
+                # the saved disk stays as it was: this machine writes to a layer of its own
+                overlay = make_overlay(spec.workdir, Path(path.group(1)), "qcow2")
+                arg = arg.replace(path.group(0), f"file={overlay}")
+            self._disks.append(arg)
+        self._launch(("-incoming", "defer"))
+        assert self._qmp is not None
+        state = shlex.quote(str(snapshot.path / "state"))
+        self._qmp.cmd("migrate-incoming", uri=f"exec:cat {state}")
+        self._await_migration("load the saved machine")
+        self._qmp.cmd("cont")  # the template was paused when saved: so is its copy
         return time.monotonic()
 
     def _connect(self) -> None:

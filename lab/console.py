@@ -173,6 +173,10 @@ class Console:
         self._line_count += 1
         if "Linux version" in line:
             self.timeline.mark(tl.KERNEL, now)
+        elif "Trying to unpack rootfs image as initramfs" in line:
+            self.timeline.mark(tl.UNPACK_START, now)
+        elif "Freeing initrd memory" in line:
+            self.timeline.mark(tl.UNPACKED, now)
         elif "Run /init as init process" in line or "Run /sbin/init" in line:
             self.timeline.mark(tl.INIT, now)
         elif LOGIN_RE.search(line):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers import driver_class
-from drivers.base import Driver, MachineSpec
+from drivers.base import Driver, MachineSpec, Snapshot
 from lab import timeline as tl
 from lab.cloudconfig import DATASOURCES, METADATA_DATASOURCES, CloudConfig
 from lab.console import Console
@@ -48,6 +48,7 @@ USER = "rancher"
 RUN_PASSWORD = secrets.token_hex(8)  # rancher's console password on direct kernel boot
 keep_secret(RUN_PASSWORD, "console password")  # the kernel prints its cmdline on the console
 BAKED_PASSWORD = "rancher"  # what ISO and disk images bake into their own cmdline
+DEFAULT_MEMORY_MB, DEFAULT_CPUS = 2048, 2
 DEFAULT_BOOT_TIMEOUT = 300.0  # TCG on a busy 2-core host; KVM boots need a fraction
 # what the user-Docker wait watches: its own container (a broken ntp is a scenario's
 # finding, not a reason to stop waiting)
@@ -111,6 +112,7 @@ class Machine:
         self.keep = False  # left running on purpose (--keep-failed)
         self._ssh: SSH | None = None
         self._stopped = False
+        self._on_stop: list[Callable[[], object]] = []  # after the machine is gone
         self.info: dict[str, Any] = {
             "platform": platform, "arch": spec.arch, "accel": spec.accel,
             "accel_reason": accel_reason, "image": str(image.path), "image_kind": image.kind,
@@ -159,6 +161,56 @@ class Machine:
         self.console.login(USER, self.password, timeout)
         if self.console.started:
             self.info["os"] = " ".join(self.console.started)
+        return self
+
+    def settle(self, timeout: float = 60, quiet: float = 1.0) -> None:
+        """Before a snapshot: let the boot finish. A template saved before its user Docker
+        answers leaves each copy to finish the boot, and one saved before its "<OS>
+        started" banner has each copy print it into its first command's output."""
+        console = self._need_console()
+        if self.run("command -v docker >/dev/null").ok:  # an OS image, not a tiny test guest
+            self.wait_for_user_docker(timeout=300)
+        deadline = time.monotonic() + self.scaled(timeout)
+        while time.monotonic() < deadline:
+            silent = time.monotonic() - console.last_rx
+            # an image without the banner: a console quiet for long is all there is
+            if silent > (quiet if tl.STARTED in self.timeline.marks else 10 * quiet):
+                return
+            time.sleep(0.1)
+
+    def snapshot(self, dest: Path) -> Snapshot:
+        """Save this running machine into the new folder `dest` and stop it (it becomes
+        the template of the machines `restore` makes)."""
+        self._need("snapshot", "be saved")
+        why = self.driver.snapshot_unsupported(self.spec)
+        if why is not None:
+            raise ConfigError(f"machine {self.name} cannot be saved: {why}")
+        if self._ssh is not None:  # a copy would inherit a TCP session nobody holds
+            self._ssh.close()
+            self._ssh = None
+        snapshot = self.driver.snapshot(dest)
+        self.stop()
+        return snapshot
+
+    def restore(self, snapshot: Snapshot, timeout: float = 60) -> Machine:
+        """Start this (new) machine from `snapshot` instead of booting it: its own disk
+        layer, SSH port, console log and timeline; usable once the console shell answers.
+
+        The timeline's t0 is the start of the restore, and its milestones say so
+        (resumed, restored), so no boot time is read from a restored machine.
+        """
+        self._need("snapshot", "be restored")
+        self.timeline.t0 = time.monotonic()
+        self.timeline.mark(tl.RESUMED, self.driver.restore(self.spec, snapshot))
+        self.info.update(self.driver.info())
+        self.info.update(started="restored", snapshot=str(snapshot.path))
+        self.console = Console(self.driver.console_stream(), self.timeline, self.console_log,
+                               self._exit_reason)
+        self.console.sync()  # the template's shell was synced, quiet and waiting: so is this one
+        self.timeline.mark(tl.RESTORED)
+        # the guest's clock stood still while the state was on disk
+        self.run(f"s=; command -v sudo >/dev/null && s=sudo; $s date -u -s @{time.time():.0f} "
+                 ">/dev/null", timeout=timeout, check=True)
         return self
 
     def _exit_reason(self) -> str:
@@ -353,6 +405,12 @@ class Machine:
         finally:
             shutil.rmtree(self.workdir, ignore_errors=True)
             _live.discard(self)
+            for release in self._on_stop:
+                release()
+
+    def on_stop(self, release: Callable[[], object]) -> None:
+        """Call `release` once the machine has stopped (its admission slot, say)."""
+        self._on_stop.append(release)
 
     def __enter__(self) -> Machine:
         return self
@@ -448,7 +506,8 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
             datasource=datasource if cc is not None or datasource in METADATA_DATASOURCES
             else "none",
             password=password, ssh_keys=instance_keys,
-            accel=accel_used, memory_mb=opts.get("memory_mb", 2048), cpus=opts.get("cpus", 2),
+            accel=accel_used, memory_mb=opts.get("memory_mb", DEFAULT_MEMORY_MB),
+            cpus=opts.get("cpus", DEFAULT_CPUS),
             cmdline_extra=list(opts.get("cmdline_extra", [])),
             keep_on_exit=opts.get("keep_on_exit", False),
             options=dict(opts.get("platform_options") or {}),

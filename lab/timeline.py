@@ -16,6 +16,8 @@ FIRMWARE = "firmware"  # first byte on the console (BIOS/bootloader) -- not all 
 NETBOOT = "netboot"  # the box fetched its iPXE script from the lab (firmware + DHCP done)
 NETBOOT_LOADED = "netboot-loaded"  # the lab sent the box its kernel and initrd
 KERNEL = "kernel"  # "Linux version ..." on the console
+UNPACK_START = "unpack-start"  # the kernel starts unpacking the initramfs
+UNPACKED = "unpacked"  # ... and frees the initrd: the phase is the unpack itself
 INIT = "init"  # the kernel ran the first user-space process
 SYSTEM_DOCKER = "system-docker"  # system Docker answering (earliest system container created)
 SERVICES = "services"  # every long-running system container running
@@ -24,8 +26,12 @@ STARTED = "started"  # "<OS> <version> started" on the console
 SSH = "ssh"  # SSH banner readable on the forwarded port
 USER_DOCKER = "user-docker"  # `docker version` answers as the user
 
-ORDER = [FIRMWARE, NETBOOT, NETBOOT_LOADED, KERNEL, INIT, SYSTEM_DOCKER, SERVICES, LOGIN_PROMPT,
-         STARTED, SSH, USER_DOCKER]
+# A machine restored from a snapshot has these instead: t0 is when the restore began
+RESUMED = "resumed"  # the saved state is loaded and the guest runs again
+RESTORED = "restored"  # its console shell answers: the machine is usable
+
+ORDER = [FIRMWARE, NETBOOT, NETBOOT_LOADED, KERNEL, UNPACK_START, UNPACKED, INIT, SYSTEM_DOCKER,
+         SERVICES, LOGIN_PROMPT, STARTED, SSH, USER_DOCKER]
 
 
 def service_milestone(name: str) -> str:

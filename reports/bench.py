@@ -259,17 +259,23 @@ def _one_boot(
     return record
 
 
-def run_bench(
-    opts: BenchOptions, console: Console | None = None, factory: MachineFactory | None = None
-) -> BenchResult:
+def start_run(opts: BenchOptions, console: Console) -> tuple[Path, str, Path]:
+    """Checked options -> (image, run id, the run's folder)."""
     validate(opts)
-    console = console or Console(stderr=True)
     image = resolve_image(opts, console)
     run_id = f"{history.utc_now().replace(':', '')}-{uuid.uuid4().hex[:6]}"
     # Console logs of every boot and the work folder of failed boots stay beside the
     # history: evidence for the slow or failed boot someone asks about next week.
     run_dir = (opts.workdir or opts.history.parent / "bench-runs") / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
+    return image, run_id, run_dir
+
+
+def run_bench(
+    opts: BenchOptions, console: Console | None = None, factory: MachineFactory | None = None
+) -> BenchResult:
+    console = console or Console(stderr=True)
+    image, run_id, run_dir = start_run(opts, console)
     if factory is None:
         from lab.machine import make_machine  # lazy: lab core loads drivers and paramiko
         from lab.ssh import KeyPair

@@ -41,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     _run_options(soak, runs=50)
     soak.set_defaults(func=cmd_soak)
-    actions = bench.add_subparsers(dest="action", metavar="{compare,report,merge,show}")
+    actions = bench.add_subparsers(
+        dest="action", metavar="{compare,report,merge,show,restore,power}"
+    )
 
     cmp_ = actions.add_parser("compare", help="is the candidate slower than the baseline?")
     cmp_.add_argument("--baseline", type=Path, required=True, help="history file")
@@ -61,18 +63,20 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         metavar="KEY=VALUE",
         help="filter both, e.g. platform=qemu arch=x86_64 accel=kvm",
     )
-    cmp_.add_argument("--alpha", type=float, default=0.05, help="significance (default: 0.05)")
+    cmp_.add_argument(
+        "--alpha", type=float, default=Criteria.alpha, help="per metric (default: 0.02)"
+    )
     cmp_.add_argument(
         "--min-effect",
         type=float,
-        default=0.05,
-        help="smallest slowdown that counts, seconds (default: 0.05)",
+        default=Criteria.min_effect,
+        help="smallest slowdown that counts, seconds (default: 0.03)",
     )
     cmp_.add_argument(
         "--min-effect-pct",
         type=float,
-        default=5.0,
-        help="... or percent of the baseline median, the larger wins (default: 5)",
+        default=Criteria.min_effect_rel * 100,
+        help="... or percent of the baseline median, the larger wins (default: 6)",
     )
     cmp_.set_defaults(func=cmd_compare)
 
@@ -91,6 +95,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     show.add_argument("histories", type=Path, nargs="+")
     show.add_argument("--where", action="append", default=[], metavar="KEY=VALUE")
     show.set_defaults(func=cmd_show)
+
+    rst = actions.add_parser(
+        "restore", help="boot one machine, save it, restore it N times (timed, each checked)"
+    )
+    _run_options(rst, runs=20)
+    rst.set_defaults(func=cmd_restore)
+
+    pw = actions.add_parser(
+        "power", help="detection and false-alarm rates of `compare` on simulated boots"
+    )
+    pw.add_argument("--runs", type=int, default=10, help="boots a side (default: 10)")
+    pw.add_argument("--shift-pct", type=float, default=10.0, help="slowdown (default: 10)")
+    pw.add_argument("--trials", type=int, default=400, help="compares per figure")
+    pw.add_argument(
+        "--spread-pct", type=float, help="every phase's run-to-run spread (default: the soak's)"
+    )
+    pw.add_argument("--history", type=Path, help="take phases and spreads from this history")
+    pw.add_argument("--where", action="append", default=[], metavar="KEY=VALUE")
+    pw.set_defaults(func=cmd_power)
 
 
 def _console() -> Console:
@@ -160,6 +183,36 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not records:
         raise ConfigError("no boot records match")
     print_summary(records, Console(), title=", ".join(map(str, args.histories)))
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from reports.restore import run_restore_bench
+
+    records = run_restore_bench(_bench_options(args), _console())
+    return 0 if records and all(r["ok"] for r in records) else 1
+
+
+def cmd_power(args: argparse.Namespace) -> int:
+    from reports.power import SOAK_PHASES, BootModel, model_phases, simulate
+
+    if args.runs < 3 or args.trials < 1:
+        raise ConfigError("--runs must be at least 3 and --trials at least 1")
+    phases = model_phases(_selected([args.history], args.where)) if args.history else SOAK_PHASES
+    if not phases:
+        raise ConfigError(f"{args.history}: no completed boot matches")
+    if args.spread_pct is not None:
+        phases = {name: (median, args.spread_pct / 100) for name, (median, _) in phases.items()}
+    rates = simulate(BootModel(phases), args.runs, 1 + args.shift_pct / 100, args.trials)
+    table = Table(title=f"{args.runs} runs a side, {args.trials} compares per row")
+    for col in ("phase shifted", "median s", "spread", "detected"):
+        table.add_column(col, justify="left" if col == "phase shifted" else "right")
+    for name, rate in rates.detection.items():
+        median, cv = phases[name]
+        table.add_row(name, fmt_s(median), f"{cv:.1%}", f"{rate:.1%}")
+    console = Console()
+    console.print(table)
+    console.print(f"false alarms (same vs same, any metric): {rates.false_alarm:.1%}")
     return 0
 
 

@@ -15,6 +15,7 @@ Per test, for each machine (`fixtures.plugin.machines_of(item)`):
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ TAIL_LINES = 40
 _SEEN = pytest.StashKey[dict[int, Any]]()
 _DONE = pytest.StashKey[bool]()  # this test's failure evidence is attached
 _BOOTED = pytest.StashKey[dict[int, Any]]()  # every machine a test used, for bench records
+_CPU_AT_START = pytest.StashKey[float]()
+OVERHEAD_PROPERTY = "lab_cpu_s"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -50,7 +53,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if path is None or not machines:
         return
     run = run_id()
-    for boot, machine in enumerate(machines.values(), 1):
+    # a restored machine's timeline is a restore, not a boot (roslab bench restore times it)
+    booted = [m for m in machines.values()
+              if (getattr(m, "info", None) or {}).get("started") != "restored"]
+    for boot, machine in enumerate(booted, 1):
         timeline = getattr(machine, "timeline", None)
         marks = timeline.to_dict() if timeline is not None else {}
         record = history.new_record(context=_context(machine), milestones=marks,
@@ -205,6 +211,39 @@ def hide_lab_frames(item: pytest.Item, call: pytest.CallInfo[Any],
         tbfilter=lambda _: Traceback(frames), truncate_locals=True)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_CPU_AT_START] = time.process_time()
+
+
+def add_lab_overhead(item: pytest.Item, report: pytest.TestReport) -> None:
+    """The harness's own time for a scenario: CPU seconds of this process (all its threads)
+    from setup to the end of teardown. The guest runs in another process, and waiting for
+    it (console reads, SSH, polling sleeps) costs no CPU here, so what is left is the lab's
+    work: console parsing, SSH crypto, fixtures, reports. Child processes (QEMU, qemu-img)
+    are not counted."""
+    start = item.stash.get(_CPU_AT_START, None)
+    if start is not None and report.when == "teardown" and machines_of(item):
+        report.user_properties.append((OVERHEAD_PROPERTY, round(time.process_time() - start, 4)))
+
+
+def lab_overheads(reports: list[Any]) -> list[float]:
+    """Per scenario, the harness CPU seconds the workers reported (xdist sends properties)."""
+    return [float(value) for r in reports if getattr(r, "when", "") == "teardown"
+            for name, value in getattr(r, "user_properties", ()) if name == OVERHEAD_PROPERTY]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    import numpy as np
+
+    samples = lab_overheads([r for reps in terminalreporter.stats.values() for r in reps])
+    if samples:
+        terminalreporter.write_line(
+            f"roslab: lab overhead per scenario (harness CPU, setup to teardown): median "
+            f"{np.median(samples):.3f} s, p95 {np.percentile(samples, 95):.3f} s, "
+            f"max {max(samples):.3f} s over {len(samples)} scenarios")
+
+
 @pytest.hookimpl(hookwrapper=True, trylast=True)  # innermost: allure and JUnit read after it
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None]:
     machines = machines_of(item)
@@ -213,6 +252,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     hide_lab_frames(item, call, report)
+    add_lab_overhead(item, report)
     booted = item.config.stash.setdefault(_BOOTED, {})
     for machine in machines:
         booted.setdefault(id(machine), machine)  # the value keeps the id from being reused

@@ -76,7 +76,7 @@ def make_initramfs(busybox: Path, modules: list[Path], init: str) -> bytes:
     entries.append(("dev/console", stat.S_IFCHR | 0o600, b"", (5 << 8) | 1))
     entries.append(("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes(), 0))
     for applet in ("sh", "mount", "insmod", "sleep", "sed", "cat", "mkdir", "setsid",
-                   "cttyhack", "hostname", "stty", "echo", "printf", "uname", "poweroff"):
+                   "cttyhack", "hostname", "stty", "echo", "printf", "uname", "poweroff", "date"):
         entries.append((f"bin/{applet}", stat.S_IFLNK | 0o777, b"busybox", 0))
     for i, module in enumerate(modules):  # numbered: /init loads them in glob order
         entries.append((f"lib/modules/{i:02d}-{module.name}", stat.S_IFREG | 0o644,

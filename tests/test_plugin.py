@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -176,4 +177,50 @@ def test_xdist_two_workers(tmp_path: Path, tiny_guests: dict[str, Path]) -> None
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert "3 passed, 1 skipped" in out
+    _nothing_left(scratch)
+
+
+FRESH = """
+import time
+import pytest
+
+SEEN = {}
+
+@pytest.mark.fresh_machine
+def test_first_copy(machine):
+    assert machine.info["started"] == "restored"
+    marks = machine.timeline.marks
+    assert "restored" in marks and "kernel" not in marks, marks  # a restore, not a boot
+    assert "Linux version" not in machine.console_log.read_text()  # a log of its own
+    assert abs(int(machine.run("date +%s", check=True).output) - time.time()) < 10
+    machine.run("echo first > /tmp/mine", check=True)
+    SEEN["first"] = (machine.driver.ssh_endpoint(), machine.workdir)
+
+@pytest.mark.fresh_machine
+def test_second_copy_is_of_the_saved_machine(machine):
+    assert machine.info["started"] == "restored"
+    assert machine.run("cat /tmp/mine").rc != 0, "the first copy's change leaked"
+    assert (machine.driver.ssh_endpoint(), machine.workdir) != SEEN["first"]
+    assert machine.run("hostname", check=True).output == "tiny"
+"""
+
+
+def test_fresh_machines_are_restored_copies(tmp_path: Path, tiny_guests: dict[str, Path]) -> None:
+    """Two fresh_machine tests: one boot (the saved template), two restored copies that
+    do not see each other's changes, each with its own SSH port, work folder and log."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    (tmp_path / "test_fresh.py").write_text(FRESH)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(tmp_path / "test_fresh.py"), "-p",
+         "no:cacheprovider", "--platform", "qemu", "--image", str(tiny_guests["shell"]),
+         "--accel", "tcg", "--rootdir", str(tmp_path)],
+        cwd=tmp_path, env={**os.environ, "TMPDIR": str(scratch)}, capture_output=True,
+        text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2 passed" in proc.stdout
+    # the header says how many machines may run at once, and why
+    assert re.search(r"roslab: up to \d+ machines at once, \d+ starting at once, shared by "
+                     r"all workers \(memory: ", proc.stdout), proc.stdout
     _nothing_left(scratch)

@@ -130,6 +130,7 @@ def test_allure_labels_attachments_and_junit_properties(tmp_path: Path) -> None:
     context = {"platform": "qemu", "arch": "x86_64", "image_version": "v1.4.1-lab"}
     for name, extra in (("test_boots", {}), ("test_breaks", {"last_milestone": "user-docker"})):
         props = {p.get("name"): p.get("value") for p in cases[name].iter("property")}
+        assert float(props.pop("lab_cpu_s")) >= 0  # the harness's own time (see below)
         assert props == {**context, **extra}  # a failure says where the boot got to
     assert not list(cases["test_without_machine"].iter("property"))
 
@@ -140,3 +141,43 @@ def test_without_alluredir_only_junit_properties(tmp_path: Path) -> None:
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     props = {p.get("name"): p.get("value") for p in cases["test_breaks"].iter("property")}
     assert props["platform"] == "qemu"
+
+
+OVERHEAD_SCENARIO = """
+import time
+
+def test_busy_lab(machine):
+    end = time.process_time() + 0.4
+    while time.process_time() < end:  # the harness working: counted
+        pass
+
+def test_waits_for_guest(machine):
+    time.sleep(1.0)  # blocked on the guest: not counted
+
+def test_without_machine():
+    time.sleep(0.1)
+"""
+
+
+def test_lab_overhead_counts_harness_cpu_not_waiting(tmp_path: Path) -> None:
+    (tmp_path / "conftest.py").write_text(textwrap.dedent(CONFTEST))
+    (tmp_path / "test_scenario.py").write_text(textwrap.dedent(OVERHEAD_SCENARIO))
+    junit = tmp_path / "junit.xml"
+    env = {**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "reports.plugin", f"--junitxml={junit}", "-q",
+         "-p", "no:cacheprovider", "test_scenario.py"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cpu = {
+        case.get("name"): float(prop.get("value"))
+        for case in ET.parse(junit).iter("testcase")
+        for prop in case.iter("property") if prop.get("name") == "lab_cpu_s"
+    }
+    assert set(cpu) == {"test_busy_lab", "test_waits_for_guest"}  # scenarios with a machine
+    assert 0.4 <= cpu["test_busy_lab"] < 1.0
+    assert cpu["test_waits_for_guest"] < 0.1
+    assert "roslab: lab overhead per scenario (harness CPU, setup to teardown): median" in \
+        proc.stdout
+    assert "over 2 scenarios" in proc.stdout
