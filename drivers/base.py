@@ -29,6 +29,8 @@ class Capabilities:
     datasources: tuple[str, ...]  # cloud-config delivery this platform can do; first = default
     image_kinds: tuple[str, ...]  # lab.images kinds it boots
     network: bool = True  # a network interface the guest configures (eth0)
+    disks: bool = False  # blank disks attached, kept across a power cycle (persistence)
+    disk_boot: bool = False  # power on again from a disk the guest installed itself to
     board: str = ""  # the machine model, when a platform has several (qemu: pc, virt, raspi3b)
     # how much slower than x86_64 under TCG this machine runs; timeouts are scaled by it
     slowdown: float = 1.0
@@ -58,6 +60,7 @@ class MachineSpec:
     cmdline_extra: list[str] = field(default_factory=list)
     # the instance's SSH keys where a cloud hands them over by metadata (as a key pair)
     ssh_keys: list[str] = field(default_factory=list)
+    blank_disks: list[int] = field(default_factory=list)  # sizes in bytes (needs `disks`)
     keep_on_exit: bool = False  # survive the harness (--keep-failed); otherwise die with it
     options: dict[str, Any] = field(default_factory=dict)  # platform options (--region, --hw, ...)
 
@@ -120,6 +123,14 @@ class Driver(ABC):
 
     def info(self) -> dict[str, Any]:
         return {}
+
+    def blank_disk_devices(self) -> list[str]:
+        """The guest's names of `MachineSpec.blank_disks` (/dev/vda ...), in order."""
+        raise NotImplementedError(f"platform {self.name} attaches no blank disks")
+
+    def boot_from_disk(self, index: int) -> None:
+        """At the next `start`, boot blank disk `index` (now installed) instead of the image."""
+        raise NotImplementedError(f"platform {self.name} cannot boot an installed disk")
 
     def attach_hint(self) -> str:
         """How a person reaches a machine left running (--keep-failed)."""

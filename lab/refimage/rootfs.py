@@ -30,7 +30,13 @@ USERLAND = [
     "kmod",
     "python3",  # the ros CLI, the service starter and cloud-init are Python
     "python3-yaml",
+    # the state partition and `ros install`: ext4, the FAT boot partition, syslinux
+    "e2fsprogs",
+    "dosfstools",
+    "mtools",
 ]
+# `ros install`'s boot loader: BIOS machines only
+INSTALLER = {"x86_64": ["syslinux"], "aarch64": []}
 # The cloud kernel where it is enough; on arm64 the generic one, because only it has the
 # Raspberry Pi's SD host, mini-UART and device trees.
 KERNEL = {"x86_64": "linux-image-cloud-amd64", "aarch64": "linux-image-arm64"}
