@@ -99,7 +99,7 @@ def write_disk(target: str, vmlinuz: str, initrd: str, cmdline: str, title: str,
         fh.flush()
         os.fsync(fh.fileno())
     boot_off = BOOT_START * SECTOR
-    _run(["mkfs.fat", "-F", "16", "-n", BOOT_LABEL, "--offset", str(BOOT_START), target,
+    _run(["mkfs.fat", "-I", "-F", "16", "-n", BOOT_LABEL, "--offset", str(BOOT_START), target,
           str(BOOT_MIB * 1024)])
     _run([tools.syslinux, "--offset", str(boot_off), "--install", target])
     image = f"{target}@@{boot_off}"
