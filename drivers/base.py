@@ -18,6 +18,13 @@ from lab.cloudconfig import CloudConfig
 from lab.gc import Garbage
 from lab.images import Image
 
+DEFAULT_WHY_NOT = {
+    "disks": "gets no blank disk kept across a power cycle from the lab (not built for this "
+             "platform yet)",
+    "disk_boot": "cannot be powered on from a disk the guest installed (not built for this "
+                 "platform yet)",
+}
+
 
 @dataclass(frozen=True, eq=False)
 class Capabilities:
@@ -40,7 +47,8 @@ class Capabilities:
         """Why this machine cannot do `capability` (None when it can)."""
         if getattr(self, capability, True):
             return None
-        return self.why_not.get(capability, f"{self.board or 'this machine'} has no {capability}")
+        default = DEFAULT_WHY_NOT.get(capability, f"has no {capability}")
+        return self.why_not.get(capability, f"{self.board or 'this machine'} {default}")
 
 
 @dataclass
