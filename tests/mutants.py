@@ -116,6 +116,10 @@ def _docker_rm_removes_nothing(services: dict) -> None:
     volumes.append("/usr/bin/docker:/usr/lib/ros/docker-real:ro")
 
 
+def _console_shares_host_tmp(services: dict) -> None:
+    services["user-volumes"]["volumes"].append("/tmp:/tmp")
+
+
 def _user_container_named_like_a_service(services: dict) -> None:
     preload = services["preload-user-images"]
     preload["volumes_from"] = ["system-volumes", "command-volumes"]
@@ -297,19 +301,29 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
     ),
     Mutant(
-        "state-and-install-broken",
+        "state-broken",
         (
-            Breakage("the state partition keeps /var/lib/rancher and /tmp, not the user "
-                     "Docker's data, /home or /opt", edits=(
+            Breakage("the state partition keeps /var/lib/rancher and /tmp (the console's "
+                     "too), not the user Docker's data, /home or /opt", edits=(
                 Edit(MOUNT_STATE, 'PERSIST="var/lib/rancher var/lib/user-docker home opt"',
-                     'PERSIST="var/lib/rancher tmp"'),)),
-            Breakage("ros install drops the -c cloud-config", edits=(
-                Edit(INSTALL_PY, 'cmdline, title, cc)', 'cmdline, title, None)'),)),
+                     'PERSIST="var/lib/rancher tmp"'),
+                Edit(MOUNT_STATE, '  mount --bind "$STATE/$d" "/$d"',
+                     '  chmod 1777 "$STATE/tmp" 2>/dev/null\n  mount --bind "$STATE/$d" "/$d"'),
+            ), services=_console_shares_host_tmp),
         ),
         (
             Fails("scenarios/test_persistence.py::test_state_persists_across_a_power_cycle",
                   ("lost on the state partition: /home/rancher/kept.txt, /opt/kept.txt",
                    "the user Docker lost the image", "kept though they live in RAM: /tmp")),
+        ),
+    ),
+    Mutant(
+        "install-broken",
+        (
+            Breakage("ros install drops the -c cloud-config", edits=(
+                Edit(INSTALL_PY, 'cmdline, title, cc)', 'cmdline, title, None)'),)),
+        ),
+        (
             Fails("scenarios/test_install.py::test_ros_install_then_boot_from_the_disk",
                   ("the -c cloud-config was not applied on the installed disk",)),
         ),
