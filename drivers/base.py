@@ -19,6 +19,13 @@ from lab.gc import Garbage
 from lab.images import Image
 from lab.timeline import Timeline
 
+DEFAULT_WHY_NOT = {
+    "disks": "gets no blank disk kept across a power cycle from the lab (not built for this "
+             "platform yet)",
+    "disk_boot": "cannot be powered on from a disk the guest installed (not built for this "
+                 "platform yet)",
+}
+
 
 @dataclass(frozen=True, eq=False)
 class Capabilities:
@@ -30,6 +37,8 @@ class Capabilities:
     datasources: tuple[str, ...]  # cloud-config delivery this platform can do; first = default
     image_kinds: tuple[str, ...]  # lab.images kinds it boots
     network: bool = True  # a network interface the guest configures (eth0)
+    disks: bool = False  # blank disks attached, kept across a power cycle (persistence)
+    disk_boot: bool = False  # power on again from a disk the guest installed itself to
     board: str = ""  # the machine model, when a platform has several (qemu: pc, virt, raspi3b)
     # how much slower than x86_64 under TCG this machine runs; timeouts are scaled by it
     slowdown: float = 1.0
@@ -39,7 +48,8 @@ class Capabilities:
         """Why this machine cannot do `capability` (None when it can)."""
         if getattr(self, capability, True):
             return None
-        return self.why_not.get(capability, f"{self.board or 'this machine'} has no {capability}")
+        default = DEFAULT_WHY_NOT.get(capability, f"has no {capability}")
+        return self.why_not.get(capability, f"{self.board or 'this machine'} {default}")
 
 
 @dataclass
@@ -59,6 +69,7 @@ class MachineSpec:
     cmdline_extra: list[str] = field(default_factory=list)
     # the instance's SSH keys where a cloud hands them over by metadata (as a key pair)
     ssh_keys: list[str] = field(default_factory=list)
+    blank_disks: list[int] = field(default_factory=list)  # sizes in bytes (needs `disks`)
     keep_on_exit: bool = False  # survive the harness (--keep-failed); otherwise die with it
     options: dict[str, Any] = field(default_factory=dict)  # platform options (--region, --hw, ...)
 
@@ -165,6 +176,14 @@ class Driver(ABC):
 
     def info(self) -> dict[str, Any]:
         return {}
+
+    def blank_disk_devices(self) -> list[str]:
+        """The guest's names of `MachineSpec.blank_disks` (/dev/vda ...), in order."""
+        raise NotImplementedError(f"platform {self.name} attaches no blank disks")
+
+    def boot_from_disk(self, index: int) -> None:
+        """At the next `start`, boot blank disk `index` (now installed) instead of the image."""
+        raise NotImplementedError(f"platform {self.name} cannot boot an installed disk")
 
     def attach_hint(self) -> str:
         """How a person reaches a machine left running (--keep-failed)."""

@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 from drivers.base import Capabilities, Driver, MachineSpec, Snapshot
 from lab import cloudconfig
 from lab.errors import BootError, ConfigError, EmulatorError, ImageError
-from lab.images import DISK, ISO, KERNEL, SDCARD, Image
+from lab.images import DISK, GCE_TARBALL, ISO, KERNEL, SDCARD, Image, unpack_gce_disk
 
 QEMU_BINARY = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 GUEST_HOST_IP = "10.0.2.2"  # the host as QEMU user-mode networking shows it to the guest
@@ -107,15 +107,18 @@ BOARDS = {
     "pc": Board("", "", "tcg", "ttyS0", 0, Capabilities(
         arches=("x86_64",), console=True, ssh=True, power_button=True,
         snapshot=True,  # migrate to a file, restore with -incoming
-        datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL, ISO, DISK), board="pc")),
+        datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL, ISO, DISK, GCE_TARBALL),
+        board="pc", disks=True, disk_boot=True)),
     "virt": Board("virt", "cortex-a57", "tcg", "ttyAMA0", 0, Capabilities(
         arches=("aarch64",), console=True, ssh=True, power_button=False, snapshot=True,
-        datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL,), board="virt",
+        datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL,), board="virt", disks=True,
         # emulated arm64 on x86, from `roslab bench` medians to the user Docker: virt 1.3x
         # pc, raspi3b 2.7x; timeouts get more room than that
         slowdown=2.0,
         why_not={"power_button": "acpid is x86 only, as on RancherOS: nothing in an arm64 "
-                                 "guest handles the power button"})),
+                                 "guest handles the power button",
+                 "disk_boot": "the lab boots QEMU virt by its kernel (no firmware boots an "
+                              "installed disk), and ros install writes BIOS (syslinux) disks"})),
     # 4 vCPUs spin in the boot stub under multi-threaded TCG: single-threaded boots 5x faster
     "raspi3b": Board("raspi3b", "", "tcg,thread=single", "ttyS1", 1, Capabilities(
         arches=("aarch64",), console=True, ssh=False, power_button=False, snapshot=False,
@@ -128,6 +131,8 @@ BOARDS = {
             "network": "QEMU's raspi3b model has no network interface (no USB Ethernet)",
             "power_button": "a Raspberry Pi 3 has no power button and QEMU's raspi3b cannot "
                             "power off",
+            "disks": "a Raspberry Pi 3 has one SD slot (the card) and no other disk",
+            "disk_boot": "a Raspberry Pi 3 boots its SD card only",
         }), memory_mb=1024),
 }
 GENERAL_BOARD = {"x86_64": BOARDS["pc"], "aarch64": BOARDS["virt"]}
@@ -261,7 +266,9 @@ class QemuDriver(Driver):
         power_button=True,
         snapshot=False,
         datasources=cloudconfig.DATASOURCES,
-        image_kinds=(KERNEL, ISO, DISK, SDCARD),
+        image_kinds=(KERNEL, ISO, DISK, SDCARD, GCE_TARBALL),
+        disks=True,
+        disk_boot=True,
     )
 
     @classmethod
@@ -277,6 +284,7 @@ class QemuDriver(Driver):
         self._qmp: Any = None
         self._exit_stack = contextlib.ExitStack()
         self._disks: list[str] = []
+        self._blanks: list[Path] = []
         self._kernel_args: list[str] = []
         self.board = BOARDS["pc"]
         self.sockdir: Path | None = None
@@ -305,7 +313,9 @@ class QemuDriver(Driver):
     def prepare(self, spec: MachineSpec) -> None:
         # make_machine checked the spec against this board's capabilities
         board = self._take(spec)
-        self._disks = self._boot_media(spec.image)
+        self._blanks = [self._blank(i, size) for i, size in enumerate(spec.blank_disks)]
+        self._disks = self._boot_media(spec.image) + [
+            a for b in self._blanks for a in ("-drive", f"if=virtio,format=qcow2,file={b}")]
         ds = self._deliver(spec)
         lab_args = [
             f"rancher.password={spec.password}",
@@ -335,8 +345,42 @@ class QemuDriver(Driver):
             initrd = ["-initrd", str(image.initrd)] if image.initrd else []
             return ["-kernel", str(image.kernel), "-dtb", str(image.dtb), *initrd,
                     "-drive", f"if=sd,format=qcow2,file={overlay}"]
-        overlay = self._overlay(image.path, image.disk_format or "raw")
+        if image.kind == GCE_TARBALL:  # GCE boots the tarball's disk.raw
+            overlay = self._overlay(unpack_gce_disk(image.path, self.spec.workdir), "raw")
+        else:
+            overlay = self._overlay(image.path, image.disk_format or "raw")
         return ["-drive", f"if=virtio,format=qcow2,file={overlay}"]
+
+    def _blank(self, index: int, size: int) -> Path:
+        assert self.spec is not None
+        path = self.spec.workdir / f"blank-{index}.qcow2"
+        proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), str(size)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ImageError(f"could not make a blank disk {path}: {proc.stderr.strip()}")
+        return path
+
+    def blank_disk_devices(self) -> list[str]:
+        # virtio disks are named in the order of their -drive options
+        virtio = [a for a in self._disks if a.startswith("if=virtio")]
+        names = []
+        for blank in self._blanks:
+            index = next(i for i, a in enumerate(virtio) if a.endswith(f"file={blank}"))
+            names.append(f"/dev/vd{chr(ord('a') + index)}")
+        return names
+
+    def boot_from_disk(self, index: int) -> None:
+        """Drop the image's boot media (kernel, CD, disk): the installed disk comes first
+        and the BIOS boots it; config drives stay after it."""
+        blank = self._blanks[index]
+        keep = []
+        args = iter(self._disks)
+        for arg in args:
+            value = next(args, "")
+            if arg == "-drive" and "if=virtio" in value and "readonly=on" in value:
+                keep += [arg, value]  # a config drive
+        self._disks = ["-drive", f"if=virtio,format=qcow2,file={blank}", *keep]
+        self._kernel_args = []
 
     def _overlay(self, base: Path, fmt: str, size: int | None = None) -> Path:
         assert self.spec is not None

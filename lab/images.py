@@ -38,7 +38,8 @@ CLOUD = "cloud"
 CLOUD_IMAGE = re.compile(r"ami-[0-9a-f]{8,17}|ami:[a-z0-9-]*")
 CLOUD_PLATFORMS = ("gce", "digitalocean", "openstack", "cloudstack", "aliyun")
 CMDLINE_KINDS = (KERNEL, SDCARD)  # kinds whose kernel command line the lab controls
-DISK_SUFFIXES = {".img": "raw", ".raw": "raw", ".qcow2": "qcow2"}
+DISK_SUFFIXES = {".img": "raw", ".raw": "raw", ".qcow2": "qcow2", ".vhd": "vpc"}
+QCOW2_MAGIC = b"QFI\xfb"  # a release's .img may be qcow2 (rancheros-openstack.img is)
 CMDLINE_DATASOURCES = ("url", "cmdline")  # they ride on the kernel command line
 
 
@@ -48,6 +49,8 @@ def cmdline_gap(image: Image, datasource: str) -> str | None:
         return None
     return (f"datasource {datasource} needs direct kernel boot (an image folder): "
             f"{image.path} boots with the datasources baked into it")
+
+
 KERNEL_NAMES = ("vmlinuz", "vmlinuz-*", "bzImage", "Image")
 INITRD_NAMES = ("initrd", "initrd.img", "initrd-*", "initramfs*")
 
@@ -114,12 +117,14 @@ class Image:
         if suffix == ".iso":
             return cls(path, ISO, iso_arch(path))
         if suffix in DISK_SUFFIXES:
-            return cls(path, DISK, None, disk_format=DISK_SUFFIXES[suffix])
+            with path.open("rb") as fh:
+                qcow2 = fh.read(4) == QCOW2_MAGIC
+            return cls(path, DISK, None, disk_format="qcow2" if qcow2 else DISK_SUFFIXES[suffix])
         if suffix == ".zip":
             return cls._sd_card(path)
         raise ImageError(
             f"image {path}: unknown kind; give a folder with vmlinuz and initrd, "
-            "an .iso, a disk (.img, .qcow2), a Raspberry Pi SD card .zip or a GCE disk "
+            "an .iso, a disk (.img, .qcow2, .vhd), a Raspberry Pi SD card .zip or a GCE disk "
             "tarball (.tar.gz holding disk.raw)"
         )
 
@@ -191,6 +196,28 @@ def _check_gce_tarball(path: Path) -> None:
         found = first.name if first is not None else "nothing"
         raise ImageError(f"{path}: a GCE disk tarball holds {GCE_DISK_MEMBER} (made with "
                          f"`tar --format=oldgnu -Sczf {path.name} disk.raw`); it holds {found}")
+
+
+def unpack_gce_disk(path: Path, dest: Path) -> Path:
+    """The tarball's disk.raw as a sparse file in `dest` (a disk is mostly zeros)."""
+    chunk = 1 << 20
+    out = dest / GCE_DISK_MEMBER
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            member = tar.next()
+            src = tar.extractfile(member) if member is not None else None
+            if src is None:
+                raise ImageError(f"{path}: no {GCE_DISK_MEMBER} inside")
+            with out.open("wb") as fh:
+                while block := src.read(chunk):
+                    if block.count(0) == len(block):
+                        fh.seek(len(block), 1)
+                    else:
+                        fh.write(block)
+                fh.truncate()
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise ImageError(f"could not unpack {path}: {exc}") from exc
+    return out
 
 
 def _release_manifest(folder: Path, member: str | None = None) -> dict:

@@ -360,6 +360,40 @@ class Machine:
             self.timeline.mark_offset(tl.SERVICES, kernel_at + max(started_running) - boot_wall)
         return self.timeline.to_dict()
 
+    def blank_disks(self) -> list[str]:
+        """The guest's device names of the blank disks the machine was made with."""
+        self._need("disks", "attach blank disks")
+        return self.driver.blank_disk_devices()
+
+    def power_cycle(self, boot_from_disk: int | None = None,
+                    timeout: float | None = None) -> Machine:
+        """Shut down (power button, then hard after a while) and power on again with the
+        same disks, or from blank disk `boot_from_disk` once the guest installed itself on
+        it; then log in again. The console log goes on in the same file."""
+        self._need("disks", "be powered on again with its disks")
+        if boot_from_disk is not None:
+            self._need("disk_boot", "boot from a disk it installed")
+        if self.driver.alive() and not self.capabilities.lacks("power_button"):
+            self.driver.power_button()
+            self.wait_stopped(self.scaled(120))
+        self.driver.stop()
+        if self._ssh is not None:
+            self._ssh.close()
+            self._ssh = None
+        if self.console is not None:
+            self.console.close()
+            self.console = None
+        if boot_from_disk is not None:
+            self.driver.boot_from_disk(boot_from_disk)
+            self.password = BAKED_PASSWORD
+        self.info["boot_complete"] = False
+        self.timeline = tl.Timeline()
+        self.timeline.t0 = self.driver.start()
+        self.console = Console(self.driver.console_stream(), self.timeline, self.console_log,
+                               self._exit_reason)
+        self.console.login(USER, self.password, self.scaled(timeout or self.boot_timeout))
+        return self
+
     def power_button(self) -> None:
         self._need("power_button", "press a power button")
         self.driver.power_button()
@@ -472,6 +506,8 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
     where = f"platform {platform}" + (f" (board {caps.board})" if caps.board else "")
     if img.kind not in caps.image_kinds:
         raise ImageError(f"{where} cannot boot a {img.kind} image ({img.path})")
+    if opts.get("blank_disks") and caps.lacks("disks"):
+        raise ConfigError(f"{where} cannot attach blank disks: {caps.lacks('disks')}")
     if datasource == "default":
         datasource = caps.datasources[0]
     if datasource not in (*DATASOURCES, *caps.datasources, "none"):
@@ -509,6 +545,7 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
             accel=accel_used, memory_mb=opts.get("memory_mb", DEFAULT_MEMORY_MB),
             cpus=opts.get("cpus", DEFAULT_CPUS),
             cmdline_extra=list(opts.get("cmdline_extra", [])),
+            blank_disks=list(opts.get("blank_disks", [])),
             keep_on_exit=opts.get("keep_on_exit", False),
             options=dict(opts.get("platform_options") or {}),
         )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fixtures.guest import NO_USER_IMAGE, system_containers
+from fixtures.guest import NO_USER_IMAGE, wait_boot_complete
 from fixtures.plugin import options
 from fixtures.profiles import Profile, profile_path
 from lab import timeline as tl
@@ -160,17 +160,8 @@ def machine(request: pytest.FixtureRequest, machine: Machine, profile: Profile) 
     checks of services or Docker made at the login prompt would race the boot."""
     if getattr(request.module, "MEASURES_BOOT", False):
         return machine  # the boot scenarios time these waits themselves
-    if not machine.info.get("boot_complete"):
-        machine.wait_for_user_docker(timeout=300)
+    return wait_boot_complete(machine, profile)
 
-        def one_shots_done() -> bool:
-            states = system_containers(machine)
-            return all(not states.get(name, "").startswith("running")
-                       for name in profile.completed)
-
-        machine.wait_until(one_shots_done, timeout=120, interval=2)
-        machine.info["boot_complete"] = True
-    return machine
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

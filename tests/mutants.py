@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pycdlib
 import yaml
 
 from lab.refimage import build
@@ -120,6 +121,10 @@ def _docker_rm_removes_nothing(services: dict) -> None:
     volumes.append("/usr/bin/docker:/usr/lib/ros/docker-real:ro")
 
 
+def _console_shares_host_tmp(services: dict) -> None:
+    services["user-volumes"]["volumes"].append("/tmp:/tmp")
+
+
 def _user_container_named_like_a_service(services: dict) -> None:
     preload = services["preload-user-images"]
     preload["volumes_from"] = ["system-volumes", "command-volumes"]
@@ -127,6 +132,8 @@ def _user_container_named_like_a_service(services: dict) -> None:
                           "--name syslog busybox:latest sleep 86400'")
 
 
+MOUNT_STATE = "usr/lib/ros/mount-state"
+INSTALL_PY = "usr/lib/ros/ros/install.py"
 SERVICES_PY = "usr/lib/ros/ros/services.py"
 COMMANDS_PY = "usr/lib/ros/ros/commands.py"
 CLOUDINIT_PY = "usr/lib/ros/ros/cloudinit.py"
@@ -299,6 +306,34 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
     ),
     Mutant(
+        "state-broken",
+        (
+            Breakage("the state partition keeps /var/lib/rancher and /tmp (the console's "
+                     "too), not the user Docker's data, /home or /opt", edits=(
+                Edit(MOUNT_STATE, 'PERSIST="var/lib/rancher var/lib/user-docker home opt"',
+                     'PERSIST="var/lib/rancher tmp"'),
+                Edit(MOUNT_STATE, '  mount --bind "$STATE/$d" "/$d"',
+                     '  chmod 1777 "$STATE/tmp" 2>/dev/null\n  mount --bind "$STATE/$d" "/$d"'),
+            ), services=_console_shares_host_tmp),
+        ),
+        (
+            Fails("scenarios/test_persistence.py::test_state_persists_across_a_power_cycle",
+                  ("lost on the state partition: /home/rancher/kept.txt, /opt/kept.txt",
+                   "the user Docker lost the image", "kept though they live in RAM: /tmp")),
+        ),
+    ),
+    Mutant(
+        "install-broken",
+        (
+            Breakage("ros install drops the -c cloud-config", edits=(
+                Edit(INSTALL_PY, 'cmdline, title, cc)', 'cmdline, title, None)'),)),
+        ),
+        (
+            Fails("scenarios/test_install.py::test_ros_install_then_boot_from_the_disk",
+                  ("the -c cloud-config was not applied on the installed disk",)),
+        ),
+    ),
+    Mutant(
         "cloud-init-too-lenient",
         (
             Breakage("sshd takes any key", edits=(
@@ -430,4 +465,18 @@ def make_image(mutant: Mutant, out: Path) -> Path:
         # the kernel takes an appended archive only at a 4-byte boundary; zeros are skipped
         fh.write(b"\0" * (-fh.tell() % 4))
         fh.write(cpio)
+    _release_iso(image / "rancheros.iso", out / "initrd", out / "rancheros.iso")
     return out
+
+
+def _release_iso(reference: Path, initrd: Path, out: Path) -> None:
+    """The reference ISO with the mutant's initrd: what `ros install` installs from."""
+    iso = pycdlib.PyCdlib()
+    iso.open(str(reference))
+    try:
+        iso.rm_file("/BOOT/INITRD.;1", rr_name="initrd", joliet_path="/boot/initrd")
+        iso.add_file(str(initrd), "/BOOT/INITRD.;1", rr_name="initrd",
+                     joliet_path="/boot/initrd")
+        iso.write(str(out))
+    finally:
+        iso.close()

@@ -394,11 +394,24 @@ def test_sigterm_after_the_upload_deletes_the_object_too(
     assert cloud.images == {}
 
 
-def test_only_gce_takes_a_gce_tarball(tmp_path: Path) -> None:
-    """QEMU boots no GCE disk tarball: make_machine says so before anything starts."""
+def test_qemu_boots_a_gce_tarball_by_its_disk(tmp_path: Path) -> None:
+    """QEMU boots the tarball's disk.raw as GCE does: unpacked (byte for byte, sparse where
+    it is zeros) into the machine's own folder, under a copy-on-write overlay."""
     from lab.machine import make_machine
 
     tarball = gce_tarball(tmp_path / "release", 512)
-    with pytest.raises(ImageError, match="platform qemu .*cannot boot a gce-tarball image"):
-        make_machine("qemu", tarball, "x86_64", None, "default", tmp_path, "tcg")
+    with tarfile.open(tarball) as tar:
+        member = tar.extractfile("disk.raw")
+        assert member is not None
+        expected = member.read()
+    machine = make_machine("qemu", tarball, "x86_64", None, "default", tmp_path, "tcg")
+    try:
+        machine.driver.prepare(machine.spec)
+        unpacked = machine.workdir / "disk.raw"
+        assert unpacked.read_bytes() == expected
+        drives = [a for a in machine.driver._argv() if a.startswith("if=")]
+        assert drives == [f"if=virtio,format=qcow2,file={machine.workdir / 'overlay.qcow2'}"]
+    finally:
+        machine.stop()
+    assert not machine.workdir.exists()
     assert GCE_TARBALL in GceDriver.capabilities.image_kinds

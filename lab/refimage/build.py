@@ -132,7 +132,8 @@ def ensure_image(
         if refresh or not apt.lists_present():
             say(f"updating the Debian package lists ({apt.mirror})")
             apt.update()
-        names = [*rootfs.USERLAND, rootfs.KERNEL[arch], *_bootloader(arch)]
+        names = [*rootfs.USERLAND, *rootfs.INSTALLER[arch], rootfs.KERNEL[arch],
+                 *_bootloader(arch)]
         say("resolving packages")
         packages = apt.fetch(names)
         digest = inputs_hash(arch, packages)
@@ -180,6 +181,12 @@ def _build(
         say(f"selecting kernel modules from {kernel.name}")
         vmlinuz, release = rootfs.stage_kernel(kernel, work, root)
         _install_guest_files(root, arch)
+        if arch == "x86_64":  # ros install writes syslinux's MBR code (BIOS disks only)
+            mbr = work / "bootloader-mbr"
+            extract(by_name["syslinux-common"].path, mbr)
+            dest = root / "usr/lib/syslinux/mbr"
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(mbr / "usr/lib/syslinux/mbr/mbr.bin", dest / "mbr.bin")
         _compile_python(root)
         say("laying out the system Docker's image store")
         exclude = set(rootfs.ENGINE_FILES) | {

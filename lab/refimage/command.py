@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from lab.refimage.build import ensure_image
+from lab.refimage.disks import ensure_disks
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +19,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--out", type=Path, help="output folder (default: the roslab cache)")
     build.add_argument("--mirror", help="Debian mirror URL (default: the host's apt source)")
     build.add_argument("--refresh", action="store_true", help="update the package lists first")
+    build.add_argument("--disks", action="store_true",
+                       help="also the clouds' disk images (rancheros-openstack.img, "
+                            "-digitalocean.img, -gce.tar.gz, -aliyun.vhd, -cloudstack.img; "
+                            "x86_64), made with the guest's ros install")
     build.set_defaults(func=_build)
 
 
@@ -29,8 +34,12 @@ def _build(args: argparse.Namespace) -> int:
         refresh=args.refresh,
         progress=lambda msg: print(f"[image] {msg}", flush=True),
     )
+    if args.disks:
+        ensure_disks(out, progress=lambda msg: print(f"[image] {msg}", flush=True))
     manifest = json.loads((out / "manifest.json").read_text())
     for name, size in manifest["sizes"].items():
-        print(f"{name:<16} {size / 1e6:8.1f} MB")
+        used = (out / name).stat().st_blocks * 512
+        print(f"{name:<28} {size / 1e6:8.1f} MB" + (f" ({used / 1e6:.1f} MB allocated)"
+                                                     if used < size * 0.9 else ""))
     print(out)
     return 0

@@ -30,7 +30,13 @@ USERLAND = [
     "kmod",
     "python3",  # the ros CLI, the service starter and cloud-init are Python
     "python3-yaml",
+    # the state partition and `ros install`: ext4, the FAT boot partition, syslinux
+    "e2fsprogs",
+    "dosfstools",
+    "mtools",
 ]
+# `ros install`'s boot loader: BIOS machines only
+INSTALLER = {"x86_64": ["syslinux"], "aarch64": []}
 # The cloud kernel where it is enough; on arm64 the generic one, because only it has the
 # Raspberry Pi's SD host, mini-UART and device trees.
 KERNEL = {"x86_64": "linux-image-cloud-amd64", "aarch64": "linux-image-arm64"}
@@ -236,8 +242,12 @@ def stage_userland(
         extract(pkg.path, root)
     for rel in DROP_FILES:
         (root / rel).unlink(missing_ok=True)
+    kept = _keep_gconv(root)
     for rel in DROP_DIRS:
         shutil.rmtree(root / rel, ignore_errors=True)
+    for rel, data in kept.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
     _alternatives(root)
     _busybox_applets(root, busybox_list)
     for rel in ROOT_DIRS:
@@ -253,6 +263,21 @@ def stage_userland(
     os.chmod(root / "etc/shadow", 0o640)
     os.chown(root / "home/rancher", 1100, 1100)
     log(f"staged userland from {len(packages)} packages")
+
+
+# mtools (ros install's FAT writer) converts names to code page 850 through iconv
+GCONV_KEEP = ["IBM850.so", "gconv-modules", "gconv-modules.cache",
+              "gconv-modules.d/gconv-modules-extra.conf"]
+
+
+def _keep_gconv(root: Path) -> dict[str, bytes]:
+    """The few iconv modules kept from the gconv folders DROP_DIRS removes."""
+    kept = {}
+    for folder in ("usr/lib/x86_64-linux-gnu/gconv", "usr/lib/aarch64-linux-gnu/gconv"):
+        for name in GCONV_KEEP:
+            if (root / folder / name).is_file():
+                kept[f"{folder}/{name}"] = (root / folder / name).read_bytes()
+    return kept
 
 
 def _alternatives(root: Path) -> None:

@@ -7,7 +7,7 @@ import sys
 
 import yaml
 
-from ros import cloudinit, commands, config, services
+from ros import cloudinit, commands, config, install, services
 
 
 def _version() -> str:
@@ -49,6 +49,16 @@ def main(argv: list[str]) -> int:
     o.add_parser("version").set_defaults(func=lambda a: print(_version()) or 0)
     s = sub.add_parser("service", aliases=["s"]).add_subparsers(dest="sub", required=True)
     s.add_parser("list").set_defaults(func=lambda a: services.service_list())
+    i = sub.add_parser("install", help="install to a disk that boots by itself")
+    i.add_argument("-d", "--device", required=True)
+    i.add_argument("-c", "--cloud-config", dest="cloud_config")
+    i.add_argument("-a", "--append", default="")
+    i.add_argument("-i", "--image", dest="source", help="installation source: folder or device")
+    i.add_argument("-t", "--install-type", dest="install_type", default="generic")
+    i.add_argument("-f", "--force", action="store_true")
+    i.add_argument("--no-reboot", dest="no_reboot", action="store_true")
+    i.set_defaults(func=lambda a: install.install(a.device, a.cloud_config, a.append, a.source,
+                                                  a.install_type, a.force, a.no_reboot))
     simple = {
         "sysinit": services.sysinit,
         "shutdown": services.shutdown,

@@ -436,9 +436,18 @@ def _authorized_keys(keys: list[str]) -> None:
     log(f"{len(keys)} authorized key(s) for rancher")
 
 
+# RancherOS keys this image reads but does not act on: said, never fatal
+UNSUPPORTED = ("rancher.resize_device",)
+
+
 def pre_console() -> int:
     meta = save()
     cfg = config.load()
+    for key in UNSUPPORTED:
+        if config.get(cfg, key) is not None:
+            msg = f"cloud-init: {key} is not supported by this image; ignored"
+            log(msg)
+            config.console_print(msg)
     name = config.get(cfg, "hostname") if "hostname" in config.cloud_config_layers() else None
     name = name or meta.get("hostname") or config.get(cfg, "hostname")
     if name:

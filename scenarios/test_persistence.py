@@ -1,0 +1,73 @@
+"""Persistence (RancherOS's state partition): across a power cycle, what lives on
+RANCHER_STATE stays (a file in /home/rancher, /opt and /var/lib/rancher, a user Docker
+image) and what lives in RAM goes (/tmp, /etc).
+
+A kernel+initrd image is booted as RancherOS's iPXE docs show it, with a blank disk and
+`rancher.state.dev=LABEL=RANCHER_STATE rancher.state.autoformat=[/dev/sda,/dev/vda]` (only
+a blank disk is formatted); an installed disk image (`ros install`, the cloud disks)
+carries its state partition and command line already. An ISO runs from RAM with its
+command line baked in: not applicable there.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import pytest
+
+from fixtures.guest import wait_boot_complete
+from fixtures.profiles import Profile
+from lab.images import CMDLINE_KINDS, DISK, GCE_TARBALL, ISO
+from lab.machine import Machine
+
+STATE_CMDLINE = ["rancher.state.dev=LABEL=RANCHER_STATE",
+                 "rancher.state.autoformat=[/dev/sda,/dev/vda]", "rancher.state.wait"]
+BLANK_DISK = 2 << 30
+KEPT = ("/home/rancher/kept.txt", "/opt/kept.txt", "/var/lib/rancher/kept.txt")
+GONE = ("/tmp/gone.txt", "/etc/gone.txt")
+
+pytestmark = pytest.mark.needs("disks")
+
+
+def _boot_with_state(boot_machine, lab_config) -> Machine:  # type: ignore[no-untyped-def]
+    image = lab_config.resolved_image()
+    if image.kind in CMDLINE_KINDS:
+        return boot_machine(blank_disks=[BLANK_DISK], cmdline_extra=STATE_CMDLINE)
+    if image.kind in (DISK, GCE_TARBALL):
+        return boot_machine()
+    why = ("an ISO runs from RAM and its kernel command line (no rancher.state.dev) is baked in"
+           if image.kind == ISO else f"a {image.kind} image gets no state disk here")
+    pytest.skip(f"not applicable: {why}")
+
+
+def test_state_persists_across_a_power_cycle(boot_machine, lab_config,  # type: ignore[no-untyped-def]
+                                             profile: Profile) -> None:
+    if profile.local_image is None:
+        pytest.skip("no image the user Docker has offline to tag (profile names none)")
+    mark = f"kept-{secrets.token_hex(4)}"
+    machine = _boot_with_state(boot_machine, lab_config)
+    wait_boot_complete(machine, profile)
+    tag = f"roslab/persist:{mark}"
+    machine.run(f"echo {mark} > {KEPT[0]} && docker tag {profile.local_image} {tag}",
+                check=True)
+    machine.run(f"for f in {' '.join(KEPT[1:] + GONE)}; do echo {mark} | sudo tee $f "
+                ">/dev/null; done; sync", check=True)
+    before = machine.run(f"cat {' '.join(KEPT + GONE)}").output.split().count(mark)
+    assert before == len(KEPT + GONE), f"could not write the test files: {before} written"
+
+    machine.power_cycle()
+    wait_boot_complete(machine, profile)
+    lost = [f for f in KEPT if machine.run(f"cat {f}").output.strip() != mark]
+    images = machine.run(f"docker image inspect --format ok {tag}")
+    kept_wrongly = [f for f in GONE if machine.run(f"test -e {f}").ok]
+    problems = []
+    if lost:
+        problems.append(f"lost on the state partition: {', '.join(lost)}")
+    if not images.ok:
+        problems.append(f"the user Docker lost the image {tag}: {images.output.strip()[-200:]}")
+    if kept_wrongly:
+        problems.append(f"kept though they live in RAM: {', '.join(kept_wrongly)}")
+    if problems:
+        log = machine.run("cat /var/log/boot/autoformat.log 2>&1").output.strip()[-600:]
+        pytest.fail("after a power cycle " + "; ".join(problems)
+                    + f"\n/var/log/boot/autoformat.log:\n{log}")
