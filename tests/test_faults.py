@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from interrupt import interrupt_when
 
 from lab import timeline as tl
 from lab.errors import BootTimeout
@@ -208,23 +208,15 @@ def test_a_matrix_run_interrupted_mid_boot_leaves_nothing_running_or_half_writte
     proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "matrix", "run", "--cell", "held",
                              "--results", "out"], cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 300
-        while not booted.exists():
-            assert proc.poll() is None, proc.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "the cell's machine never booted"
-            time.sleep(0.2)
+
+    def booted_and_running() -> bool:
+        if not booted.exists():
+            return False
         assert subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"]).returncode == 0
-        if how == "ctrl-c":
-            os.killpg(proc.pid, signal.SIGINT)
-        else:
-            proc.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        out = proc.communicate(timeout=120)[0]
-        stopped_in = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        return True
+
+    out, stopped_in = interrupt_when(proc, booted_and_running, how,
+                                     "the cell's machine never booted")
     assert proc.returncode != 0, out[-3000:]
     assert stopped_in < 60, f"took {stopped_in:.0f} s to stop"
     cell = json.loads((tmp_path / "out" / "held" / "cell.json").read_text())

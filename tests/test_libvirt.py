@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from interrupt import interrupt_when
 
 from drivers.base import MachineSpec
 from drivers.libvirt import HW_PROFILES, LibvirtDriver, domain_xml, hw_profile, profile_gaps
@@ -249,23 +250,9 @@ def test_a_run_interrupted_mid_boot_leaves_no_domain_file_or_thread(
          "--accel", "tcg", "--image", str(tiny_guests["hang"])],
         cwd=work, env={**os.environ, "TMPDIR": str(scratch)}, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not _domains(libvirt_uri):
-            assert proc.poll() is None, proc.communicate()[0][-3000:]
-            assert time.monotonic() < deadline, "no domain was ever defined"
-            time.sleep(0.2)
-        time.sleep(2)  # mid-boot: the console bridge's threads are pumping
-        if how == "ctrl-c":
-            os.killpg(proc.pid, signal.SIGINT)
-        else:
-            proc.send_signal(signal.SIGTERM)
-        started = time.monotonic()
-        out = proc.communicate(timeout=120)[0]
-        stopped_in = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    # mid-boot: 2 s after the domain appears, the console bridge's threads are pumping
+    out, stopped_in = interrupt_when(proc, lambda: bool(_domains(libvirt_uri)), how,
+                                     "no domain was ever defined", wait=120, settle=2)
     assert proc.returncode != 0, out[-3000:]
     assert stopped_in < 30, f"took {stopped_in:.0f} s to stop"
     assert _domains(libvirt_uri) == []

@@ -1,0 +1,34 @@
+"""Interrupting a lab run the way people do: Ctrl-C at a terminal (SIGINT to the whole
+process group) or a cancelled CI job (SIGTERM to the run alone)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+
+
+def interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], bool], how: str,
+                   never: str, wait: float = 300, settle: float = 0) -> tuple[str, float]:
+    """Once `ready()` (within `wait` s, else fail saying `never`), and `settle` s later,
+    interrupt `proc` (started with start_new_session=True) by `how` ("ctrl-c" or
+    "sigterm"). Returns its output and how long it took to stop; never leaves it running."""
+    try:
+        deadline = time.monotonic() + wait
+        while not ready():
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, never
+            time.sleep(0.2)
+        time.sleep(settle)
+        if how == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        out = proc.communicate(timeout=120)[0]
+        return out, time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
