@@ -110,7 +110,7 @@ class _Session:
                 "args": argparse.Namespace(allow_unmatched=False, kick=False, place=None,
                                            acquired=None)})
         except Exception as exc:
-            self.loop.close()
+            self._close_loop()
             raise PlatformError(f"the labgrid coordinator at {address} does not answer "
                                 f"({type(exc).__name__}: {exc or 'timed out'}): is "
                                 f"labgrid-coordinator running there?") from None
@@ -166,7 +166,15 @@ class _Session:
             if getattr(self.session, "pump_task", None) is not None:
                 self.loop.run_until_complete(self.session.stop())
             self.loop.run_until_complete(self.session.close())
+        self._close_loop()
+
+    def _close_loop(self) -> None:
+        """Close our loop and stop it being the thread's current one: a closed current
+        loop breaks whatever asyncio user comes next in this process (QEMU's QMP)."""
+        import asyncio
+
         self.loop.close()
+        asyncio.set_event_loop(None)
 
 
 def _place_facts(options: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
