@@ -16,8 +16,11 @@ import argparse
 import os
 import re
 import secrets
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from lab.errors import ConfigError
 
@@ -92,6 +95,68 @@ def _ago(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+# -- scratch folders: removed by their run, or by gc once their run is dead ------------------
+
+SCRATCH_PREFIX = "roslab-run-"
+OWNER_FILE = ".roslab-owner"  # "<pid> <process start time> <run id>": a pid may be reused
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # fields after "(comm)" start at field 3
+
+
+def scratch_dir() -> Path:
+    """A new scratch folder for this process (a test run's machines, snapshots): it carries
+    its owner, so `roslab gc` can tell a live run's folder from a SIGKILLed one's."""
+    path = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+    (path / OWNER_FILE).write_text(f"{os.getpid()} {_process_start(os.getpid())} {run_id()}\n")
+    return path
+
+
+def _owner(folder: Path) -> tuple[bool, str] | None:
+    """(is its run alive, its run id), or None for a folder without a readable owner."""
+    try:
+        pid_text, started, run = (folder / OWNER_FILE).read_text().split()
+        return _process_start(int(pid_text)) == started, run
+    except (OSError, ValueError):
+        return None
+
+
+def stale_scratch(older_than: float | None = None, dry_run: bool = False,
+                  where: Path | None = None, now: float | None = None) -> list[Garbage]:
+    """Scratch folders whose run died without removing them (SIGKILL, a lost CI runner).
+
+    A folder without an owner file is another roslab's (an older version) or half made: it
+    goes only when older than `older_than`. Removed unless `dry_run`.
+    """
+    now = time.time() if now is None else now
+    found = []
+    for folder in sorted((where or Path(tempfile.gettempdir())).glob(SCRATCH_PREFIX + "*")):
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        age, owner, run = now - folder.stat().st_mtime, _owner(folder), "?"
+        if owner is not None:
+            alive, run = owner
+            if alive:
+                continue
+            why = "its run is dead"
+        elif older_than is not None and age >= older_than:
+            why = f"no owner, created {_ago(age)} ago (older than {_ago(older_than)})"
+        else:
+            continue
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and
+                   not f.is_symlink())
+        found.append(Garbage("folder", str(folder), run, f"{why}; {size / 2**20:.0f} MiB"))
+        if not dry_run:
+            shutil.rmtree(folder, ignore_errors=True)
+    return found
+
+
 # -- roslab gc -----------------------------------------------------------------------------
 
 
@@ -120,6 +185,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     from drivers import CLOUDS, driver_class
 
     options = vars(args)
+    # this host's scratch folders of dead runs, whichever platform they ran on
+    _report("host", stale_scratch(args.older_than, args.dry_run), args.dry_run)
     if not args.all_clouds:
         return _collect(args.platform, driver_class(args.platform), args, options)
     failed = 0
@@ -144,8 +211,12 @@ def _collect(platform: str, cls: type, args: argparse.Namespace,
              options: dict[str, object]) -> int:
     found = cls.collect_garbage(older_than=args.older_than, dry_run=args.dry_run,
                                 options=options)
-    verb = "would remove" if args.dry_run else "removed"
-    for item in found:
-        print(f"{verb} {platform} {item.kind} {item.ident} (run {item.run}: {item.why})")
-    print(f"roslab gc: {len(found)} {'found' if args.dry_run else 'removed'} on {platform}")
+    _report(platform, found, args.dry_run)
     return 0
+
+
+def _report(where: str, found: list[Garbage], dry_run: bool) -> None:
+    verb = "would remove" if dry_run else "removed"
+    for item in found:
+        print(f"{verb} {where} {item.kind} {item.ident} (run {item.run}: {item.why})")
+    print(f"roslab gc: {len(found)} {'found' if dry_run else 'removed'} on {where}")

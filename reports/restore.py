@@ -19,6 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from lab import gc
 from lab import timeline as tl
 from lab.errors import LabError
 from reports import history
@@ -42,7 +43,10 @@ def run_restore_bench(opts: BenchOptions, console: Console | None = None) -> lis
         template.boot(timeout=opts.timeout)
         template.settle()
         saving = time.monotonic()
-        snapshot = template.snapshot(run_dir / "snapshot")
+        # RAM-sized: in a scratch folder, which gc removes if this process is SIGKILLed
+        scratch = gc.scratch_dir()
+        keep.callback(shutil.rmtree, scratch, ignore_errors=True)
+        snapshot = template.snapshot(scratch / "snapshot")
         saved = time.monotonic() - saving
         console.print(f"saved in {saved:.2f} s: {snapshot.size / 2**20:.0f} MiB of state")
         try:
@@ -55,8 +59,6 @@ def run_restore_bench(opts: BenchOptions, console: Console | None = None) -> lis
                               f"{r['milestones'].get(tl.RESTORED, float('nan')):.3f} s {status}")
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted after {len(records)} restores[/]")
-        finally:
-            shutil.rmtree(snapshot.path, ignore_errors=True)  # as large as the guest's RAM
     console.print(restore_table(records, saved, snapshot.size))
     console.print(f"history: {opts.history}")
     return records
