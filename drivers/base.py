@@ -195,6 +195,7 @@ class Driver(ABC):
         """Find (and unless `dry_run`, remove) what dead runs left (see lab/gc.py).
 
         Platforms whose machines die with the harness (QEMU: PR_SET_PDEATHSIG) leave
-        nothing outside the host process, so they have nothing to collect.
+        nothing outside the host process, so they have nothing to collect (the scratch
+        folders of dead runs are swept for every platform: `lab.gc.stale_scratch`).
         """
         return []
