@@ -8,7 +8,7 @@ import secrets
 
 import pytest
 
-from fixtures.guest import NO_USER_IMAGE, system_containers
+from fixtures.guest import system_containers, user_docker_image
 from fixtures.profiles import Profile
 from lab.machine import Machine
 
@@ -25,19 +25,7 @@ USER_DOCKER_DATA = "/var/lib/user-docker"  # the image contract: where its data 
 
 @pytest.fixture
 def local_image(machine: Machine, profile: Profile) -> str:
-    """An image the user Docker has offline: the profile's, or (RancherOS ships none) the
-    system Docker's own service image, copied across with `docker save | docker load`."""
-    if profile.local_image is not None:
-        return profile.local_image  # promised by the profile: a missing one is a failure
-    image = profile.system_image
-    if not machine.info.get("user_image_copied"):
-        copied = machine.run(f"sudo system-docker save {image} | docker load", timeout=300)
-        if not copied.ok:
-            pytest.skip(f"{NO_USER_IMAGE}: profile {profile.name} names none and "
-                        f"`system-docker save {image} | docker load` failed: "
-                        f"{copied.output.strip()[-200:]}")
-        machine.info["user_image_copied"] = True
-    return image
+    return user_docker_image(machine, profile)
 
 
 def _socket(machine: Machine, path: str) -> str:

@@ -13,7 +13,7 @@ import secrets
 
 import pytest
 
-from fixtures.guest import wait_boot_complete
+from fixtures.guest import user_docker_image, wait_boot_complete
 from fixtures.profiles import Profile
 from lab.images import DISK, ISO, KERNEL, Image
 
@@ -34,8 +34,6 @@ def _install_media(image: Image) -> Image:
 
 def test_ros_install_then_boot_from_the_disk(boot_machine, lab_config,  # type: ignore[no-untyped-def]
                                             profile: Profile) -> None:
-    if profile.local_image is None:
-        pytest.skip("no image the user Docker has offline to tag (profile names none)")
     mark = secrets.token_hex(4)
     machine = boot_machine(image=_install_media(lab_config.resolved_image()),
                            blank_disks=[BLANK_DISK])
@@ -58,7 +56,8 @@ def test_ros_install_then_boot_from_the_disk(boot_machine, lab_config,  # type: 
 
     wait_boot_complete(machine, profile)
     tag = f"roslab/installed:{mark}"
-    machine.run(f"echo {mark} > /home/rancher/kept.txt && docker tag {profile.local_image} "
+    offline = user_docker_image(machine, profile)
+    machine.run(f"echo {mark} > /home/rancher/kept.txt && docker tag {offline} "
                 f"{tag} && sync", check=True)
     machine.power_cycle()
     wait_boot_complete(machine, profile)

@@ -15,7 +15,7 @@ import secrets
 
 import pytest
 
-from fixtures.guest import wait_boot_complete
+from fixtures.guest import user_docker_image, wait_boot_complete
 from fixtures.profiles import Profile
 from lab.images import CMDLINE_KINDS, DISK, GCE_TARBALL, ISO
 from lab.machine import Machine
@@ -42,14 +42,12 @@ def _boot_with_state(boot_machine, lab_config) -> Machine:  # type: ignore[no-un
 
 def test_state_persists_across_a_power_cycle(boot_machine, lab_config,  # type: ignore[no-untyped-def]
                                              profile: Profile) -> None:
-    if profile.local_image is None:
-        pytest.skip("no image the user Docker has offline to tag (profile names none)")
     mark = f"kept-{secrets.token_hex(4)}"
     machine = _boot_with_state(boot_machine, lab_config)
     wait_boot_complete(machine, profile)
     tag = f"roslab/persist:{mark}"
-    machine.run(f"echo {mark} > {KEPT[0]} && docker tag {profile.local_image} {tag}",
-                check=True)
+    offline = user_docker_image(machine, profile)
+    machine.run(f"echo {mark} > {KEPT[0]} && docker tag {offline} {tag}", check=True)
     machine.run(f"for f in {' '.join(KEPT[1:] + GONE)}; do echo {mark} | sudo tee $f "
                 ">/dev/null; done; sync", check=True)
     before = machine.run(f"cat {' '.join(KEPT + GONE)}").output.split().count(mark)
