@@ -105,6 +105,8 @@ class Machine:
         self.workdir = spec.workdir
         self.console_log = spec.workdir / "console.log"
         self.timeline = tl.Timeline()
+        # system container -> {"created", "started", "finished"}: seconds since power-on
+        self.service_spans: dict[str, dict[str, float]] = {}
         self.ssh_key = ssh_key
         self.password = password
         self.boot_timeout = boot_timeout
@@ -326,7 +328,8 @@ class Machine:
 
         The guest's wall clock is mapped to the host timeline through uptime: the KERNEL
         milestone (host time) is taken as uptime 0. SERVICES is marked only once every
-        one of `services` (default: the running containers) is running. Returns the
+        one of `services` (default: the running containers) is running. Each container's
+        create, start and (one-shots) finish times go to `service_spans`. Returns the
         timeline as a dict.
         """
         # busybox date has no %N: wait for the wall clock's second to tick, then read
@@ -336,23 +339,30 @@ class Machine:
         uptime, guest_now = float(clock[0]), float(clock[2])
         boot_wall = guest_now - uptime
         kernel_at = self.timeline.marks.get(tl.KERNEL, 0.0)
-        fmt = "{{.Name}} {{.Created}} {{.State.StartedAt}} {{.State.Status}}"
+        fmt = "{{.Name}} {{.Created}} {{.State.StartedAt}} {{.State.FinishedAt}} {{.State.Status}}"
         out = self.run(f"sudo system-docker inspect --format '{fmt}' $(sudo system-docker ps -aq)",
                        timeout=60, check=True).output
         created, started_running, running_names = [], [], set()
         for line in out.splitlines():
             parts = line.split()
-            if len(parts) != 4:
+            if len(parts) != 5:
                 continue
-            name, created_s, started_s, status = parts
+            name, created_s, started_s, finished_s, status = parts
+            name = name.lstrip("/")
             created.append(_rfc3339(created_s))
             started = _rfc3339(started_s)
+            spans = {what: kernel_at + at - boot_wall for what, at in (
+                ("created", created[-1]), ("started", started),
+                ("finished", _rfc3339(finished_s) if status == "exited" else None))
+                if at is not None}
+            if spans:
+                self.service_spans[name] = spans
             if started is not None:
-                self.timeline.mark_offset(tl.service_milestone(name.lstrip("/")),
+                self.timeline.mark_offset(tl.service_milestone(name),
                                           kernel_at + started - boot_wall)
                 if status == "running":  # not "restarting": Running is true then too
                     started_running.append(started)
-                    running_names.add(name.lstrip("/"))
+                    running_names.add(name)
         stamps = [c for c in created if c is not None]
         if stamps:
             self.timeline.mark_offset(tl.SYSTEM_DOCKER, kernel_at + min(stamps) - boot_wall)
@@ -388,6 +398,7 @@ class Machine:
             self.password = BAKED_PASSWORD
         self.info["boot_complete"] = False
         self.timeline = tl.Timeline()
+        self.service_spans = {}
         self.timeline.t0 = self.driver.start()
         self.console = Console(self.driver.console_stream(), self.timeline, self.console_log,
                                self._exit_reason)

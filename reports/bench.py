@@ -228,6 +228,9 @@ def _record(
         console_log=str(log.resolve()) if log else None,
     )
     record["kind"] = opts.kind
+    if getattr(machine, "service_spans", None):
+        record["services"] = {name: {step: round(at, 3) for step, at in steps.items()}
+                              for name, steps in machine.service_spans.items()}
     if blame is not None:
         record["blame"] = blame
     return record

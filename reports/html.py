@@ -10,7 +10,13 @@ from html import escape
 import numpy as np
 
 from reports.history import Record
-from reports.stats import Summary, failure_counts, milestone_samples, phase_samples
+from reports.stats import (
+    Summary,
+    failure_counts,
+    milestone_samples,
+    phase_samples,
+    service_samples,
+)
 from reports.svg import Bar, Point, trend, waterfall
 
 TABLE_RUNS = 12  # the trend tables list the most recent runs; the picture shows all
@@ -85,6 +91,30 @@ def _waterfall_section(run: Sequence[Record]) -> str:
     return f"<div class='pair'><figure>{picture}</figure>{table}</div>"
 
 
+def _services_section(run: Sequence[Record]) -> str:
+    """Each system container: created -> started (light), and a one-shot's run to its
+    finish (full colour): where the services' share of the boot goes."""
+    samples = service_samples(run)
+    if not samples:
+        return ""
+    bars, rows = [], []
+    for name, steps in samples.items():
+        med = {step: float(np.median(v)) for step, v in steps.items()}
+        created = med.get("created", med.get("started", 0.0))
+        started = med.get("started", created)
+        finished = med.get("finished")
+        bars.append(Bar(f"service:{name}", created, finished or started, mid=started))
+        rows.append((name, _s(created), _s(started - created),
+                     "-" if finished is None else _s(finished - started),
+                     len(steps.get("created", []))))
+    picture = waterfall(bars, "System containers: created \u2192 started \u2192 finished, medians")
+    table = html_table(
+        ["container", "created", "create+start", "ran (one-shot)", "n"], rows,
+        "seconds; created since power-on, the others durations; median over completed boots",
+    )
+    return f"<div class='pair'><figure>{picture}</figure>{table}</div>"
+
+
 def _trend_sections(runs: Sequence[Sequence[Record]]) -> str:
     per_run = [(run, milestone_samples(run)) for run in runs]
     names = list(milestone_samples([r for run in runs for r in run]))
@@ -136,6 +166,7 @@ def _group_section(key: tuple[str, str, str, str], records: Sequence[Record]) ->
         f" / accel {escape(accel)}</h2>",
         f"<p class='meta'>{meta}</p>",
         _waterfall_section(latest),
+        _services_section(latest),
     ]
     errors = [(r.get("boot", ""), r.get("error") or "") for r in latest if not r.get("ok")]
     if errors:

@@ -54,6 +54,24 @@ def boot_timelines(records: Iterable[Record]) -> list[Timeline]:
     return [Timeline(t0=0.0, marks=dict(r.get("milestones") or {})) for r in records if r.get("ok")]
 
 
+SERVICE_STEPS = ("created", "started", "finished")
+
+
+def service_samples(records: Iterable[Record]) -> dict[str, dict[str, list[float]]]:
+    """System container -> step (created, started, finished) -> seconds since power-on,
+    one sample per completed boot that recorded it, in order of creation."""
+    out: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        if r.get("ok"):
+            for name, steps in (r.get("services") or {}).items():
+                for step in SERVICE_STEPS:
+                    if step in steps:
+                        out[name][step].append(float(steps[step]))
+    created = {name: steps.get("created") or steps.get("started") or [0.0]
+               for name, steps in out.items()}
+    return {name: dict(out[name]) for name in _in_boot_order(created)}
+
+
 def milestone_samples(records: Iterable[Record]) -> dict[str, list[float]]:
     """Milestone -> seconds since power-on, one sample per completed boot, in boot order."""
     out: dict[str, list[float]] = defaultdict(list)

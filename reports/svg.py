@@ -41,6 +41,9 @@ class Bar:
     start: float
     end: float
     whisker: float | None = None  # e.g. p95 of the end, drawn as a thin line
+    # a bar in two parts: start..mid light (waiting: a container being created and
+    # started), mid..end in full colour (running: a one-shot until it finished)
+    mid: float | None = None
 
 
 def waterfall(bars: Sequence[Bar], title: str, width: int = 760) -> str:
@@ -74,12 +77,21 @@ def waterfall(bars: Sequence[Bar], title: str, width: int = 760) -> str:
         y = top + i * row_h
         w = max(x(bar.end) - x(bar.start), 1.5)  # an instant phase stays visible
         tip = f"{bar.name}: {_fmt(bar.start)} \u2192 {_fmt(bar.end)} ({_fmt(bar.end - bar.start)})"
+        opacity = ""
+        if bar.mid is not None:
+            tip += f"; running from {_fmt(bar.mid)}"
+            opacity = " fill-opacity='0.35'"
         parts.append(
             f"<g class='bar'><title>{escape(tip)}</title>"
             f"<text x='{label_w - 6}' y='{y + 14}' text-anchor='end'>{escape(bar.name)}</text>"
             f"<rect x='{x(bar.start):.1f}' y='{y + 3}' width='{w:.1f}' height='{row_h - 6}' "
-            f"fill='{_colour(bar.name)}'/>"
+            f"fill='{_colour(bar.name)}'{opacity}/>"
         )
+        if bar.mid is not None and bar.end > bar.mid:
+            parts.append(
+                f"<rect x='{x(bar.mid):.1f}' y='{y + 3}' width='{x(bar.end) - x(bar.mid):.1f}' "
+                f"height='{row_h - 6}' fill='{_colour(bar.name)}'/>"
+            )
         end_label_x = x(bar.end) + 4
         if bar.whisker is not None and bar.whisker > bar.end:
             parts.append(

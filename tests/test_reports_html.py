@@ -113,3 +113,24 @@ def test_report_renders_in_chromium(tmp_path: Path) -> None:
     shot = tmp_path / "report.png"
     chromium(f"--screenshot={shot}", "--window-size=1400,1800", page.as_uri())
     assert shot.stat().st_size > 10_000  # a picture, not a blank page
+
+
+def test_system_containers_show_create_start_and_a_one_shot_s_run() -> None:
+    records = nightly_history(runs=1, boots=3)
+    for n, r in enumerate(records):
+        r["services"] = {
+            "udev-cold": {"created": 9.0 + n, "started": 10.0 + n, "finished": 13.0 + n},
+            "console": {"created": 20.0, "started": 22.5},
+            "user-volumes": {"created": 8.0},  # created only (io.rancher.os.createonly)
+        }
+    assert not records[1]["ok"]  # a failed boot: its figures do not count
+    records[1]["services"]["console"]["started"] = 99.0
+    page = render(records, "h.jsonl")
+    section = page[page.index("System containers"):]
+    rows = re.findall(r"<tr><td>([\w-]+)</td><td>([\d.]+)</td><td>([\d.]+)</td><td>([\d.-]+)</td>",
+                      section)
+    assert rows == [("user-volumes", "8.000", "0.000", "-"),
+                    ("udev-cold", "10.000", "1.000", "3.000"), ("console", "20.000", "2.500", "-")]
+    # the one-shot's bar has its light waiting part and its full-colour run
+    assert "service:udev-cold: 10.0s \u2192 14.0s (4.00s); running from 11.0s" in section
+    assert section.count("fill-opacity='0.35'") == 3
