@@ -378,15 +378,15 @@ MUTANTS: tuple[Mutant, ...] = (
 
 
 def _cpio_in(initrd: Path, *args: str, cwd: Path | None = None) -> str:
-    """Run `cpio -i ARGS` on the (zstd) initrd's first archive."""
-    zstd = subprocess.Popen(["zstd", "-dcq", str(initrd)], stdout=subprocess.PIPE)
+    """Run `cpio -i ARGS` on the (lz4) initrd's first archive."""
+    lz4 = subprocess.Popen(["lz4", "-dcq", str(initrd)], stdout=subprocess.PIPE)
     try:
-        out = subprocess.run(["cpio", "-i", "--quiet", *args], stdin=zstd.stdout, cwd=cwd,
+        out = subprocess.run(["cpio", "-i", "--quiet", *args], stdin=lz4.stdout, cwd=cwd,
                              capture_output=True, text=True, check=True).stdout
     finally:
-        assert zstd.stdout is not None
-        zstd.stdout.close()
-        zstd.wait()
+        assert lz4.stdout is not None
+        lz4.stdout.close()
+        lz4.wait()
     return out
 
 
@@ -455,15 +455,15 @@ def make_image(mutant: Mutant, out: Path) -> Path:
                 dest.write_text(script)
                 dest.chmod(0o755)
         # files only: a folder entry would reset the mode of the OS's own folder
-        cpio = subprocess.run("find . ! -type d | cpio --quiet -o -H newc", shell=True,
-                              cwd=overlay, capture_output=True, check=True).stdout
+        # lz4 as the initrd: the kernel's lz4 (legacy) reader takes a second stream where
+        # the first ends, but fails on anything else appended to it (zeros, a plain cpio)
+        cpio = subprocess.run("find . ! -type d | cpio --quiet -o -H newc | lz4 -l -q -c",
+                              shell=True, cwd=overlay, capture_output=True, check=True).stdout
     out.mkdir(parents=True, exist_ok=True)
     for name in ("vmlinuz", "manifest.json"):
         shutil.copy2(image / name, out / name)
     with open(out / "initrd", "wb") as fh, open(initrd, "rb") as base:
         shutil.copyfileobj(base, fh)
-        # the kernel takes an appended archive only at a 4-byte boundary; zeros are skipped
-        fh.write(b"\0" * (-fh.tell() % 4))
         fh.write(cpio)
     _release_iso(image / "rancheros.iso", out / "initrd", out / "rancheros.iso")
     return out

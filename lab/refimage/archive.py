@@ -152,11 +152,13 @@ def write_docker_archive(
     return image_id
 
 
-def write_initrd(root: Path, out: Path, level: int = 19) -> None:
-    """cpio newc of `root`, zstd-compressed: the kernel unpacks it as the root filesystem.
+def write_initrd(root: Path, out: Path, level: int = 9) -> None:
+    """cpio newc of `root`, lz4-compressed (legacy frames, the format the kernel's
+    CONFIG_RD_LZ4 reads): the kernel unpacks it as the root filesystem.
 
-    zstd because it decompresses several times faster than xz or gzip, which matters
-    under emulation (RancherOS moved off xz for the same reason).
+    lz4 because under TCG the unpack is emulated code and dominates the early boot: this
+    image's 290 MB tree unpacks in about half zstd's time (3.2 against 7.2 s, the same
+    host and hour), for an initrd about 1.5x the size (111 against 74 MB).
     """
     tmp = out.with_suffix(".partial")
     files = subprocess.run(
@@ -169,22 +171,21 @@ def write_initrd(root: Path, out: Path, level: int = 19) -> None:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
-        zstd = subprocess.Popen(
-            ["zstd", "-q", f"-{level}", "-T0", "--check", "-c"], stdin=cpio.stdout, stdout=fh
-        )
+        lz4 = subprocess.Popen(["lz4", "-l", f"-{level}", "-q", "-c"], stdin=cpio.stdout,
+                               stdout=fh)
         assert cpio.stdin is not None and cpio.stdout is not None
         try:
             cpio.stdout.close()
             cpio.stdin.write(files)
             cpio.stdin.close()
-            ok = cpio.wait() == 0 and zstd.wait() == 0
+            ok = cpio.wait() == 0 and lz4.wait() == 0
         except BaseException:  # Ctrl-C: stop the pipeline, leave no half file
-            for child in (cpio, zstd):
+            for child in (cpio, lz4):
                 child.kill()
                 child.wait()
             tmp.unlink(missing_ok=True)
             raise
     if not ok:
         tmp.unlink(missing_ok=True)
-        raise BuildError("writing the initrd failed (cpio or zstd); are both installed?")
+        raise BuildError("writing the initrd failed (cpio or lz4); are both installed?")
     tmp.rename(out)

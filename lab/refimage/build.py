@@ -211,7 +211,7 @@ def _build(
             arch,
             cmd=["sh"],
         )
-        say("writing the initrd (cpio + zstd -19; takes a minute)")
+        say("writing the initrd (cpio + lz4)")
         archive.write_initrd(root, tmp_out / "initrd")
         shutil.copy2(vmlinuz, tmp_out / "vmlinuz")
         if arch == "x86_64":
