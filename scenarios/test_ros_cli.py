@@ -79,6 +79,21 @@ def test_config_set_saves_typed_values(machine: Machine) -> None:
     assert not wrong, f"`ros config set` in {SAVED}: " + "; ".join(wrong)
 
 
+def test_config_export_shows_private_keys_only_when_asked(machine: Machine) -> None:
+    # the console keeps the SSH host keys in rancher.ssh.keys, a private key
+    pub = "$(sudo cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub)"
+    plain = machine.run(f"sudo ros config export | grep -c -e PRIVATE -e {pub}").output
+    private = machine.run(f"sudo ros config export --private | grep -c -e PRIVATE -e {pub}"
+                          ).output
+    problems = []
+    if plain.strip() != "0":
+        problems.append(f"plain export shows {plain.strip()} line(s) of host keys")
+    if not private.strip().isdigit() or int(private) < 2:
+        problems.append(f"--private shows {private.strip()!r} line(s) of host keys, "
+                        "expected the private and public ed25519 host key")
+    assert not problems, "`ros config export`: " + "; ".join(problems)
+
+
 def test_config_merge_adds_to_the_saved_config(machine: Machine) -> None:
     machine.run("sudo ros config set rancher.upgrade.image roslab/kept-by-merge", check=True)
     machine.run("printf 'rancher:\\n  network:\\n    dns:\\n      search: [roslab.test]\\n'"
@@ -113,21 +128,6 @@ def test_config_validate_reports_unknown_keys_and_bad_yaml(machine: Machine) -> 
     if broken[0] == 0:
         problems.append(f"invalid YAML exited 0 ({broken[1]!r})")
     assert not problems, "`ros config validate`: " + "; ".join(problems)
-
-
-def test_config_export_shows_private_keys_only_when_asked(machine: Machine) -> None:
-    # the console keeps the SSH host keys in rancher.ssh.keys, a private key
-    pub = "$(sudo cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub)"
-    plain = machine.run(f"sudo ros config export | grep -c -e PRIVATE -e {pub}").output
-    private = machine.run(f"sudo ros config export --private | grep -c -e PRIVATE -e {pub}"
-                          ).output
-    problems = []
-    if plain.strip() != "0":
-        problems.append(f"plain export shows {plain.strip()} line(s) of host keys")
-    if not private.strip().isdigit() or int(private) < 2:
-        problems.append(f"--private shows {private.strip()!r} line(s) of host keys, "
-                        "expected the private and public ed25519 host key")
-    assert not problems, "`ros config export`: " + "; ".join(problems)
 
 
 def _listed(machine: Machine) -> dict[str, str]:
