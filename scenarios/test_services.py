@@ -3,6 +3,7 @@ killed, and do their jobs (syslog stores, network configures eth0)."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 
@@ -75,17 +76,27 @@ def test_one_shot_service_completed(machine: Machine, completed_service: str) ->
     )
 
 
-def test_ros_service_list_agrees_with_system_docker(machine: Machine, profile: Profile) -> None:
+def _ps_state(status: str) -> str:
+    """A Docker status as `ros service ps` shows it ("Up 3 minutes", "Exited (0) 2 minutes
+    ago") in the form system_containers gives ("running", "exited(0)")."""
+    if status.startswith("Up "):
+        return "running"
+    exited = re.match(r"Exited \((-?\d+)\)", status)
+    return f"exited({exited.group(1)})" if exited else status.split()[0].lower()
+
+
+def test_ros_service_ps_agrees_with_system_docker(machine: Machine, profile: Profile) -> None:
+    out = machine.run("sudo ros service ps", check=True).output
     listed = {}
-    for line in machine.run("sudo ros service list", check=True).output.splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            listed[parts[1]] = parts[0]
+    for line in out.splitlines()[1:]:  # under the Name Command State Ports header
+        status = re.search(r"\s(Up \S.*|Exited \(-?\d+\).*|Restarting\b.*|Created\b.*)", line)
+        if line.split() and status:
+            listed[line.split()[0]] = _ps_state(status.group(1).strip())
     states = system_containers(machine)
     for name in profile.running + profile.completed:
-        assert name in listed, f"`ros service list` does not list {name}: {listed}"
+        assert name in listed, f"`ros service ps` does not list {name}:\n{out}"
         assert listed[name] == states.get(name), (
-            f"`ros service list` says {name} is {listed[name]}, "
+            f"`ros service ps` says {name} is {listed[name]}, "
             f"the system Docker says {states.get(name)}"
         )
 

@@ -137,6 +137,11 @@ INSTALL_PY = "usr/lib/ros/ros/install.py"
 SERVICES_PY = "usr/lib/ros/ros/services.py"
 COMMANDS_PY = "usr/lib/ros/ros/commands.py"
 CLOUDINIT_PY = "usr/lib/ros/ros/cloudinit.py"
+CLI_PY = "usr/lib/ros/ros/cli.py"
+CONFIG_CLI_PY = "usr/lib/ros/ros/config_cli.py"
+SERVICE_CLI_PY = "usr/lib/ros/ros/service_cli.py"
+TLS_PY = "usr/lib/ros/ros/tls.py"
+ROS_CLI = "scenarios/test_ros_cli.py::"
 
 NTP_DOWN = Breakage("ntp exits at once (restarted for ever)", services=_ntp_never_stays_up)
 PRELOAD_FAILS = Breakage("preload-user-images exits 3", services=_preload_exits_3)
@@ -172,9 +177,9 @@ MUTANTS: tuple[Mutant, ...] = (
         (
             NTP_DOWN,
             PRELOAD_FAILS,
-            Breakage("`ros service list` says every service is running", edits=(
-                Edit(SERVICES_PY, '        print(f"{state:<12} {name}")',
-                     '        print(f"{\'running\':<12} {name}")'),)),
+            Breakage("`ros service ps` says every service is up", edits=(
+                Edit(SERVICE_CLI_PY, 'c.get("Command", ""), c.get("Status", ""), ports))',
+                     'c.get("Command", ""), "Up 1 minute", ports))'),)),
             Breakage("syslog is not restarted when it dies", services=_syslog_not_restarted),
             Breakage("rsyslog writes elsewhere", edits=(
                 Edit("etc/rsyslog.conf", "-/var/log/syslog", "-/var/log/elsewhere"),)),
@@ -191,8 +196,8 @@ MUTANTS: tuple[Mutant, ...] = (
             Fails("scenarios/test_services.py::"
                   "test_one_shot_service_completed[preload-user-images]",
                   ("one-shot service 'preload-user-images' is exited(3)",)),
-            Fails("scenarios/test_services.py::test_ros_service_list_agrees_with_system_docker",
-                  ("`ros service list` says ntp is running, the system Docker says",)),
+            Fails("scenarios/test_services.py::test_ros_service_ps_agrees_with_system_docker",
+                  ("`ros service ps` says ntp is running, the system Docker says",)),
             Fails("scenarios/test_services.py::test_killed_service_comes_back",
                   ("was killed and did not come back",)),
             Fails("scenarios/test_services.py::test_syslog_stores_what_logger_sends",
@@ -279,7 +284,7 @@ MUTANTS: tuple[Mutant, ...] = (
             Breakage("the merged cloud-config is saved empty", edits=(
                 Edit(CLOUDINIT_PY, "yaml.safe_dump(full, fh,", "yaml.safe_dump({}, fh,"),)),
             Breakage("`ros config get` reads os-config.yml only", edits=(
-                Edit("usr/lib/ros/ros/cli.py", "config.get(config.load(), args.key)",
+                Edit(CLI_PY, "config.get(config.load(), args.key)",
                      "config.get(config._yaml_file(config.OS_CONFIG), args.key)"),)),
         ),
         (
@@ -359,6 +364,73 @@ MUTANTS: tuple[Mutant, ...] = (
             Fails("scenarios/test_cloud_config.py::"
                   "test_malformed_cloud_config_boots_to_a_usable_console",
                   ("applied in part", "the YAML error is neither in")),
+        ),
+    ),
+    Mutant(
+        "ros-cli-broken",
+        (
+            Breakage("`ros -v` names another version", edits=(
+                Edit(CLI_PY, 'print(f"ros version {_version()}")',
+                     'print("ros version v0.0.1")'),)),
+            Breakage("`ros config set` saves numbers and lists as strings", edits=(
+                Edit(CONFIG_CLI_PY, "    return text if value is None else _unhide(value)",
+                     "    return _unhide(value) if isinstance(value, bool) else text"),)),
+            Breakage("`ros config merge` replaces the saved config", edits=(
+                Edit(CLI_PY, "config_cli.write_saved(config.merge(config_cli.saved(), data))",
+                     "config_cli.write_saved(data)"),)),
+            Breakage("`ros config validate` lets unknown keys through", edits=(
+                Edit(CONFIG_CLI_PY,
+                     'errors.append(f"{where}: Additional property {key} is not allowed")',
+                     "pass"),)),
+            Breakage("`ros config export` shows private keys without --private", edits=(
+                Edit(CONFIG_CLI_PY, "for key in ADDITIONAL + (() if private else PRIVATE_KEYS):",
+                     "for key in ADDITIONAL:"),)),
+            Breakage("`ros service disable` leaves the service enabled", edits=(
+                Edit(SERVICE_CLI_PY, "                include[name] = False",
+                     "                pass"),)),
+            Breakage("`ros service up` creates the container but never starts it", edits=(
+                Edit(SERVICE_CLI_PY,
+                     '        if not (existing and existing["State"]["Running"]):\n'
+                     "            docker.start(name)\n", ""),)),
+            Breakage("`ros env` drops rancher.environment", edits=(
+                Edit(CLI_PY, "    env.update(os.environ)", "    env = dict(os.environ)"),)),
+            Breakage("`ros dev` prints /dev/<label> without resolving it", edits=(
+                Edit(CLI_PY, 'path = os.path.realpath(link) if os.path.exists(link) else ""',
+                     'path = f"/dev/{value}"'),)),
+            Breakage("`ros engine list` marks no engine current", edits=(
+                Edit(CLI_PY, 'print(f"current  docker-', 'print(f"enabled  docker-'),)),
+            Breakage("`ros console list` marks no console current", edits=(
+                Edit(CLI_PY, 'print("current  default")', 'print("enabled  default")'),)),
+            Breakage("rancher.docker.tls does not reach the user Docker", edits=(
+                Edit(TLS_PY, '    if config.get(cfg, "rancher.docker.tls") is not True:\n',
+                     "    if True:\n"),)),
+        ),
+        (
+            Fails(ROS_CLI + "test_ros_version_is_the_os_version",
+                  ("`ros -v` says 'ros version v0.0.1'",)),
+            Fails(ROS_CLI + "test_config_set_saves_typed_values",
+                  ("rancher.network.dhcp_timeout: saved '12', expected 12",
+                   "rancher.docker.insecure_registry: saved '[registry.example:5000")),
+            Fails(ROS_CLI + "test_config_merge_adds_to_the_saved_config",
+                  ("the value set before (rancher.upgrade.image) is gone",)),
+            Fails(ROS_CLI + "test_config_validate_reports_unknown_keys_and_bad_yaml",
+                  ("an unknown key was not named",)),
+            Fails(ROS_CLI + "test_config_export_shows_private_keys_only_when_asked",
+                  ("plain export shows",)),
+            Fails(ROS_CLI + "test_service_enable_and_disable_persist_in_services_include",
+                  ("after disable: listed 'enabled'",)),
+            Fails(ROS_CLI + "test_service_up_logs_stop_drive_its_system_container",
+                  ("after `up` the container is not running",)),
+            Fails(ROS_CLI + "test_ros_env_exports_rancher_environment",
+                  ("the command saw ROSLAB_GREETING=''",)),
+            Fails(ROS_CLI + "test_ros_dev_resolves_a_label",
+                  ("LABEL=config-2 gave '/dev/config-2', not a block device",)),
+            Fails(ROS_CLI + "test_ros_engine_list_names_the_running_user_docker",
+                  ("`ros engine list` marks no engine current",)),
+            Fails(ROS_CLI + "test_ros_console_list_marks_the_console_in_use_current",
+                  ("`ros console list` does not mark 'default' current",)),
+            Fails(ROS_CLI + "test_tls_gen_makes_the_user_docker_serve_tls_on_2376",
+                  ("a TLS client with ~/.docker's certificates got no answer on 2376",)),
         ),
     ),
     Mutant(

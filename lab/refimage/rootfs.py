@@ -30,6 +30,7 @@ USERLAND = [
     "kmod",
     "python3",  # the ros CLI, the service starter and cloud-init are Python
     "python3-yaml",
+    "openssl",  # `ros tls gen`: the user Docker's CA, server and client certificates
     # the state partition and `ros install`: ext4, the FAT boot partition, syslinux
     "e2fsprogs",
     "dosfstools",

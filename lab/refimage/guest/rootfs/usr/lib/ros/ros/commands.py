@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 
-from ros import cloudinit, config
+from ros import cloudinit, config, hostkeys, tls
 from ros.docker_api import USER_SOCKET, Docker, DockerError
 
 UDEVD = "/lib/systemd/systemd-udevd"
@@ -121,10 +121,7 @@ def console_init() -> int:
                     parts[1] = hashed
                 fh.write(":".join(parts) + "\n")
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
-    for kind in ("ed25519", "ecdsa"):
-        key = f"/etc/ssh/ssh_host_{kind}_key"
-        if not os.path.exists(key):
-            subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", key], check=True)
+    hostkeys.setup(cfg)
     cloudinit.write_files(cfg)
     threading.Thread(target=_respawn, args=(["/usr/sbin/sshd", "-D", "-e"],), daemon=True).start()
     autologin = config.get(cfg, "rancher.autologin")
@@ -167,6 +164,7 @@ def user_docker() -> int:
         "--log-opt",
         "max-file=2",
         *[str(a) for a in extra],
+        *tls.dockerd_args(cfg),
     ]
     os.execvpe("dockerd", argv, env)
     return 1

@@ -10,7 +10,7 @@ import shlex
 import threading
 import time
 
-from ros import config
+from ros import catalogue, config
 from ros.docker_api import Docker, DockerError
 
 AFTER = "io.rancher.os.after"
@@ -27,8 +27,8 @@ def uptime() -> float:
 
 
 def declared(cfg: dict) -> dict[str, dict]:
-    """The services of this machine's arch, as configured."""
-    services = config.get(cfg, "rancher.services") or {}
+    """The services of this machine's arch, as configured (optional ones once enabled)."""
+    services = {**catalogue.included(cfg), **(config.get(cfg, "rancher.services") or {})}
     arch = platform.machine()
     return {
         name: spec
@@ -212,21 +212,6 @@ def sysinit() -> int:
         config.console_print(f"ros: failed services: {', '.join(sorted(failed))}")
     config.console_print(f"{rel.get('NAME', 'RoslabOS')} {rel.get('VERSION', '')} started")
     return 1 if failed else 0
-
-
-def service_list() -> int:
-    """Every declared service and its state under the system Docker."""
-    docker = Docker()
-    cfg = config.load()
-    for name in declared(cfg):
-        info = docker.inspect(name)
-        if info is None:
-            state = "absent"
-        else:
-            st = info["State"]
-            state = st["Status"] if st["Status"] != "exited" else f"exited({st['ExitCode']})"
-        print(f"{state:<12} {name}")
-    return 0
 
 
 def shutdown() -> int:
