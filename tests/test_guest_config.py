@@ -31,7 +31,7 @@ def test_load_merges_files_in_order_then_cmdline_then_metadata(
     conf_d = tmp_path / "cloud-config.d"
     conf_d.mkdir()
     files = {
-        tmp_path / "os-config.yml": {"hostname": "rancher", "rancher": {"environment": {"A": "os"}}},
+        tmp_path / "os-config.yml": {"rancher": {"environment": {"A": "os"}}},
         conf_d / "20-b.yml": {"rancher": {"environment": {"A": "20", "B": "20"}}},
         conf_d / "10-a.yml": {"rancher": {"environment": {"A": "10", "C": "10"}},
                               "ssh_authorized_keys": ["ssh-ed25519 AAAA user"]},

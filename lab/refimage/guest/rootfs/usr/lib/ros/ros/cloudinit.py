@@ -572,9 +572,37 @@ def _hostname_choice(cfg: dict, meta: dict) -> str | None:
     return offered or config.get(cfg, "hostname")
 
 
+NETCONF_APPLIED = "/run/ros-netconf.json"  # the rancher.network the network service runs with
+
+
+def _network_follows(cfg: dict) -> None:
+    """The network service started before the user-data was read: restart it when
+    rancher.network differs from what it applied (RancherOS reads user-data first)."""
+    try:
+        with open(NETCONF_APPLIED) as fh:
+            applied = json.load(fh)
+    except (OSError, ValueError):
+        return  # no network service here
+    net = config.get(cfg, "rancher.network") or {}
+    if applied == json.loads(json.dumps(net, default=str)):
+        return
+    log("rancher.network differs from what the network service applied: restarting it")
+    try:
+        Docker().restart("network")
+    except (DockerError, OSError) as exc:
+        _say(f"cloud-init: could not restart the network service for rancher.network: {exc}")
+        return
+    # leases the restarted service gets (its DHCP host name) replace the old ones
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(NETCONF_APPLIED) and \
+            os.path.getmtime(NETCONF_APPLIED) <= os.path.getmtime(BOOT_YML):
+        time.sleep(0.2)
+
+
 def pre_console() -> int:
     meta = save()
     cfg = config.load()
+    _network_follows(cfg)
     _commands(config.get(cfg, "bootcmd"), "bootcmd")
     user = config.merge(config.cloud_config_layers(), {})
     _not_applied(cfg, user)

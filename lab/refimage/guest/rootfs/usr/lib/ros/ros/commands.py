@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import crypt
 import fnmatch
+import json
 import os
 import shlex
 import socket
@@ -105,6 +106,8 @@ def netconf() -> int:
     addresses, gateway, MTU; DHCP by default), DNS, post_cmds; then stay up."""
     cfg = config.load()
     net = config.get(cfg, "rancher.network") or {}
+    with open(cloudinit.NETCONF_APPLIED, "w") as fh:  # cloud-init compares the user-data's
+        json.dump(net, fh, sort_keys=True, default=str)
     subprocess.run(["ip", "link", "set", "lo", "up"])
     _net_commands(net.get("pre_cmds"), "pre_cmds")
     _resolv_conf(cfg)

@@ -137,6 +137,9 @@ class Docker:
         self.request("PUT", f"/containers/{name}/archive", body=tar, params={"path": path},
                      raw=True, headers={"Content-Type": "application/x-tar"})
 
+    def restart(self, name: str, timeout: int = 10) -> None:
+        self.request("POST", f"/containers/{name}/restart", params={"t": str(timeout)})
+
     def stop(self, name: str, timeout: int = 10) -> None:
         self.request("POST", f"/containers/{name}/stop", params={"t": str(timeout)})
 
