@@ -208,10 +208,10 @@ def test_proxies_reach_the_user_docker(machine: Machine) -> None:
 
 
 def test_preloaded_image_is_in_the_user_docker(machine: Machine) -> None:
-    got = machine.run(f"docker image inspect --format '{{{{.RepoTags}}}}' {PRELOADED}").output
-    assert PRELOADED in got, (
+    got = machine.run(f"docker image inspect --format '{{{{.RepoTags}}}}' {PRELOADED}")
+    assert got.ok and f"[{PRELOADED}]" in got.output, (
         f"{PRELOADED} from /var/lib/rancher/preload/docker is not in the user Docker: "
-        f"{got.strip()}")
+        f"{got.output.strip()}")
 
 
 def test_unknown_key_is_ignored_and_the_rest_applied(machine: Machine,
