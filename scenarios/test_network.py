@@ -59,12 +59,9 @@ def _link(machine: Machine, name: str) -> tuple[list[str], str]:
 def test_interface_gets_its_static_addresses_and_mtu(machine: Machine, link: str,
                                                     addresses: list[str], mtu: str) -> None:
     got_addrs, got_mtu = _link(machine, link)
-    problems = []
-    if sorted(got_addrs) != addresses:
-        problems.append(f"addresses {got_addrs}, expected {addresses}")
-    if got_mtu != mtu:
-        problems.append(f"MTU {got_mtu or 'unknown'}, expected {mtu}")
-    assert not problems, f"rancher.network.interfaces for {link}: " + "; ".join(problems)
+    got = {"addresses": sorted(got_addrs), "mtu": got_mtu}
+    want = {"addresses": addresses, "mtu": mtu}
+    assert got == want, f"rancher.network.interfaces for {link}: got {got}, expected {want}"
 
 
 def test_gateway_is_the_default_route(machine: Machine) -> None:
