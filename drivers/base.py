@@ -117,6 +117,10 @@ class Driver(ABC):
     def ssh_endpoint(self) -> tuple[str, int]:
         """(host, port) where the guest's sshd (port 22) is reachable from the harness."""
 
+    def dhcp_hostname(self) -> str | None:
+        """The host name the machine's DHCP server offers it (None: none offered)."""
+        return None
+
     @abstractmethod
     def power_button(self) -> None:
         """Press the power button (ACPI): the guest shuts down by itself."""

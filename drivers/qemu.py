@@ -440,7 +440,9 @@ class QemuDriver(Driver):
         ]
         if board.caps.network:
             argv += [
-                "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22"
+                # QEMU's DHCP offers the machine's name, as clouds' DHCP servers do
+                "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22,"
+                           f"hostname={self.dhcp_hostname()}"
                            + (f",{self._net_options}" if self._net_options else ""),
                 # no option ROM: nothing here netboots, and iPXE's probe costs a second of TCG
                 "-device", "virtio-net-pci,netdev=net0,romfile=",
@@ -589,6 +591,11 @@ class QemuDriver(Driver):
 
     def ssh_endpoint(self) -> tuple[str, int]:
         return "127.0.0.1", self.ssh_port
+
+    def dhcp_hostname(self) -> str | None:
+        if self.spec is None or not self.board.caps.network:
+            return None
+        return re.sub(r"[^A-Za-z0-9-]", "-", self.spec.name)  # a valid DNS label
 
     def power_button(self) -> None:
         self._qmp.cmd("system_powerdown")

@@ -142,6 +142,7 @@ CONFIG_CLI_PY = "usr/lib/ros/ros/config_cli.py"
 SERVICE_CLI_PY = "usr/lib/ros/ros/service_cli.py"
 TLS_PY = "usr/lib/ros/ros/tls.py"
 ROS_CLI = "scenarios/test_ros_cli.py::"
+CONFIG_PY = "usr/lib/ros/ros/config.py"
 
 NTP_DOWN = Breakage("ntp exits at once (restarted for ever)", services=_ntp_never_stays_up)
 PRELOAD_FAILS = Breakage("preload-user-images exits 3", services=_preload_exits_3)
@@ -275,12 +276,12 @@ MUTANTS: tuple[Mutant, ...] = (
                 Edit(CLOUDINIT_PY, 'if enc in ("b64", "base64",', 'if enc in ("base64",'),
                 Edit(CLOUDINIT_PY, 'if enc.startswith(("gz", "gzip")):',
                      'if enc.startswith("never"):'),
-                Edit(CLOUDINIT_PY, "os.chmod(path, int(str(perms), 8))", "os.chmod(path, 0o644)"),
+                Edit(CLOUDINIT_PY, "os.chmod(path, mode)", "os.chmod(path, 0o644)"),
                 Edit(CLOUDINIT_PY, "os.chown(path, uid, gid)", "os.chown(path, 0, 0)"),
             )),
             Breakage("runcmd runs backwards", edits=(
-                Edit(CLOUDINIT_PY, 'for entry in config.get(cfg, "runcmd") or []:',
-                     'for entry in reversed(config.get(cfg, "runcmd") or []):'),)),
+                Edit(CLOUDINIT_PY, '_commands(config.get(cfg, "runcmd"), "runcmd")',
+                     '_commands(list(reversed(config.get(cfg, "runcmd") or [])), "runcmd")'),)),
             Breakage("the merged cloud-config is saved empty", edits=(
                 Edit(CLOUDINIT_PY, "yaml.safe_dump(full, fh,", "yaml.safe_dump({}, fh,"),)),
             Breakage("`ros config get` reads os-config.yml only", edits=(
@@ -308,6 +309,123 @@ MUTANTS: tuple[Mutant, ...] = (
                   ("has hostname None, not the user data's 'roslab-cc'",)),
             Fails("scenarios/test_cloud_config.py::test_ros_config_get_reads_the_merged_config",
                   ("`ros config get hostname` says 'rancher'",)),
+        ),
+    ),
+    Mutant(
+        "cloud-config-apply-broken",
+        (
+            Breakage("cloud-config.d files merge in reverse name order", edits=(
+                Edit(CONFIG_PY, 'sorted(glob.glob(f"{CLOUD_CONFIG_D}/*.yml"))',
+                     'sorted(glob.glob(f"{CLOUD_CONFIG_D}/*.yml"), reverse=True)'),)),
+            Breakage("services get no rancher.environment: no ${VAR}, no bare entries, and "
+                     "their restart policy is dropped", edits=(
+                Edit(SERVICES_PY, "    spec = config.substitute(spec, environment)\n", ""),
+                Edit(SERVICES_PY, "env.update({k: v for k, v in environment.items()",
+                     "env.update({k: v for k, v in {}.items()"),
+                Edit(SERVICES_PY, 'policy: dict = {"Name": name}', 'policy: dict = {"Name": "no"}'),
+            )),
+            Breakage("write_files for system containers are written in the console", edits=(
+                Edit(CLOUDINIT_PY,
+                     'if isinstance(e, dict) and str(e.get("container") or "console")',
+                     'if isinstance(e, dict) and container == "console" or '
+                     'str(e.get("container") or "console")'),)),
+            Breakage("the hostname gets no /etc/hosts line", edits=(
+                Edit(CLOUDINIT_PY, 'lines.append(f"{LOOPBACK_NAME} {name}")', "pass"),)),
+            Breakage("rancher.sysctl and rancher.modules are not applied", edits=(
+                Edit(CLOUDINIT_PY, "for key, value in settings.items() if isinstance(",
+                     "for key, value in {}.items() if isinstance("),
+                Edit(CLOUDINIT_PY, 'argv = ["modprobe", *str(name).split()]', 'argv = ["true"]'),
+            )),
+            Breakage("mounts are made in cloud-init's own mount namespace", edits=(
+                Edit(CLOUDINIT_PY, 'host = ["nsenter", "-t", "1", "-m", "--"]', "host = []"),)),
+            Breakage("bootcmd does not run", edits=(
+                Edit(CLOUDINIT_PY, '    _commands(config.get(cfg, "bootcmd"), "bootcmd")\n', ""),)),
+            Breakage("the user Docker gets no proxies", edits=(
+                Edit(COMMANDS_PY, "    env.update(proxy_environment(cfg))\n", ""),)),
+            Breakage("only .tgz tarballs are preloaded", edits=(
+                Edit(COMMANDS_PY, 'if name.endswith((".tar", ".tar.gz", ".tgz")):',
+                     'if name.endswith((".tgz",)):'),)),
+            Breakage("keys this image ignores are not said", edits=(
+                Edit(CLOUDINIT_PY, "for key in sorted(set(user) - APPLIED):",
+                     "for key in sorted(set()):"),)),
+        ),
+        (
+            Fails("scenarios/test_cloud_config_apply.py::test_config_files_merge_in_order",
+                  ("'ROSLAB_ORDER': 'ten'",)),
+            Fails("scenarios/test_cloud_config_apply.py::"
+                  "test_service_gets_environment_volumes_labels_restart",
+                  ("its environment lacks ROSLAB_GREETING=", "ROSLAB_TAGGED=tag-v42",
+                   "label io.roslab.tag is '${ROSLAB_TAG}'", "restart policy 'no'")),
+            Fails("scenarios/test_cloud_config_apply.py::"
+                  "test_write_files_into_a_system_container[created-after-cloud-init]",
+                  ("it was written in the console too",)),
+            Fails("scenarios/test_cloud_config_apply.py::"
+                  "test_write_files_into_a_system_container[running-before-cloud-init]",
+                  ("it was written in the console too",)),
+            Fails("scenarios/test_cloud_config_apply.py::test_hostname_is_in_etc_hosts",
+                  ("/etc/hosts names 'roslab-apply' on no loopback line",)),
+            Fails("scenarios/test_cloud_config_apply.py::test_sysctl_and_modules_applied",
+                  ("rancher.sysctl net.ipv4.tcp_keepalive_time is",
+                   "rancher.modules: sch_prio is not loaded")),
+            Fails("scenarios/test_cloud_config_apply.py::"
+                  "test_mount_is_made_and_seen_in_the_console",
+                  ("the console sees nothing mounted there",)),
+            Fails("scenarios/test_cloud_config_apply.py::test_bootcmd_runs_before_runcmd",
+                  ("bootcmd and runcmd ran as ['runcmd']",)),
+            Fails("scenarios/test_cloud_config_apply.py::test_proxies_reach_the_user_docker",
+                  ("the user Docker's proxies are []",)),
+            Fails("scenarios/test_cloud_config_apply.py::"
+                  "test_preloaded_image_is_in_the_user_docker",
+                  ("roslab/preloaded:1 from /var/lib/rancher/preload/docker is not in",)),
+            Fails("scenarios/test_cloud_config_apply.py::"
+                  "test_unknown_key_is_ignored_and_the_rest_applied",
+                  ("nor the console says the key 'packages' is ignored",)),
+        ),
+    ),
+    Mutant(
+        "network-config-ignored",
+        (
+            Breakage("mac= interface entries match nothing", edits=(
+                Edit(COMMANDS_PY, "if pattern[4:].lower() == _mac(link):", "if False:"),)),
+            Breakage("addresses (the list) and mtu are ignored", edits=(
+                Edit(COMMANDS_PY, '[conf.get("address"), *(conf.get("addresses") or [])]',
+                     '[conf.get("address")]'),
+                Edit(COMMANDS_PY, '    if conf.get("mtu"):\n', '    if False:\n'),
+            )),
+            Breakage("the gateway is ignored", edits=(
+                Edit(COMMANDS_PY, '    if conf.get("gateway"):\n', '    if False:\n'),)),
+            Breakage("DNS search domains are dropped", edits=(
+                Edit(COMMANDS_PY, "        if search:\n", "        if False:\n"),)),
+            Breakage("post_cmds run before the interfaces are configured", edits=(
+                Edit(COMMANDS_PY, '    _net_commands(net.get("post_cmds"), "post_cmds")\n'
+                                  '    if not children:', "    if not children:"),
+                Edit(COMMANDS_PY, '    _net_commands(net.get("pre_cmds"), "pre_cmds")\n',
+                     '    _net_commands(net.get("pre_cmds"), "pre_cmds")\n'
+                     '    _net_commands(net.get("post_cmds"), "post_cmds")\n'),
+            )),
+            Breakage("the DHCP-offered host name is not read", edits=(
+                Edit(CLOUDINIT_PY, 'if lease.get("hostname", "").strip():',
+                     'if lease.get("hostname-never", "").strip():'),)),
+        ),
+        (
+            Fails("scenarios/test_network.py::test_interface_gets_its_static_addresses_and_mtu"
+                  "[by-name]",
+                  ("rl-static: got {'addresses': ['192.0.2.10/24'], 'mtu': '1500'}",)),
+            Fails("scenarios/test_network.py::test_interface_gets_its_static_addresses_and_mtu"
+                  "[by-glob]",
+                  ("rl-glob0: got {'addresses': [], 'mtu': '1500'}",)),
+            Fails("scenarios/test_network.py::test_interface_gets_its_static_addresses_and_mtu"
+                  "[by-mac]",
+                  ("rl-mac: got {'addresses': ['203.0.113.99/24'], 'mtu': '1500'}",)),
+            Fails("scenarios/test_network.py::test_gateway_is_the_default_route",
+                  ("gateway 192.0.2.1 is not the default route",)),
+            Fails("scenarios/test_network.py::test_dns_nameservers_and_search",
+                  ("search [], expected ['roslab.test', 'lab.example']",)),
+            Fails("scenarios/test_network.py::test_pre_cmds_then_post_cmds_ran",
+                  ("post_cmds did not run after the interfaces were configured",)),
+            Fails("scenarios/test_network.py::"
+                  "test_dhcp_offered_hostname_is_used_when_none_is_set",
+                  ("hostname is 'rancher'; no cloud-config hostname is set and DHCP offered",)),
         ),
     ),
     Mutant(

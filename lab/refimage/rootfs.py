@@ -168,6 +168,7 @@ MODULE_DIRS = [
     "kernel/drivers/net/net_failover.ko",
     "kernel/net/core/failover.ko",
     "kernel/drivers/net/veth.ko",
+    "kernel/drivers/net/dummy.ko",  # rancher.network pre_cmds may make dummy links
     "kernel/drivers/net/vmxnet3",
     "kernel/drivers/char/hw_random",
     "kernel/drivers/input",

@@ -1,20 +1,25 @@
 """cloud-config: fetch from the datasources, validate, merge, save, apply.
 
 `cloud-init-execute -pre-console` (the cloud-init-execute service) fetches and saves,
-then applies what belongs to the whole OS: hostname and SSH keys. The console service
-applies write_files and runcmd inside the console, where the user works (as RancherOS).
-Invalid YAML is logged and shown on the console, and boot goes on.
+then applies what belongs to the whole OS: bootcmd, rancher.sysctl, rancher.modules, the
+hostname (and its /etc/hosts line), SSH keys, mounts, and write_files for system
+containers that already run. The console service applies the other write_files and
+runcmd inside the console, where the user works (as RancherOS). Invalid YAML, and keys
+this image does not apply, are logged and shown on the console, and boot goes on.
 """
 
 from __future__ import annotations
 
 import base64
+import glob
 import grp
 import gzip
+import io
 import json
 import os
 import pwd
 import subprocess
+import tarfile
 import time
 import urllib.error
 import urllib.request
@@ -22,10 +27,11 @@ import urllib.request
 import yaml
 
 from ros import config
+from ros.docker_api import Docker, DockerError
 
 LOG = "cloud-init-save"
 BOOT_YML = f"{config.CLOUD_CONFIG_D}/boot.yml"
-METADATA = f"{config.CONF_DIR}/metadata"
+METADATA = config.METADATA
 SCRIPT = f"{config.CONF_DIR}/cloud-config-script"
 
 
@@ -416,9 +422,43 @@ def save() -> dict:
     return meta
 
 
+HOST_ROOT = "/proc/1/root"  # PID 1's root, the host's (cloud-init-execute shares its PIDs)
+LOOPBACK_NAME = "127.0.1.1"  # the address a machine's own name resolves to (Debian's)
+
+
+def set_hosts_name(name: str, hosts: str = "/etc/hosts") -> None:
+    """`127.0.1.1 NAME` in `hosts`, replacing an older name's line."""
+    lines = [line for line in (_read(hosts) or "").splitlines()
+             if line.split()[:1] != [LOOPBACK_NAME]]
+    lines.append(f"{LOOPBACK_NAME} {name}")
+    with open(hosts, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
 def _hostname(name: str) -> None:
     subprocess.run(["hostname", name], check=False)
+    # the host's file, which containers made from now on copy, and this container's own
+    for hosts in {f"{HOST_ROOT}/etc/hosts", "/etc/hosts"}:
+        try:
+            set_hosts_name(name, hosts)
+        except OSError as exc:
+            log(f"could not name {name} in {hosts}: {exc}")
     log(f"hostname set to {name}")
+
+
+def dhcp_hostname(wait: float) -> str | None:
+    """The host name a DHCP server offered (option 12), from the network service's leases,
+    waiting up to `wait` seconds for a first lease."""
+    deadline = time.monotonic() + wait
+    while True:
+        leases = sorted(glob.glob(f"{LEASES}/*.lease"))
+        for path in leases:
+            lease = dict(line.partition("=")[::2] for line in (_read(path) or "").splitlines())
+            if lease.get("hostname", "").strip():
+                return lease["hostname"].strip()
+        if leases or time.monotonic() >= deadline:
+            return None
+        time.sleep(0.5)
 
 
 def _authorized_keys(keys: list[str]) -> None:
@@ -438,23 +478,144 @@ def _authorized_keys(keys: list[str]) -> None:
 
 # RancherOS keys this image reads but does not act on: said, never fatal
 UNSUPPORTED = ("rancher.resize_device",)
+# top-level keys this image applies; others are said, never fatal (RancherOS ignores them)
+APPLIED = {"hostname", "ssh_authorized_keys", "write_files", "runcmd", "bootcmd", "mounts",
+           "rancher"}
+
+
+def _say(msg: str) -> None:
+    log(msg)
+    config.console_print(msg)
+
+
+def _not_applied(cfg: dict, user: dict) -> None:
+    for key in UNSUPPORTED:
+        if config.get(cfg, key) is not None:
+            _say(f"cloud-init: {key} is not supported by this image; ignored")
+    for key in sorted(set(user) - APPLIED):
+        _say(f"cloud-init: {key} is not a key this image applies; ignored")
+
+
+def _commands(entries, what: str) -> None:
+    """bootcmd/runcmd entries in order: a string runs in sh, a list is an argv."""
+    for entry in entries or []:
+        argv = ["sh", "-c", entry] if isinstance(entry, str) else [str(a) for a in entry]
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True)
+        except OSError as exc:
+            _say(f"cloud-init: {what} entry {entry!r} could not run: {exc}")
+            continue
+        config.boot_log(what, f"$ {entry!r} -> {proc.returncode}\n{proc.stdout}{proc.stderr}")
+
+
+def sysctl(cfg: dict) -> None:
+    settings = config.get(cfg, "rancher.sysctl") or {}
+    for key, value in settings.items() if isinstance(settings, dict) else []:
+        path = "/proc/sys/" + str(key).replace(".", "/")
+        try:
+            with open(path, "w") as fh:
+                fh.write(str(value))
+            log(f"sysctl {key} = {value}")
+        except OSError as exc:
+            _say(f"cloud-init: rancher.sysctl {key}={value} failed: {exc}")
+
+
+def modules(cfg: dict) -> None:
+    for name in config.get(cfg, "rancher.modules") or []:
+        argv = ["modprobe", *str(name).split()]  # "name arg=value" passes module options
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            _say(f"cloud-init: rancher.modules {name!r} failed: {proc.stderr.strip()}")
+        else:
+            log(f"module {name} loaded")
+
+
+def mounts(cfg: dict) -> None:
+    """mounts: [device, mount point, fstype, options] (swap: [device, none, swap, ...]),
+    made in the host's mount namespace; /mnt and /media reach the console and the user
+    Docker (shared mounts, as RancherOS's)."""
+    host = ["nsenter", "-t", "1", "-m", "--"]
+    for entry in config.get(cfg, "mounts") or []:
+        fields = [str(f) for f in entry] if isinstance(entry, list) else []
+        if len(fields) != 4:
+            _say(f"cloud-init: mounts entry {entry!r} is not [device, mount point, "
+                 "fstype, options]; ignored")
+            continue
+        dev, where, fstype, opts = fields
+        if fstype == "swap":
+            argv = [*host, "swapon", dev]
+        else:
+            subprocess.run([*host, "mkdir", "-p", where])
+            argv = [*host, "mount", *(["-t", fstype] if fstype else []),
+                    *(["-o", opts] if opts else []), dev, where]
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        if proc.returncode != 0:
+            _say(f"cloud-init: mounts entry {entry!r} failed: {proc.stderr.strip()}")
+        else:
+            log(f"mounted {dev} on {where} ({fstype or 'auto'})")
+
+
+def _hostname_choice(cfg: dict, meta: dict) -> str | None:
+    """The user's cloud-config, else the datasource's metadata, else the DHCP server's
+    offer, else the default (os-config.yml's)."""
+    user = config.merge(config.cloud_config_layers(), config.cmdline_config())
+    if user.get("hostname"):
+        return str(user["hostname"])
+    if meta.get("hostname"):
+        return str(meta["hostname"])
+    # a first lease may still be on its way; a machine with no NIC has none to wait for
+    nics = [n for n in os.listdir("/sys/class/net") if n != "lo"]
+    wait = float(config.get(cfg, "rancher.network.dhcp_timeout") or 10) if nics else 0
+    offered = dhcp_hostname(wait)
+    if offered:
+        log(f"hostname {offered} offered by DHCP")
+    return offered or config.get(cfg, "hostname")
+
+
+NETCONF_APPLIED = "/run/ros-netconf.json"  # the rancher.network the network service runs with
+
+
+def _network_follows(cfg: dict) -> None:
+    """The network service started before the user-data was read: restart it when
+    rancher.network differs from what it applied (RancherOS reads user-data first)."""
+    try:
+        with open(NETCONF_APPLIED) as fh:
+            applied = json.load(fh)
+    except (OSError, ValueError):
+        return  # no network service here
+    net = config.get(cfg, "rancher.network") or {}
+    if applied == json.loads(json.dumps(net, default=str)):
+        return
+    log("rancher.network differs from what the network service applied: restarting it")
+    try:
+        Docker().restart("network")
+    except (DockerError, OSError) as exc:
+        _say(f"cloud-init: could not restart the network service for rancher.network: {exc}")
+        return
+    # leases the restarted service gets (its DHCP host name) replace the old ones
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(NETCONF_APPLIED) and \
+            os.path.getmtime(NETCONF_APPLIED) <= os.path.getmtime(BOOT_YML):
+        time.sleep(0.2)
 
 
 def pre_console() -> int:
     meta = save()
     cfg = config.load()
-    for key in UNSUPPORTED:
-        if config.get(cfg, key) is not None:
-            msg = f"cloud-init: {key} is not supported by this image; ignored"
-            log(msg)
-            config.console_print(msg)
-    name = config.get(cfg, "hostname") if "hostname" in config.cloud_config_layers() else None
-    name = name or meta.get("hostname") or config.get(cfg, "hostname")
+    _network_follows(cfg)
+    _commands(config.get(cfg, "bootcmd"), "bootcmd")
+    user = config.merge(config.cloud_config_layers(), {})
+    _not_applied(cfg, user)
+    sysctl(cfg)
+    modules(cfg)
+    name = _hostname_choice(cfg, meta)
     if name:
-        _hostname(str(name))
-    keys = list(config.get(cfg, "ssh_authorized_keys") or []) + meta.get("ssh_keys", [])
+        _hostname(name)
+    keys = config.get(cfg, "ssh_authorized_keys") or []
     if keys:
         _authorized_keys([str(k) for k in keys])
+    mounts(cfg)
+    _files_into_running_containers(cfg)
     return 0
 
 
@@ -468,39 +629,89 @@ def _decode(content: str, encoding: str | None) -> bytes:
     return data
 
 
+def _file_entries(cfg: dict, container: str) -> list[dict]:
+    """write_files entries for `container` (no `container:` means the console's)."""
+    return [e for e in config.get(cfg, "write_files") or []
+            if isinstance(e, dict) and str(e.get("container") or "console") == container]
+
+
+def _owner(owner: str) -> tuple[int, int]:
+    user, _, group = owner.partition(":")
+    uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+    if not group:
+        return uid, pwd.getpwuid(uid).pw_gid
+    return uid, int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+
+
+def _file(entry: dict) -> tuple[str, bytes, int, int, int, str]:
+    """path, content, mode, uid, gid, and a description of one write_files entry."""
+    data = _decode(entry.get("content", ""), entry.get("encoding"))
+    perms = entry.get("permissions", "0644")
+    owner = str(entry.get("owner", "root:root"))
+    uid, gid = _owner(owner)
+    return (entry["path"], data, int(str(perms), 8), uid, gid,
+            f"{len(data)} bytes, {perms}, {owner}")
+
+
+def _entry_failed(entry: dict, exc: Exception) -> None:
+    _say(f"cloud-init: write_files entry {entry!r} failed: {exc}")
+
+
 def write_files(cfg: dict) -> None:
-    for entry in config.get(cfg, "write_files") or []:
+    for entry in _file_entries(cfg, "console"):
         try:
-            path = entry["path"]
-            data = _decode(entry.get("content", ""), entry.get("encoding"))
+            path, data, mode, uid, gid, what = _file(entry)
             os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
             with open(path, "wb") as fh:
                 fh.write(data)
-            perms = entry.get("permissions", "0644")
-            os.chmod(path, int(str(perms), 8))
-            owner = str(entry.get("owner", "root:root"))
-            user, _, group = owner.partition(":")
-            uid = pwd.getpwnam(user).pw_uid if not user.isdigit() else int(user)
-            gid = (
-                grp.getgrnam(group).gr_gid
-                if group and not group.isdigit()
-                else int(group)
-                if group
-                else pwd.getpwuid(uid).pw_gid
-            )
+            os.chmod(path, mode)
             os.chown(path, uid, gid)
-            log(f"wrote {path} ({len(data)} bytes, {perms}, {owner})")
+            log(f"wrote {path} ({what})")
         except (KeyError, OSError, ValueError, TypeError) as exc:
-            msg = f"cloud-init: write_files entry {entry!r} failed: {exc}"
-            log(msg)
-            config.console_print(msg)
+            _entry_failed(entry, exc)
+
+
+def write_container_files(docker: Docker, cfg: dict, name: str) -> None:
+    """write_files with `container: NAME`: into that system container (created or running),
+    through the system Docker's archive API; missing folders are made, existing ones kept."""
+    for entry in _file_entries(cfg, name):
+        try:
+            path, data, mode, uid, gid, what = _file(entry)
+            parent = os.path.dirname(os.path.normpath(path))
+            missing = []
+            while parent != "/" and not docker.path_exists(name, parent):
+                missing.insert(0, parent)
+                parent = os.path.dirname(parent)
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                for folder in missing:
+                    info = tarfile.TarInfo(os.path.relpath(folder, parent))
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+                info = tarfile.TarInfo(os.path.relpath(path, parent))
+                info.size, info.mode, info.uid, info.gid = len(data), mode, uid, gid
+                info.mtime = int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+            docker.put_archive(name, parent, buf.getvalue())
+            log(f"wrote {path} in container {name} ({what})")
+        except (KeyError, OSError, ValueError, TypeError, DockerError) as exc:
+            _entry_failed(entry, exc)
+
+
+def _files_into_running_containers(cfg: dict) -> None:
+    """Containers that started before the user-data was read get their files now."""
+    wanted = {str(e["container"]) for e in config.get(cfg, "write_files") or []
+              if isinstance(e, dict) and e.get("container") not in (None, "console")}
+    if not wanted:
+        return
+    docker = Docker()
+    for name in sorted(wanted):
+        if docker.inspect(name) is not None:
+            write_container_files(docker, cfg, name)
 
 
 def runcmd(cfg: dict) -> None:
     """Run each runcmd entry in order, as RancherOS does at console start."""
-    for entry in config.get(cfg, "runcmd") or []:
-        argv = ["sh", "-c", entry] if isinstance(entry, str) else [str(a) for a in entry]
-        proc = subprocess.run(argv, capture_output=True, text=True)
-        config.boot_log("runcmd", f"$ {entry!r} -> {proc.returncode}\n{proc.stdout}{proc.stderr}")
+    _commands(config.get(cfg, "runcmd"), "runcmd")
     if os.path.exists(SCRIPT):
         subprocess.run([SCRIPT])

@@ -1,11 +1,14 @@
 """The merged configuration, in RancherOS's load order (later wins):
-os-config.yml, cloud-config.d/*.yml, cloud-config.yml, kernel cmdline (rancher.*, cc.*)."""
+os-config.yml, cloud-config.d/*.yml (boot.yml is the datasource's user-data),
+cloud-config.yml, the kernel cmdline (rancher.*, cc.*), then the datasource's metadata
+(its SSH keys join ssh_authorized_keys)."""
 
 from __future__ import annotations
 
 import copy
 import glob
 import os
+import re
 import shlex
 
 import yaml
@@ -14,6 +17,7 @@ OS_CONFIG = "/usr/share/ros/os-config.yml"
 CONF_DIR = "/var/lib/rancher/conf"
 CLOUD_CONFIG_D = f"{CONF_DIR}/cloud-config.d"
 CLOUD_CONFIG = f"{CONF_DIR}/cloud-config.yml"
+METADATA = f"{CONF_DIR}/metadata"
 OS_RELEASE = "/etc/os-release"
 
 
@@ -96,8 +100,54 @@ def cloud_config_layers() -> dict:
     return merge(merged, _yaml_file(CLOUD_CONFIG))
 
 
+def _with_metadata(cfg: dict) -> dict:
+    """The datasource's SSH keys (saved by cloud-init) join ssh_authorized_keys."""
+    keys = [str(k) for k in _yaml_file(METADATA).get("ssh_keys") or [] if k]
+    have = cfg.get("ssh_authorized_keys")
+    have = [str(k) for k in have] if isinstance(have, list) else []
+    if keys:
+        cfg["ssh_authorized_keys"] = have + [k for k in keys if k not in have]
+    return cfg
+
+
 def load() -> dict:
-    return merge(merge(merge(_yaml_file(OS_CONFIG), cloud_config_layers()), cmdline_config()), {})
+    layers = merge(merge(_yaml_file(OS_CONFIG), cloud_config_layers()), cmdline_config())
+    return _with_metadata(layers)
+
+
+# rancher.network.<key> -> the variables RancherOS exports for it (both spellings)
+PROXY_KEYS = {"http_proxy": "HTTP_PROXY", "https_proxy": "HTTPS_PROXY", "no_proxy": "NO_PROXY"}
+
+
+def environment(cfg: dict | None = None) -> dict[str, str]:
+    """rancher.environment, with rancher.network's proxies added as RancherOS adds them:
+    what services' `${VAR}` and valueless `environment` entries, and `ros env`, see."""
+    cfg = load() if cfg is None else cfg
+    env = get(cfg, "rancher.environment")
+    out = {str(k): "" if v is None else str(v) for k, v in env.items()} \
+        if isinstance(env, dict) else {}
+    for key, var in PROXY_KEYS.items():
+        value = get(cfg, f"rancher.network.{key}")
+        if value:
+            for name in (var, key):
+                out.setdefault(name, str(value))
+    return out
+
+
+_VAR = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+
+
+def substitute(value, env: dict[str, str]):
+    """Compose-style interpolation of every string in `value`: `${VAR}` and `$VAR` from
+    `env` (unset: empty, as compose does), `$$` for a literal `$`."""
+    if isinstance(value, str):
+        return _VAR.sub(lambda m: "$" if m.group(0) == "$$"
+                        else env.get(m.group(1) or m.group(2), ""), value)
+    if isinstance(value, dict):
+        return {k: substitute(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, env) for v in value]
+    return value
 
 
 def get(cfg: dict, key: str):

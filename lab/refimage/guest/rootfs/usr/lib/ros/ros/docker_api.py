@@ -124,6 +124,22 @@ class Docker:
     def wait(self, name: str) -> int:
         return int(self.request("POST", f"/containers/{name}/wait")["StatusCode"])
 
+    def path_exists(self, name: str, path: str) -> bool:
+        """Whether `path` exists in container `name` (the archive API's HEAD)."""
+        try:
+            self.request("HEAD", f"/containers/{name}/archive", params={"path": path}, raw=True)
+            return True
+        except DockerError:
+            return False
+
+    def put_archive(self, name: str, path: str, tar: bytes) -> None:
+        """Unpack `tar` at `path` (a folder that exists) in container `name`."""
+        self.request("PUT", f"/containers/{name}/archive", body=tar, params={"path": path},
+                     raw=True, headers={"Content-Type": "application/x-tar"})
+
+    def restart(self, name: str, timeout: int = 10) -> None:
+        self.request("POST", f"/containers/{name}/restart", params={"t": str(timeout)})
+
     def stop(self, name: str, timeout: int = 10) -> None:
         self.request("POST", f"/containers/{name}/stop", params={"t": str(timeout)})
 

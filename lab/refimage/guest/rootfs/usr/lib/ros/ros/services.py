@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import os
 import platform
@@ -10,7 +11,7 @@ import shlex
 import threading
 import time
 
-from ros import catalogue, config
+from ros import catalogue, cloudinit, commands, config
 from ros.docker_api import Docker, DockerError
 
 AFTER = "io.rancher.os.after"
@@ -45,25 +46,40 @@ def _list(value) -> list[str]:
     return [str(v) for v in value]
 
 
-def _env(value, extra: dict) -> list[str]:
-    env = dict(extra)
-    if isinstance(value, dict):
-        env.update({k: str(v) for k, v in value.items()})
-    else:
-        for item in value or []:
-            k, _, v = str(item).partition("=")
-            env[k] = v
+def _env(value, environment: dict[str, str]) -> list[str]:
+    """A service's environment as RancherOS builds it: `K=V` as given; a bare `K` (or a
+    glob such as `ETCD_*`) takes its value(s) from rancher.environment."""
+    items = [f"{k}={v}" if v is not None else str(k) for k, v in value.items()] \
+        if isinstance(value, dict) else [str(v) for v in value or []]
+    env: dict[str, str] = {}
+    for item in items:
+        key, eq, val = item.partition("=")
+        if eq:
+            env[key] = val
+        else:
+            env.update({k: v for k, v in environment.items() if fnmatch.fnmatchcase(k, key)})
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def container_config(name: str, spec: dict, environment: dict) -> dict:
+def _restart_policy(restart) -> dict:
+    """compose's `restart`: no, always, unless-stopped, on-failure[:N]."""
+    name, _, retries = str(restart or "no").partition(":")
+    policy: dict = {"Name": name}
+    if name == "on-failure" and retries.isdigit():
+        policy["MaximumRetryCount"] = int(retries)
+    return policy
+
+
+def container_config(name: str, spec: dict, environment: dict[str, str]) -> dict:
+    """The system Docker's create body for a compose v1 service; `${VAR}` in any of its
+    fields comes from `environment` (rancher.environment, proxies included)."""
+    spec = config.substitute(spec, environment)
     labels = {k: str(v) for k, v in (spec.get("labels") or {}).items()}
     labels.setdefault("io.rancher.os.scope", "system")
-    restart = spec.get("restart", "no")
     host = {
         "NetworkMode": spec.get("net", spec.get("network_mode", "host")),
         "Privileged": bool(spec.get("privileged", False)),
-        "RestartPolicy": {"Name": "always" if restart == "always" else restart},
+        "RestartPolicy": _restart_policy(spec.get("restart")),
         "Binds": [str(v) for v in spec.get("volumes", [])],
         "VolumesFrom": [str(v) for v in spec.get("volumes_from", [])],
         "LogConfig": {"Type": "json-file", "Config": {"max-size": "25m", "max-file": "2"}},
@@ -158,13 +174,12 @@ class Starter:
         labels = spec.get("labels") or {}
         ok, why = True, ""
         try:
-            env = {
-                str(k): str(v)
-                for k, v in (config.get(self.cfg, "rancher.environment") or {}).items()
-            }
             existing = self.docker.inspect(name)
             if existing is None:
+                env = config.environment(self.cfg)
                 self.docker.create(name, container_config(name, spec, env))
+                # write_files with `container: NAME` land in it before it first starts
+                cloudinit.write_container_files(self.docker, self.cfg, name)
             if str(labels.get(CREATEONLY, "false")) != "true":
                 if not (existing and existing["State"]["Running"]):
                     self.docker.start(name)
@@ -203,6 +218,8 @@ def sysinit() -> int:
     try:
         load_system_images(docker)
         config.boot_log("sysinit", f"system images loaded at {uptime():.2f}s uptime")
+        # images the user preloads for the system Docker (kept on the state partition)
+        commands.load_preloaded(docker, f"{commands.PRELOAD}/system-docker")
     except (DockerError, OSError) as exc:
         config.console_print(f"ros: loading the system images failed: {exc}")
         return 1
