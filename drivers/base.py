@@ -141,6 +141,12 @@ class Driver(ABC):
     def cleanup(self) -> None:
         """Release everything prepare/start made (servers, cloud objects); idempotent."""
 
+    def exclusive_resource(self, spec: MachineSpec) -> str | None:
+        """What only one machine at a time can hold on this host (None: nothing): a
+        physical box, a fixed host port. A test's own machine that needs it gets it from an
+        idle shared machine, which is stopped first (and booted again when next needed)."""
+        return None
+
     def snapshot_unsupported(self, spec: MachineSpec) -> str | None:
         """Why a machine made from `spec` cannot be snapshotted (None when it can)."""
         return self.capabilities_for(spec.image, spec.arch).lacks("snapshot")

@@ -295,6 +295,10 @@ class LabgridDriver(Driver):
 
     # prepare ------------------------------------------------------------------------------
 
+    def exclusive_resource(self, spec: MachineSpec) -> str | None:
+        box = spec.options.get("place") or spec.options.get("labgrid_env")
+        return f"the labgrid box {box}"
+
     def prepare(self, spec: MachineSpec) -> None:
         _import_labgrid()
         self.spec = spec

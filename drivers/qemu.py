@@ -482,6 +482,11 @@ class QemuDriver(Driver):
 
     # snapshot and restore -----------------------------------------------------------------
 
+    def exclusive_resource(self, spec: MachineSpec) -> str | None:
+        if spec.datasource == "cloudstack":  # slirp joins 10.0.2.2:80 to the host's port 80
+            return "127.0.0.1:80, where the CloudStack metadata stand-in listens"
+        return None
+
     def snapshot_unsupported(self, spec: MachineSpec) -> str | None:
         if spec.datasource == "url" or spec.datasource in cloudconfig.METADATA_DATASOURCES:
             # the guest may ask that server again, and a copy would find nobody there

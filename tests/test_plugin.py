@@ -224,3 +224,39 @@ def test_fresh_machines_are_restored_copies(tmp_path: Path, tiny_guests: dict[st
     assert re.search(r"roslab: up to \d+ machines at once, \d+ starting at once, shared by "
                      r"all workers \(memory: ", proc.stdout), proc.stdout
     _nothing_left(scratch)
+
+
+EXCLUSIVE = """
+import pytest
+
+cloud_config = "#cloud-config\\nhostname: excl\\n"
+
+def test_shared(machine):
+    assert machine.run("echo hi").output == "hi"
+
+@pytest.mark.fresh_machine
+def test_own(machine):
+    assert machine.run("echo mine").output == "mine"
+
+def test_shared_again(machine):
+    assert machine.run("echo back").output == "back"
+"""
+
+
+def test_a_fresh_machine_gets_what_only_one_machine_can_hold(
+        tmp_path: Path, tiny_guests: dict[str, Path]) -> None:
+    """The CloudStack stand-in must listen on the host's port 80 (slirp's host address):
+    a fresh machine's stand-in gets it from the idle shared machine, which is stopped
+    first and booted again for the next shared test, instead of failing to listen."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    (tmp_path / "test_excl.py").write_text(EXCLUSIVE)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(tmp_path / "test_excl.py"), "-p",
+         "no:cacheprovider", "--platform", "qemu", "--image", str(tiny_guests["shell"]),
+         "--accel", "tcg", "--datasource", "cloudstack", "--rootdir", str(tmp_path)],
+        cwd=tmp_path, env={**os.environ, "TMPDIR": str(scratch)}, capture_output=True,
+        text=True, timeout=600,
+    )
+    assert "3 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+    _nothing_left(scratch)
