@@ -127,28 +127,21 @@ def _owner(folder: Path) -> tuple[bool, str] | None:
         return None
 
 
-def stale_scratch(older_than: float | None = None, dry_run: bool = False,
-                  where: Path | None = None, now: float | None = None) -> list[Garbage]:
+def stale_scratch(dry_run: bool = False, where: Path | None = None) -> list[Garbage]:
     """Scratch folders whose run died without removing them (SIGKILL, a lost CI runner).
 
-    A folder without an owner file is another roslab's (an older version) or half made: it
-    goes only when older than `older_than`. Removed unless `dry_run`.
+    Only a folder whose owner is known dead goes, whatever its age: one without an owner
+    file is half made or an older roslab's, whose run may be alive. Removed unless
+    `dry_run`.
     """
-    now = time.time() if now is None else now
     found = []
     for folder in sorted((where or Path(tempfile.gettempdir())).glob(SCRATCH_PREFIX + "*")):
         if not folder.is_dir() or folder.is_symlink():
             continue
-        age, owner, run = now - folder.stat().st_mtime, _owner(folder), "?"
-        if owner is not None:
-            alive, run = owner
-            if alive:
-                continue
-            why = "its run is dead"
-        elif older_than is not None and age >= older_than:
-            why = f"no owner, created {_ago(age)} ago (older than {_ago(older_than)})"
-        else:
+        owner = _owner(folder)
+        if owner is None or owner[0]:
             continue
+        run, why = owner[1], "its run is dead"
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file() and
                    not f.is_symlink())
         found.append(Garbage("folder", str(folder), run, f"{why}; {size / 2**20:.0f} MiB"))
@@ -186,7 +179,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
     options = vars(args)
     # this host's scratch folders of dead runs, whichever platform they ran on
-    _report("host", stale_scratch(args.older_than, args.dry_run), args.dry_run)
+    _report("host", stale_scratch(args.dry_run), args.dry_run)
     if not args.all_clouds:
         return _collect(args.platform, driver_class(args.platform), args, options)
     failed = 0
