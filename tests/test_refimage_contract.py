@@ -126,9 +126,12 @@ def test_ros_cli_reports_the_truth(booted: Machine) -> None:
     version = booted.run("ros os version", check=True).output.strip()
     assert f'"version": "{version}"' in manifest
     assert booted.run("ros -v", check=True).output.strip() == f"ros version {version}"
-    listed = booted.run("sudo ros service list", check=True).output
-    assert "running      console" in listed and "exited(0)    udev-cold" in listed, listed
-    assert booted.run("ros config get hostname", check=True).output.strip() == "contract-host"
+    ps = booted.run("sudo ros service ps", check=True).output
+    rows = {line.split()[0]: line for line in ps.splitlines()[1:] if line.split()}
+    assert " Up " in rows.get("console", "") and " Exited (0)" in rows.get("udev-cold", ""), ps
+    # the saved cloud-config holds keys now (mode 0600): ros config reads it as root
+    assert booted.run("sudo ros config get hostname", check=True).output.strip() == \
+        "contract-host"
 
 
 def test_config_drive_cloud_config_is_applied(booted: Machine) -> None:
