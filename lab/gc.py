@@ -175,11 +175,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    options = vars(args)
+    code = _collect_platforms(args, options)
+    # then this host's scratch folders of dead runs, whichever platform they ran on
+    _report("host", stale_scratch(args.dry_run), args.dry_run)
+    return code
+
+
+def _collect_platforms(args: argparse.Namespace, options: dict[str, object]) -> int:
     from drivers import CLOUDS, driver_class
 
-    options = vars(args)
-    # this host's scratch folders of dead runs, whichever platform they ran on
-    _report("host", stale_scratch(args.dry_run), args.dry_run)
     if not args.all_clouds:
         return _collect(args.platform, driver_class(args.platform), args, options)
     failed = 0
