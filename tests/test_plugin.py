@@ -205,19 +205,26 @@ def test_second_copy_is_of_the_saved_machine(machine):
 """
 
 
+def _run_module(tmp_path: Path, text: str, image: Path,
+                *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run the scenario module `text` on `image` to the end: (its pytest, its TMPDIR)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    (tmp_path / "test_module.py").write_text(text)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(tmp_path / "test_module.py"), "-p",
+         "no:cacheprovider", "--platform", "qemu", "--image", str(image), "--accel", "tcg",
+         "--rootdir", str(tmp_path), *args],
+        cwd=tmp_path, env={**os.environ, "TMPDIR": str(scratch)}, capture_output=True,
+        text=True, timeout=600,
+    )
+    return proc, scratch
+
+
 def test_fresh_machines_are_restored_copies(tmp_path: Path, tiny_guests: dict[str, Path]) -> None:
     """Two fresh_machine tests: one boot (the saved template), two restored copies that
     do not see each other's changes, each with its own SSH port, work folder and log."""
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    (tmp_path / "test_fresh.py").write_text(FRESH)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(tmp_path / "test_fresh.py"), "-p",
-         "no:cacheprovider", "--platform", "qemu", "--image", str(tiny_guests["shell"]),
-         "--accel", "tcg", "--rootdir", str(tmp_path)],
-        cwd=tmp_path, env={**os.environ, "TMPDIR": str(scratch)}, capture_output=True,
-        text=True, timeout=300,
-    )
+    proc, scratch = _run_module(tmp_path, FRESH, tiny_guests["shell"])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed" in proc.stdout
     # the header says how many machines may run at once, and why
@@ -248,15 +255,7 @@ def test_a_fresh_machine_gets_what_only_one_machine_can_hold(
     """The CloudStack stand-in must listen on the host's port 80 (slirp's host address):
     a fresh machine's stand-in gets it from the idle shared machine, which is stopped
     first and booted again for the next shared test, instead of failing to listen."""
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    (tmp_path / "test_excl.py").write_text(EXCLUSIVE)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", str(tmp_path / "test_excl.py"), "-p",
-         "no:cacheprovider", "--platform", "qemu", "--image", str(tiny_guests["shell"]),
-         "--accel", "tcg", "--datasource", "cloudstack", "--rootdir", str(tmp_path)],
-        cwd=tmp_path, env={**os.environ, "TMPDIR": str(scratch)}, capture_output=True,
-        text=True, timeout=600,
-    )
+    proc, scratch = _run_module(tmp_path, EXCLUSIVE, tiny_guests["shell"],
+                                "--datasource", "cloudstack")
     assert "3 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
     _nothing_left(scratch)
