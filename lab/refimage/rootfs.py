@@ -21,6 +21,7 @@ from lab.refimage.debs import Package, extract
 USERLAND = [
     "busybox-static",  # shell and core tools, getty/login, udhcpc, crond, logger
     "docker.io",  # dockerd twice (system and user), docker client, containerd, runc
+    "crun",  # the OCI runtime both Dockers use: a C program, it starts containers faster than runc
     "openssh-server",
     "sudo",
     "udev",
@@ -146,6 +147,7 @@ ENGINE_FILES = [
     "usr/bin/containerd",
     "usr/bin/containerd-shim-runc-v2",
     "usr/sbin/runc",
+    "usr/bin/crun",
     "usr/sbin/docker-proxy",
     "usr/bin/tini-static",
 ]

@@ -9,8 +9,17 @@ import sys
 
 import yaml
 
-from ros import cloudinit, commands, config, config_cli, install, service_cli, services, tls
+from ros import config, lazy
 from ros.docker_api import USER_SOCKET, Docker, DockerError
+
+# what one command needs, imported when it runs (see ros.lazy)
+cloudinit = lazy("ros.cloudinit")
+commands = lazy("ros.commands")
+config_cli = lazy("ros.config_cli")
+install = lazy("ros.install")
+service_cli = lazy("ros.service_cli")
+services = lazy("ros.services")
+tls = lazy("ros.tls")
 
 
 def _version() -> str:
@@ -202,18 +211,19 @@ def main(argv: list[str]) -> int:
     i.add_argument("--no-reboot", dest="no_reboot", action="store_true")
     i.set_defaults(func=lambda a: install.install(a.device, a.cloud_config, a.append, a.source,
                                                   a.install_type, a.force, a.no_reboot))
-    simple = {
-        "sysinit": services.sysinit,
-        "shutdown": services.shutdown,
-        "udev-settle": commands.udev_settle,
-        "udev": commands.udev,
-        "netconf": commands.netconf,
-        "console-init": commands.console_init,
-        "user-docker": commands.user_docker,
-        "preload-images": commands.preload_images,
+    simple = {  # the boot's own commands: (module, function), looked up when one runs
+        "sysinit": (services, "sysinit"),
+        "shutdown": (services, "shutdown"),
+        "udev-settle": (commands, "udev_settle"),
+        "udev": (commands, "udev"),
+        "netconf": (commands, "netconf"),
+        "console-init": (commands, "console_init"),
+        "user-docker": (commands, "user_docker"),
+        "preload-images": (commands, "preload_images"),
     }
-    for name, fn in simple.items():
-        sub.add_parser(name).set_defaults(func=lambda a, fn=fn: fn())
+    for name, (module, function) in simple.items():
+        sub.add_parser(name).set_defaults(
+            func=lambda a, module=module, function=function: getattr(module, function)())
     ci = sub.add_parser("cloud-init-execute")
     ci.add_argument("-pre-console", dest="pre_console", action="store_true")
     ci.set_defaults(func=lambda a: cloudinit.pre_console())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import crypt
 import fnmatch
 import json
 import os
@@ -13,7 +12,11 @@ import subprocess
 import threading
 import time
 
-from ros import cloudinit, config, hostkeys, tls
+from ros import config, lazy
+
+cloudinit = lazy("ros.cloudinit")
+hostkeys = lazy("ros.hostkeys")
+tls = lazy("ros.tls")
 from ros.docker_api import USER_SOCKET, Docker, DockerError
 
 UDEVD = "/lib/systemd/systemd-udevd"
@@ -167,6 +170,8 @@ def console_init() -> int:
     cfg = config.load()
     password = config.get(cfg, "rancher.password")
     if password is not None:
+        import crypt  # deprecated module, and only a password in cloud-config needs it
+
         hashed = crypt.crypt(str(password), crypt.mksalt(crypt.METHOD_SHA512))
         with open("/etc/shadow") as fh:
             lines = fh.read().splitlines()
@@ -232,6 +237,8 @@ def user_docker() -> int:
         "--exec-root=/var/run/docker",
         "--pidfile=/var/run/docker.pid",
         "--storage-driver=overlay2",
+        "--add-runtime=crun=/usr/bin/crun",
+        "--default-runtime=crun",
         "--log-opt",
         "max-size=25m",
         "--log-opt",

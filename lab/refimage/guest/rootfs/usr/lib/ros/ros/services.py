@@ -11,7 +11,10 @@ import shlex
 import threading
 import time
 
-from ros import catalogue, cloudinit, commands, config
+from ros import catalogue, config, lazy
+
+cloudinit = lazy("ros.cloudinit")
+commands = lazy("ros.commands")
 from ros.docker_api import Docker, DockerError
 
 AFTER = "io.rancher.os.after"
@@ -189,6 +192,8 @@ class Starter:
                         ok, why = False, f"exited {code}: {self.docker.logs(name, 5).strip()}"
         except (DockerError, OSError, KeyError) as exc:
             ok, why = False, str(exc)
+        except Exception as exc:  # a bug here fails this service; it must not hang the boot
+            ok, why = False, f"{type(exc).__name__}: {exc}"
         with self.lock:
             if ok and str(labels.get(RELOAD, "false")) == "true":
                 self._reload()
