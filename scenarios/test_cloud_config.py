@@ -161,6 +161,33 @@ def test_datasource_delivers_cloud_config(
     assert not problems, f"cloud-config from the {datasource} datasource: " + "; ".join(problems)
 
 
+# another user's public key, given in the user-data beside the instance's key pair
+USER_DATA_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPcq5LVuzU+njYCqRDWBMkYIxUs6q8/TKS7K9WTbTETK"
+                 " roslab-user-data")
+
+
+@pytest.mark.cloud_config({"hostname": "roslab-keys", "ssh_authorized_keys": [USER_DATA_KEY]},
+                          datasource="ec2")
+def test_metadata_ssh_keys_join_the_user_datas(machine: Machine) -> None:
+    """RancherOS merges the cloud's instance keys (metadata) into ssh_authorized_keys:
+    both the key pair and the user-data's own keys let their owners in."""
+    assert machine.ssh_key is not None
+    pair = machine.ssh_key.public.split()[1]
+    listed = yaml.safe_load(machine.run("sudo ros config get ssh_authorized_keys",
+                                        check=True).output) or []
+    authorized = machine.run("cat /home/rancher/.ssh/authorized_keys").output
+    problems = []
+    for what, key in (("the instance's key pair (metadata)", pair),
+                      ("the user-data's key", USER_DATA_KEY.split()[1])):
+        if not any(key in str(k) for k in listed):
+            problems.append(f"`ros config get ssh_authorized_keys` lacks {what}")
+        if key not in authorized:
+            problems.append(f"~rancher/.ssh/authorized_keys lacks {what}")
+    if (refused := _ssh_login(machine, machine.ssh_key.pkey())) is not None:
+        problems.append(f"the key pair cannot log in: {refused}")
+    assert not problems, "; ".join(problems)
+
+
 MALFORMED = "#cloud-config\nhostname: roslab-bad\nwrite_files: [unclosed\n"
 
 

@@ -1,6 +1,8 @@
 """Persistence (RancherOS's state partition): across a power cycle, what lives on
 RANCHER_STATE stays (a file in /home/rancher, /opt and /var/lib/rancher, a user Docker
-image) and what lives in RAM goes (/tmp, /etc).
+image) and what lives in RAM goes (/tmp, /etc); and what was set with `ros` before the
+reboot is what the next boot does: an enabled service runs, the SSH host keys are the
+same, images preloaded for the system Docker are loaded, and both Dockers use the proxy.
 
 A kernel+initrd image is booted as RancherOS's iPXE docs show it, with a blank disk and
 `rancher.state.dev=LABEL=RANCHER_STATE rancher.state.autoformat=[/dev/sda,/dev/vda]` (only
@@ -40,6 +42,47 @@ def _boot_with_state(boot_machine, lab_config) -> Machine:  # type: ignore[no-un
     pytest.skip(f"not applicable: {why}")
 
 
+PRELOADED = "/var/lib/rancher/preload/system-docker/roslab-preload.tar"
+PROXY = "http://proxy.roslab.invalid:3128"
+NO_PROXY = "*"  # the proxy is only looked at: nothing may try to use it
+HOST_KEYS = "cat /etc/ssh/ssh_host_*_key.pub | sort"
+PROXY_OF = "{docker} info --format '{{{{.HTTPProxy}}}} {{{{.NoProxy}}}}'"
+
+
+def _set_before_reboot(machine: Machine, profile: Profile, mark: str) -> dict[str, str]:
+    """What the next boot should do, set the RancherOS way; returns what to compare."""
+    if profile.optional_service:
+        machine.run(f"sudo ros service enable {profile.optional_service}", check=True)
+    machine.run(f"sudo ros config set rancher.network.http_proxy {PROXY}", check=True)
+    machine.run(f"sudo ros config set rancher.network.no_proxy '{NO_PROXY}'", check=True)
+    # a one-file image, saved where the system Docker preloads from, then removed
+    machine.run(f"cd /etc && sudo tar -c hostname | sudo system-docker import - "
+                f"roslab/preload:{mark} >/dev/null && sudo system-docker save -o {PRELOADED} "
+                f"roslab/preload:{mark} && sudo system-docker rmi roslab/preload:{mark} "
+                ">/dev/null", timeout=120, check=True)
+    return {"host keys": machine.run(HOST_KEYS, check=True).output.strip()}
+
+
+def _settings_lost(machine: Machine, profile: Profile, mark: str,
+                   before: dict[str, str]) -> list[str]:
+    problems = []
+    name = profile.optional_service
+    if name and machine.run(f"sudo system-docker inspect --format '{{{{.State.Running}}}}' "
+                            f"{name}").output.strip() != "true":
+        problems.append(f"{name}, enabled with `ros service enable` before the reboot, is not "
+                        "running after it")
+    if machine.run(HOST_KEYS).output.strip() != before["host keys"]:
+        problems.append("the SSH host keys changed (RancherOS keeps them in rancher.ssh.keys)")
+    if not machine.run(f"sudo system-docker image inspect --format ok roslab/preload:{mark}").ok:
+        problems.append(f"the system Docker did not load {PRELOADED}")
+    for docker in ("sudo system-docker", "docker"):
+        seen = machine.run(PROXY_OF.format(docker=docker)).output.strip()
+        if seen != f"{PROXY} {NO_PROXY}":
+            problems.append(f"`{docker} info` shows proxy {seen!r}, not rancher.network's "
+                            f"{PROXY} {NO_PROXY}")
+    return problems
+
+
 def test_state_persists_across_a_power_cycle(boot_machine, lab_config,  # type: ignore[no-untyped-def]
                                              profile: Profile) -> None:
     mark = f"kept-{secrets.token_hex(4)}"
@@ -50,8 +93,9 @@ def test_state_persists_across_a_power_cycle(boot_machine, lab_config,  # type: 
     machine.run(f"echo {mark} > {KEPT[0]} && docker tag {offline} {tag}", check=True)
     machine.run(f"for f in {' '.join(KEPT[1:] + GONE)}; do echo {mark} | sudo tee $f "
                 ">/dev/null; done; sync", check=True)
-    before = machine.run(f"cat {' '.join(KEPT + GONE)}").output.split().count(mark)
-    assert before == len(KEPT + GONE), f"could not write the test files: {before} written"
+    written = machine.run(f"cat {' '.join(KEPT + GONE)}").output.split().count(mark)
+    assert written == len(KEPT + GONE), f"could not write the test files: {written} written"
+    before = _set_before_reboot(machine, profile, mark)
 
     machine.power_cycle()
     wait_boot_complete(machine, profile)
@@ -65,6 +109,7 @@ def test_state_persists_across_a_power_cycle(boot_machine, lab_config,  # type: 
         problems.append(f"the user Docker lost the image {tag}: {images.output.strip()[-200:]}")
     if kept_wrongly:
         problems.append(f"kept though they live in RAM: {', '.join(kept_wrongly)}")
+    problems += _settings_lost(machine, profile, mark, before)
     if problems:
         log = machine.run("cat /var/log/boot/autoformat.log 2>&1").output.strip()[-600:]
         pytest.fail("after a power cycle " + "; ".join(problems)

@@ -143,6 +143,7 @@ SERVICE_CLI_PY = "usr/lib/ros/ros/service_cli.py"
 TLS_PY = "usr/lib/ros/ros/tls.py"
 ROS_CLI = "scenarios/test_ros_cli.py::"
 CONFIG_PY = "usr/lib/ros/ros/config.py"
+HOSTKEYS_PY = "usr/lib/ros/ros/hostkeys.py"
 
 NTP_DOWN = Breakage("ntp exits at once (restarted for ever)", services=_ntp_never_stays_up)
 PRELOAD_FAILS = Breakage("preload-user-images exits 3", services=_preload_exits_3)
@@ -443,6 +444,33 @@ MUTANTS: tuple[Mutant, ...] = (
             Fails("scenarios/test_persistence.py::test_state_persists_across_a_power_cycle",
                   ("lost on the state partition: /home/rancher/kept.txt, /opt/kept.txt",
                    "the user Docker lost the image", "kept though they live in RAM: /tmp")),
+        ),
+    ),
+    Mutant(
+        "reboot-forgets-settings",
+        (
+            Breakage("`ros service enable` is ignored at boot (rancher.services_include)",
+                     edits=(Edit(SERVICES_PY, "services = {**catalogue.included(cfg), ",
+                                 "services = {"),)),
+            Breakage("new SSH host keys every boot (rancher.ssh.keys ignored)", edits=(
+                Edit(HOSTKEYS_PY, "        if saved and saved_pub:", "        if False:"),)),
+            Breakage("images in preload/system-docker are not loaded", edits=(
+                Edit(SERVICES_PY, 'commands.load_preloaded(docker, f"{commands.PRELOAD}/'
+                     'system-docker")', "pass"),)),
+            Breakage("the system Docker gets no rancher.network proxies", edits=(
+                Edit("init", "if grep -qs '_proxy'", "if false && grep -qs '_proxy'"),)),
+            Breakage("the cloud's instance keys replace the user-data's ssh_authorized_keys",
+                     edits=(Edit(CONFIG_PY, "have + [k for k in keys if k not in have]",
+                                 "keys"),)),
+        ),
+        (
+            Fails("scenarios/test_persistence.py::test_state_persists_across_a_power_cycle",
+                  ("roslab-httpd, enabled with `ros service enable` before the reboot, is not "
+                   "running after it", "the SSH host keys changed",
+                   "the system Docker did not load", "`sudo system-docker info` shows proxy")),
+            Fails("scenarios/test_cloud_config.py::test_metadata_ssh_keys_join_the_user_datas",
+                  ("`ros config get ssh_authorized_keys` lacks the user-data's key",
+                   "~rancher/.ssh/authorized_keys lacks the user-data's key")),
         ),
     ),
     Mutant(
