@@ -13,11 +13,11 @@ import threading
 import time
 
 from ros import config, lazy
+from ros.docker_api import USER_SOCKET, Docker, DockerError
 
 cloudinit = lazy("ros.cloudinit")
 hostkeys = lazy("ros.hostkeys")
 tls = lazy("ros.tls")
-from ros.docker_api import USER_SOCKET, Docker, DockerError
 
 UDEVD = "/lib/systemd/systemd-udevd"
 

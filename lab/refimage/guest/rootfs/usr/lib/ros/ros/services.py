@@ -12,10 +12,10 @@ import threading
 import time
 
 from ros import catalogue, config, lazy
+from ros.docker_api import Docker, DockerError
 
 cloudinit = lazy("ros.cloudinit")
 commands = lazy("ros.commands")
-from ros.docker_api import Docker, DockerError
 
 AFTER = "io.rancher.os.after"
 DETACH = "io.rancher.os.detach"
