@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from drivers.base import Capabilities, Driver, MachineSpec
+from lab import gc
 from lab import timeline as tl
 from lab.errors import ConfigError, ImageError, PlatformError
 from lab.images import KERNEL, Image
@@ -49,6 +50,9 @@ POWER_DRIVERS = {  # resource -> labgrid power driver that drives it
     "PDUDaemonPort": "PDUDaemonDriver", "YKUSHPowerPort": "YKUSHPowerDriver",
     "USBPowerPort": "USBPowerDriver", "SiSPMPowerPort": "SiSPMPowerDriver",
 }
+# the place's tags while a roslab run holds it (labgrid has no lease): `roslab gc` releases
+# a place held by this host/user whose holder process is dead
+HOLDER_TAG, RUN_TAG = "roslab_holder", "roslab_run"
 WHY_NO_POWER_BUTTON = ("the lab presses no power button on a box: IPMI `chassis power soft` "
                        "is not wired up (ipmi_sim's does nothing), and PDUs have none")
 
@@ -143,11 +147,18 @@ class _Session:
                 try:
                     with contextlib.redirect_stdout(io.StringIO()):  # labgrid's CLI chatter
                         self.loop.run_until_complete(self.session.acquire())
+                    self.mark(name, {HOLDER_TAG: gc.holder_token(),
+                                     RUN_TAG: gc.run_id().lower().replace("-", "_")})
                     return
                 except Exception as exc:  # taken between our look and our request
                     holder = self.place(name).acquired or str(exc)
             if time.monotonic() >= deadline:
                 waited = f" (waited {wait:.0f} s)" if wait else ""
+                if holder == self.me and gc.holder_alive(
+                        self.place(name).tags.get(HOLDER_TAG, "")) is False:
+                    raise PlaceTaken(f"place {name!r} is still held by {holder} for a roslab "
+                                     f"run that died: `roslab gc --platform labgrid` "
+                                     f"releases it")
                 raise PlaceTaken(f"place {name!r} is held by {holder}{waited}: wait for it "
                                  f"with --wait-place SECONDS, or ask {holder} to release it")
             time.sleep(PLACE_POLL_SECONDS)
@@ -156,9 +167,17 @@ class _Session:
     def release(self, name: str) -> None:
         self.sync()
         if self.place(name).acquired == self.me:
+            self.mark(name, {HOLDER_TAG: "", RUN_TAG: ""})
             self.session.args.place = name
             with contextlib.redirect_stdout(io.StringIO()):
                 self.loop.run_until_complete(self.session.release())
+
+    @_keeps_root_logging
+    def mark(self, name: str, tags: dict[str, str]) -> None:
+        """Set (or with "" remove) the place's tags: the holder marks `roslab gc` reads."""
+        self.session.args.place = name
+        self.session.args.tags = [f"{k}={v}" for k, v in tags.items()]
+        self.loop.run_until_complete(self.session.set_tags())
 
     @_keeps_root_logging
     def close(self) -> None:
@@ -271,6 +290,35 @@ class LabgridDriver(Driver):
     @classmethod
     def capabilities_for(cls, image: Image, arch: str) -> Capabilities:
         return cls._facts.get("current", cls.capabilities)
+
+    @classmethod
+    def collect_garbage(cls, older_than: float | None, dry_run: bool,
+                        options: dict[str, Any]) -> list[gc.Garbage]:
+        """Places held by this host/user for a roslab run whose process is dead (SIGKILL):
+        released. Never a live run's, a place someone else holds, or one held without
+        roslab's marks (a person's `labgrid-client acquire`), whatever `older_than` says:
+        the holder's life decides, not the age."""
+        _import_labgrid()
+        session = _Session(_coordinator(options))
+        found = []
+        try:
+            session.sync()
+            for name, place in sorted(session.session.places.items()):
+                token = place.tags.get(HOLDER_TAG, "")
+                if token and not place.acquired and not dry_run:
+                    # released by hand after its run died: a stale mark must not make a
+                    # later `labgrid-client acquire` of this host/user look like roslab's
+                    session.mark(name, {HOLDER_TAG: "", RUN_TAG: ""})
+                if not token or place.acquired != session.me or gc.holder_alive(token):
+                    continue
+                run = place.tags.get(RUN_TAG, "?")
+                found.append(gc.Garbage("place", name, run, f"held by {place.acquired} for "
+                                        f"roslab process {token.split('_')[0]}, now dead"))
+                if not dry_run:
+                    session.release(name)
+        finally:
+            session.close()
+        return found
 
     def __init__(self) -> None:
         self.spec: MachineSpec | None = None

@@ -6,8 +6,10 @@ boots (one to the login, one whose netboot never gets there) and one interrupted
 
 from __future__ import annotations
 
+import getpass
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -226,3 +228,95 @@ def test_environment_file_mistakes_are_named(tmp_path: Path) -> None:
         LabgridDriver.not_ready({"labgrid_env": str(env)}) or "")
     why = LabgridDriver.not_ready({"labgrid_env": str(env), "labgrid_role": "bench-box"})
     assert why is not None and "no serial port resource" in why
+
+
+def _holder_process(farm: Farm, place: str, user: str) -> subprocess.Popen[str]:
+    """A live process of `user` on this host that has acquired `place` as a run does."""
+    program = ("from drivers.labgrid import _Session\n"
+               f"s = _Session({farm.coordinator!r}); s.acquire({place!r}, 0)\n"
+               "print('held', flush=True); import time; time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, env={**os.environ, "LG_USERNAME": user})
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def _tags(farm: Farm, place: str) -> dict[str, str]:
+    from drivers.labgrid import _Session
+
+    session = _Session(farm.coordinator)
+    try:
+        session.sync()
+        return dict(session.place(place).tags)
+    finally:
+        session.close()
+
+
+def test_gc_releases_only_places_of_dead_runs_of_this_host_and_user(
+        farm: Farm, reference: Image, tmp_path: Path) -> None:
+    from drivers.labgrid import HOLDER_TAG
+
+    me = f"{socket.gethostname()}/{getpass.getuser()}"
+    assert LabgridDriver.not_ready(farm.options()) is None  # as a run starts: the box's facts
+    # a roslab run SIGKILLed while its box boots: no finalizer releases the place
+    program = textwrap.dedent(f"""
+        from pathlib import Path
+        from lab.machine import make_machine
+        m = make_machine("labgrid", {str(reference.path)!r}, "x86_64", None, "url",
+                         Path({str(tmp_path)!r}), "auto",
+                         platform_options={farm.options()!r})
+        m.boot()
+    """)
+    run = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not farm.box_running() and time.monotonic() < deadline:
+            assert run.poll() is None, run.communicate()[0][-2000:]
+            time.sleep(0.5)
+    finally:
+        run.kill()
+        run.wait()
+    farm.ipmi("chassis", "power", "off")  # what the dead run left on
+    assert holder(farm) == me
+    assert _tags(farm, "box")[HOLDER_TAG].startswith(f"{run.pid}_")
+    # the next run is told why the place is still held, and what frees it
+    (tmp_path / "next").mkdir()
+    machine = machine_on(farm, tmp_path / "next", reference)
+    with pytest.raises(PlaceTaken, match=r"died: `roslab gc --platform labgrid`"):
+        try:
+            machine.boot()
+        finally:
+            machine.stop()
+    alice = _holder_process(farm, "box-deadbmc", "alice")
+    alice.kill()  # someone else's dead run
+    alice.wait()
+    live = _holder_process(farm, "box-deadconsole", me.split("/")[1])  # a live run, ours
+    try:
+        gc_cmd = [sys.executable, "-m", "lab.cli", "gc", "--platform", "labgrid",
+                  "--labgrid-coordinator", farm.coordinator]
+        env = {**os.environ, "TMPDIR": str(tmp_path)}  # not the host's other scratch folders
+        listed = subprocess.run([*gc_cmd, "--dry-run"], cwd=ROOT, env=env,
+                                capture_output=True, text=True)
+        assert listed.stdout.startswith("would remove labgrid place box (run "), listed
+        assert f"roslab process {run.pid}, now dead" in listed.stdout
+        assert "roslab gc: 1 found on labgrid" in listed.stdout, listed.stdout
+        assert holder(farm) == me, "a dry run releases nothing"
+        swept = subprocess.run(gc_cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert "roslab gc: 1 removed on labgrid" in swept.stdout, swept.stdout + swept.stderr
+        assert holder(farm) == "None" and HOLDER_TAG not in _tags(farm, "box")
+        assert holder(farm, "box-deadbmc").endswith("/alice")
+        assert holder(farm, "box-deadconsole") == me
+    finally:
+        live.kill()
+        live.wait()
+        for place in ("box-deadbmc", "box-deadconsole"):
+            subprocess.run([str(Path(sys.executable).parent / "labgrid-client"), "-x",
+                            farm.coordinator, "-p", place, "release", "--kick"],
+                           capture_output=True)
