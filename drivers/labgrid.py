@@ -37,7 +37,7 @@ from drivers.base import Capabilities, Driver, MachineSpec
 from lab import gc
 from lab import timeline as tl
 from lab.errors import ConfigError, ImageError, PlatformError
-from lab.images import KERNEL, Image
+from lab.images import DISK, KERNEL, Image
 from lab.netboot import SCRIPT, NetbootServer, ipxe_script
 from lab.redact import redact
 
@@ -50,6 +50,11 @@ POWER_DRIVERS = {  # resource -> labgrid power driver that drives it
     "PDUDaemonPort": "PDUDaemonDriver", "YKUSHPowerPort": "YKUSHPowerDriver",
     "USBPowerPort": "USBPowerDriver", "SiSPMPowerPort": "SiSPMPowerDriver",
 }
+BOOT_DISK = "disk"  # place tag boot=disk: the box boots what is installed on its disk
+WHY_NO_SSH_FROM_DISK = (
+    "a box booting its own disk reads only the cloud-config installed on it (its state "
+    "partition, and the datasources baked into the disk's kernel command line), never the "
+    "run's, so the lab's SSH key is not on it: the lab works through its console")
 # the place's tags while a roslab run holds it (labgrid has no lease): `roslab gc` releases
 # a place held by this host/user whose holder process is dead
 HOLDER_TAG, RUN_TAG = "roslab_holder", "roslab_run"
@@ -200,21 +205,41 @@ def _place_facts(options: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
     """(resource classes, tags) of the place or environment target, without acquiring."""
     _import_labgrid()
     _options(options)
-    if options.get("labgrid_env") and not options.get("place"):
+    place = options.get("place")
+    if options.get("labgrid_env") and not place:
         config = _env_target_config(options)
-        return set(_env_resources(config)), dict(config.get("tags") or {})
+        place = _env_remote_place(config)
+        if not place:  # a box wired to this host
+            return set(_env_resources(config)), dict(config.get("tags") or {})
+        options = {**options, "labgrid_coordinator": _env_coordinator(options)}
     session = _Session(_coordinator(options))
     try:
-        place = session.place(options["place"])
-        classes = {m.cls for m in place.matches}
+        found = session.place(place)
+        classes = {m.cls for m in found.matches}
         for exporter, groups in session.session.resources.items():
             for group_name, group in groups.items():
                 for resource_name, resource in group.items():
-                    if place.getmatch((exporter, group_name, resource.cls, resource_name)):
+                    if found.getmatch((exporter, group_name, resource.cls, resource_name)):
                         classes.add(resource.cls)
-        return {c for c in classes if c != "*"}, dict(place.tags)
+        return {c for c in classes if c != "*"}, dict(found.tags)
     finally:
         session.close()
+
+
+def _env_remote_place(config: dict[str, Any]) -> str:
+    """The place an environment target names by a RemotePlace resource ("" for none)."""
+    from labgrid.factory import target_factory
+
+    resources, _ = target_factory.normalize_config(config)
+    return next(iter(resources.get("RemotePlace", {})), "")
+
+
+def _env_coordinator(options: dict[str, Any]) -> str:
+    """The environment file's `coordinator_address` option, else the usual default."""
+    from labgrid.environment import Environment
+
+    return Environment(str(options["labgrid_env"])).config.get_option(
+        "coordinator_address", _coordinator(options))
 
 
 def _coordinator(options: dict[str, Any]) -> str:
@@ -249,17 +274,22 @@ def _env_resources(config: dict[str, Any]) -> list[str]:
 def capabilities_of(classes: set[str], tags: dict[str, str]) -> Capabilities:
     serial = bool(classes & set(SERIAL_RESOURCES))
     ssh = "NetworkService" in classes
-    netboot = bool(tags.get("netboot_url"))
+    from_disk = tags.get("boot") == BOOT_DISK
+    netboot = bool(tags.get("netboot_url")) and not from_disk
     arch = tags.get("arch", "x86_64")
     why = {"power_button": WHY_NO_POWER_BUTTON}
-    if not ssh:
+    if from_disk:  # no cloud-config of the run reaches it, so neither does the lab's key
+        ssh = False
+        why["ssh"] = why["network"] = WHY_NO_SSH_FROM_DISK
+    elif not ssh:
         why["ssh"] = why["network"] = ("the place has no NetworkService resource (the box's "
                                        "SSH address), so the lab cannot reach it")
     if not serial:
         why["console"] = "the place has no serial port resource"
+    kinds = (DISK,) if from_disk else (KERNEL,) if netboot else ()
     return Capabilities(
         arches=(arch,), console=serial, ssh=ssh, power_button=False, snapshot=False,
-        datasources=("url",) if netboot else (), image_kinds=(KERNEL,) if netboot else (),
+        datasources=("url",) if netboot else (), image_kinds=kinds,
         network=ssh, board=tags.get("board", "box"), why_not=why)
 
 
@@ -357,7 +387,8 @@ class LabgridDriver(Driver):
         # the BMC and the console port are checked here, before anything is powered
         self.strategy.transition("off")
         self._open_console()
-        self._serve_netboot(spec)
+        if self.tags.get("boot") != BOOT_DISK:
+            self._serve_netboot(spec)
 
     def _acquire_target(self) -> Any:
         from labgrid.remote.client import find_role_by_place
@@ -372,18 +403,13 @@ class LabgridDriver(Driver):
             config = _env_target_config(self.options)
             env = Environment(str(env_path))
             self.tags = dict(config.get("tags") or {})
-            remote = config.get("resources", {})
-            places = [r["RemotePlace"]["name"] for r in remote
-                      if isinstance(r, dict) and "RemotePlace" in r] \
-                if isinstance(remote, list) else list((remote or {}).get("RemotePlace", {}))
-            self._place = self.options.get("place") or (places[0] if places else "")
+            self._place = self.options.get("place") or _env_remote_place(config)
             if not self._place:  # a box wired to this host: no coordinator, no lock
                 return env.get_target(self.options.get("labgrid_role") or "main")
         else:
             self._place = self.options["place"]
-        coordinator = _coordinator(self.options)
-        if env is not None:
-            coordinator = env.config.get_option("coordinator_address", coordinator)
+        coordinator = _env_coordinator(self.options) if env is not None \
+            else _coordinator(self.options)
         self._session = _Session(coordinator)
         self._session.place(self._place)
         self._session.acquire(self._place, float(self.options.get("wait_place") or 0))

@@ -23,8 +23,8 @@ import pytest
 from drivers.labgrid import LabgridDriver, PlaceTaken
 from drivers.labgrid_parts import PASSWORD_VARIABLE
 from lab import timeline as tl
-from lab.errors import BootTimeout, LabError, PlatformError
-from lab.images import Image
+from lab.errors import BootTimeout, ImageError, LabError, PlatformError
+from lab.images import DISK, Image
 from lab.machine import Machine, make_machine, resolve_image
 from lab.ssh import KeyPair
 from tests.labfarm import BOARD, Farm
@@ -320,3 +320,47 @@ def test_gc_releases_only_places_of_dead_runs_of_this_host_and_user(
             subprocess.run([str(Path(sys.executable).parent / "labgrid-client"), "-x",
                             farm.coordinator, "-p", place, "release", "--kick"],
                            capture_output=True)
+
+
+def test_a_box_boots_its_installed_disk_through_an_environment_file(
+        reference: Image, tmp_path: Path) -> None:
+    """A second stand-in box, `box-disk` (QEMU behind ipmi_sim as a physical x86 box, tag
+    boot=disk), booting the reference image's rancheros-openstack.img as installed on its
+    disk; the run names it by a labgrid environment file whose target is its RemotePlace."""
+    from lab.refimage import disks
+    from lab.refimage.build import ensure_image
+
+    disk = disks.ensure_disks(ensure_image("x86_64")) / "rancheros-openstack.img"
+    before = disk.stat()
+    farm = Farm(tmp_path / "farm", disk).start()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(PASSWORD_VARIABLE, farm.password)
+            env = tmp_path / "env.yaml"
+            env.write_text(f"targets:\n  bench:\n    resources:\n      RemotePlace:\n"
+                           f"        name: box-disk\n"
+                           f"options:\n  coordinator_address: {farm.coordinator}\n")
+            options = {"labgrid_env": str(env), "labgrid_role": "bench"}
+            assert LabgridDriver.not_ready(options) is None
+            caps = LabgridDriver.capabilities_for(reference, "x86_64")
+            assert caps.image_kinds == (DISK,) and caps.datasources == ()
+            assert "state partition" in (caps.lacks("ssh") or "")
+            with pytest.raises(ImageError, match="cannot boot a kernel image"):
+                make_machine("labgrid", reference, "x86_64", None, "default", tmp_path,
+                             "auto", platform_options=options)
+            with make_machine("labgrid", Image.open(disk), "x86_64", None, "default",
+                              tmp_path, "auto", platform_options=options) as machine:
+                machine.boot()
+                assert holder(farm, "box-disk") != "None"  # held for the run
+                cmdline = machine.run("cat /proc/cmdline", check=True).output
+                # what the installer baked, not anything of the lab's
+                assert "rancher.cloud_init.datasources=[configdrive]" in cmdline, cmdline
+                assert "rancher.password" not in cmdline
+                assert tl.NETBOOT not in machine.timeline.marks
+                assert machine.info["place"] == "box-disk"
+            assert holder(farm, "box-disk") == "None"
+            assert not farm.box_running("box-disk")
+        after = disk.stat()
+        assert (after.st_size, after.st_mtime) == (before.st_size, before.st_mtime)
+    finally:
+        farm.stop()
