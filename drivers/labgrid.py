@@ -15,7 +15,10 @@ on QEMU. Power is the place's power driver: labgrid's own (NetworkPowerDriver fo
 backends, ExternalPowerDriver, relays...) or IPMIPowerDriver (drivers/labgrid_parts.py).
 Boot: iPXE netboot from the lab's HTTP server (lab/netboot.py) with the release's
 `rancheros.ipxe`; the place's tags say where the server listens (`netboot_listen`) and
-the URL the box reaches it at (`netboot_url`), and name the `board`.
+the URL the box reaches it at (`netboot_url`), and name the `board`. A place tagged
+`boot=disk` boots what is installed on its disk instead (no netboot, no run cloud-config).
+A held place carries holder tags that `roslab gc --platform labgrid` reads once its run
+is dead (labgrid has no lease).
 """
 
 from __future__ import annotations
