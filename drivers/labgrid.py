@@ -54,10 +54,12 @@ POWER_DRIVERS = {  # resource -> labgrid power driver that drives it
     "USBPowerPort": "USBPowerDriver", "SiSPMPowerPort": "SiSPMPowerDriver",
 }
 BOOT_DISK = "disk"  # place tag boot=disk: the box boots what is installed on its disk
-WHY_NO_SSH_FROM_DISK = (
+WHY_NO_CLOUD_CONFIG_FROM_DISK = (
     "a box booting its own disk reads only the cloud-config installed on it (its state "
     "partition, and the datasources baked into the disk's kernel command line), never the "
-    "run's, so the lab's SSH key is not on it: the lab works through its console")
+    "run's")
+WHY_NO_SSH_FROM_DISK = (f"{WHY_NO_CLOUD_CONFIG_FROM_DISK}, so the lab's SSH key is not on "
+                        "it: the lab works through its console")
 # the place's tags while a roslab run holds it (labgrid has no lease): `roslab gc` releases
 # a place held by this host/user whose holder process is dead
 HOLDER_TAG, RUN_TAG = "roslab_holder", "roslab_run"
@@ -284,6 +286,7 @@ def capabilities_of(classes: set[str], tags: dict[str, str]) -> Capabilities:
     if from_disk:  # no cloud-config of the run reaches it, so neither does the lab's key
         ssh = False
         why["ssh"] = why["network"] = WHY_NO_SSH_FROM_DISK
+        why["datasources"] = WHY_NO_CLOUD_CONFIG_FROM_DISK
     elif not ssh:
         why["ssh"] = why["network"] = ("the place has no NetworkService resource (the box's "
                                        "SSH address), so the lab cannot reach it")
