@@ -15,7 +15,10 @@ on QEMU. Power is the place's power driver: labgrid's own (NetworkPowerDriver fo
 backends, ExternalPowerDriver, relays...) or IPMIPowerDriver (drivers/labgrid_parts.py).
 Boot: iPXE netboot from the lab's HTTP server (lab/netboot.py) with the release's
 `rancheros.ipxe`; the place's tags say where the server listens (`netboot_listen`) and
-the URL the box reaches it at (`netboot_url`), and name the `board`.
+the URL the box reaches it at (`netboot_url`), and name the `board`. A place tagged
+`boot=disk` boots what is installed on its disk instead (no netboot, no run cloud-config).
+A held place carries holder tags that `roslab gc --platform labgrid` reads once its run
+is dead (labgrid has no lease).
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from drivers.base import Capabilities, Driver, MachineSpec
+from lab import gc
 from lab import timeline as tl
 from lab.errors import ConfigError, ImageError, PlatformError
-from lab.images import KERNEL, Image
+from lab.images import DISK, KERNEL, Image
 from lab.netboot import SCRIPT, NetbootServer, ipxe_script
 from lab.redact import redact
 
@@ -49,6 +53,16 @@ POWER_DRIVERS = {  # resource -> labgrid power driver that drives it
     "PDUDaemonPort": "PDUDaemonDriver", "YKUSHPowerPort": "YKUSHPowerDriver",
     "USBPowerPort": "USBPowerDriver", "SiSPMPowerPort": "SiSPMPowerDriver",
 }
+BOOT_DISK = "disk"  # place tag boot=disk: the box boots what is installed on its disk
+WHY_NO_CLOUD_CONFIG_FROM_DISK = (
+    "a box booting its own disk reads only the cloud-config installed on it (its state "
+    "partition, and the datasources baked into the disk's kernel command line), never the "
+    "run's")
+WHY_NO_SSH_FROM_DISK = (f"{WHY_NO_CLOUD_CONFIG_FROM_DISK}, so the lab's SSH key is not on "
+                        "it: the lab works through its console")
+# the place's tags while a roslab run holds it (labgrid has no lease): `roslab gc` releases
+# a place held by this host/user whose holder process is dead
+HOLDER_TAG, RUN_TAG = "roslab_holder", "roslab_run"
 WHY_NO_POWER_BUTTON = ("the lab presses no power button on a box: IPMI `chassis power soft` "
                        "is not wired up (ipmi_sim's does nothing), and PDUs have none")
 
@@ -143,11 +157,18 @@ class _Session:
                 try:
                     with contextlib.redirect_stdout(io.StringIO()):  # labgrid's CLI chatter
                         self.loop.run_until_complete(self.session.acquire())
+                    self.mark(name, {HOLDER_TAG: gc.holder_token(),
+                                     RUN_TAG: gc.run_id().lower().replace("-", "_")})
                     return
                 except Exception as exc:  # taken between our look and our request
                     holder = self.place(name).acquired or str(exc)
             if time.monotonic() >= deadline:
                 waited = f" (waited {wait:.0f} s)" if wait else ""
+                if holder == self.me and gc.holder_alive(
+                        self.place(name).tags.get(HOLDER_TAG, "")) is False:
+                    raise PlaceTaken(f"place {name!r} is still held by {holder} for a roslab "
+                                     f"run that died: `roslab gc --platform labgrid` "
+                                     f"releases it")
                 raise PlaceTaken(f"place {name!r} is held by {holder}{waited}: wait for it "
                                  f"with --wait-place SECONDS, or ask {holder} to release it")
             time.sleep(PLACE_POLL_SECONDS)
@@ -156,9 +177,17 @@ class _Session:
     def release(self, name: str) -> None:
         self.sync()
         if self.place(name).acquired == self.me:
+            self.mark(name, {HOLDER_TAG: "", RUN_TAG: ""})
             self.session.args.place = name
             with contextlib.redirect_stdout(io.StringIO()):
                 self.loop.run_until_complete(self.session.release())
+
+    @_keeps_root_logging
+    def mark(self, name: str, tags: dict[str, str]) -> None:
+        """Set (or with "" remove) the place's tags: the holder marks `roslab gc` reads."""
+        self.session.args.place = name
+        self.session.args.tags = [f"{k}={v}" for k, v in tags.items()]
+        self.loop.run_until_complete(self.session.set_tags())
 
     @_keeps_root_logging
     def close(self) -> None:
@@ -181,21 +210,41 @@ def _place_facts(options: dict[str, Any]) -> tuple[set[str], dict[str, str]]:
     """(resource classes, tags) of the place or environment target, without acquiring."""
     _import_labgrid()
     _options(options)
-    if options.get("labgrid_env") and not options.get("place"):
+    place = options.get("place")
+    if options.get("labgrid_env") and not place:
         config = _env_target_config(options)
-        return set(_env_resources(config)), dict(config.get("tags") or {})
+        place = _env_remote_place(config)
+        if not place:  # a box wired to this host
+            return set(_env_resources(config)), dict(config.get("tags") or {})
+        options = {**options, "labgrid_coordinator": _env_coordinator(options)}
     session = _Session(_coordinator(options))
     try:
-        place = session.place(options["place"])
-        classes = {m.cls for m in place.matches}
+        found = session.place(place)
+        classes = {m.cls for m in found.matches}
         for exporter, groups in session.session.resources.items():
             for group_name, group in groups.items():
                 for resource_name, resource in group.items():
-                    if place.getmatch((exporter, group_name, resource.cls, resource_name)):
+                    if found.getmatch((exporter, group_name, resource.cls, resource_name)):
                         classes.add(resource.cls)
-        return {c for c in classes if c != "*"}, dict(place.tags)
+        return {c for c in classes if c != "*"}, dict(found.tags)
     finally:
         session.close()
+
+
+def _env_remote_place(config: dict[str, Any]) -> str:
+    """The place an environment target names by a RemotePlace resource ("" for none)."""
+    from labgrid.factory import target_factory
+
+    resources, _ = target_factory.normalize_config(config)
+    return next(iter(resources.get("RemotePlace", {})), "")
+
+
+def _env_coordinator(options: dict[str, Any]) -> str:
+    """The environment file's `coordinator_address` option, else the usual default."""
+    from labgrid.environment import Environment
+
+    return Environment(str(options["labgrid_env"])).config.get_option(
+        "coordinator_address", _coordinator(options))
 
 
 def _coordinator(options: dict[str, Any]) -> str:
@@ -230,17 +279,23 @@ def _env_resources(config: dict[str, Any]) -> list[str]:
 def capabilities_of(classes: set[str], tags: dict[str, str]) -> Capabilities:
     serial = bool(classes & set(SERIAL_RESOURCES))
     ssh = "NetworkService" in classes
-    netboot = bool(tags.get("netboot_url"))
+    from_disk = tags.get("boot") == BOOT_DISK
+    netboot = bool(tags.get("netboot_url")) and not from_disk
     arch = tags.get("arch", "x86_64")
     why = {"power_button": WHY_NO_POWER_BUTTON}
-    if not ssh:
+    if from_disk:  # no cloud-config of the run reaches it, so neither does the lab's key
+        ssh = False
+        why["ssh"] = why["network"] = WHY_NO_SSH_FROM_DISK
+        why["datasources"] = WHY_NO_CLOUD_CONFIG_FROM_DISK
+    elif not ssh:
         why["ssh"] = why["network"] = ("the place has no NetworkService resource (the box's "
                                        "SSH address), so the lab cannot reach it")
     if not serial:
         why["console"] = "the place has no serial port resource"
+    kinds = (DISK,) if from_disk else (KERNEL,) if netboot else ()
     return Capabilities(
         arches=(arch,), console=serial, ssh=ssh, power_button=False, snapshot=False,
-        datasources=("url",) if netboot else (), image_kinds=(KERNEL,) if netboot else (),
+        datasources=("url",) if netboot else (), image_kinds=kinds,
         network=ssh, board=tags.get("board", "box"), why_not=why)
 
 
@@ -271,6 +326,35 @@ class LabgridDriver(Driver):
     @classmethod
     def capabilities_for(cls, image: Image, arch: str) -> Capabilities:
         return cls._facts.get("current", cls.capabilities)
+
+    @classmethod
+    def collect_garbage(cls, older_than: float | None, dry_run: bool,
+                        options: dict[str, Any]) -> list[gc.Garbage]:
+        """Places held by this host/user for a roslab run whose process is dead (SIGKILL):
+        released. Never a live run's, a place someone else holds, or one held without
+        roslab's marks (a person's `labgrid-client acquire`), whatever `older_than` says:
+        the holder's life decides, not the age."""
+        _import_labgrid()
+        session = _Session(_coordinator(options))
+        found = []
+        try:
+            session.sync()
+            for name, place in sorted(session.session.places.items()):
+                token = place.tags.get(HOLDER_TAG, "")
+                if token and not place.acquired and not dry_run:
+                    # released by hand after its run died: a stale mark must not make a
+                    # later `labgrid-client acquire` of this host/user look like roslab's
+                    session.mark(name, {HOLDER_TAG: "", RUN_TAG: ""})
+                if not token or place.acquired != session.me or gc.holder_alive(token):
+                    continue
+                run = place.tags.get(RUN_TAG, "?")
+                found.append(gc.Garbage("place", name, run, f"held by {place.acquired} for "
+                                        f"roslab process {token.split('_')[0]}, now dead"))
+                if not dry_run:
+                    session.release(name)
+        finally:
+            session.close()
+        return found
 
     def __init__(self) -> None:
         self.spec: MachineSpec | None = None
@@ -309,7 +393,8 @@ class LabgridDriver(Driver):
         # the BMC and the console port are checked here, before anything is powered
         self.strategy.transition("off")
         self._open_console()
-        self._serve_netboot(spec)
+        if self.tags.get("boot") != BOOT_DISK:
+            self._serve_netboot(spec)
 
     def _acquire_target(self) -> Any:
         from labgrid.remote.client import find_role_by_place
@@ -324,18 +409,13 @@ class LabgridDriver(Driver):
             config = _env_target_config(self.options)
             env = Environment(str(env_path))
             self.tags = dict(config.get("tags") or {})
-            remote = config.get("resources", {})
-            places = [r["RemotePlace"]["name"] for r in remote
-                      if isinstance(r, dict) and "RemotePlace" in r] \
-                if isinstance(remote, list) else list((remote or {}).get("RemotePlace", {}))
-            self._place = self.options.get("place") or (places[0] if places else "")
+            self._place = self.options.get("place") or _env_remote_place(config)
             if not self._place:  # a box wired to this host: no coordinator, no lock
                 return env.get_target(self.options.get("labgrid_role") or "main")
         else:
             self._place = self.options["place"]
-        coordinator = _coordinator(self.options)
-        if env is not None:
-            coordinator = env.config.get_option("coordinator_address", coordinator)
+        coordinator = _env_coordinator(self.options) if env is not None \
+            else _coordinator(self.options)
         self._session = _Session(coordinator)
         self._session.place(self._place)
         self._session.acquire(self._place, float(self.options.get("wait_place") or 0))

@@ -110,6 +110,22 @@ def _process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # fields after "(comm)" start at field 3
 
 
+def holder_token(pid: int | None = None) -> str:
+    """This process as "<pid>_<start time>" (digits and "_", fit for a labgrid tag value):
+    what `holder_alive` checks, on this host, after the process may be gone."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}_{_process_start(pid)}"
+
+
+def holder_alive(token: str) -> bool | None:
+    """Whether the process a `holder_token` names still runs (None: not a token)."""
+    try:
+        pid_text, started = token.split("_")
+        return _process_start(int(pid_text)) == started
+    except ValueError:
+        return None
+
+
 def scratch_dir() -> Path:
     """A new scratch folder for this process (a test run's machines, snapshots): it carries
     its owner, so `roslab gc` can tell a live run's folder from a SIGKILLed one's."""
@@ -122,7 +138,7 @@ def _owner(folder: Path) -> tuple[bool, str] | None:
     """(is its run alive, its run id), or None for a folder without a readable owner."""
     try:
         pid_text, started, run = (folder / OWNER_FILE).read_text().split()
-        return _process_start(int(pid_text)) == started, run
+        return bool(holder_alive(f"{int(pid_text)}_{started}")), run
     except (OSError, ValueError):
         return None
 
@@ -169,6 +185,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     gc.add_argument("--libvirt-uri", default=None, help="libvirt: the connection "
                                                         "(default qemu:///system)")
     gc.add_argument("--dry-run", action="store_true", help="list, remove nothing")
+    gc.add_argument("--labgrid-coordinator", default=None, metavar="HOST:PORT",
+                    help="labgrid: the coordinator whose places to sweep (default "
+                         "LG_COORDINATOR or 127.0.0.1:20408)")
     gc.add_argument("--region", default=None,
                     help="cloud platforms: the region to sweep (default: boto3's, etc.)")
     gc.set_defaults(func=cmd_gc)

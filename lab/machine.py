@@ -520,7 +520,7 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
     if opts.get("blank_disks") and caps.lacks("disks"):
         raise ConfigError(f"{where} cannot attach blank disks: {caps.lacks('disks')}")
     if datasource == "default":
-        datasource = caps.datasources[0]
+        datasource = caps.datasources[0] if caps.datasources else "none"
     if datasource not in (*DATASOURCES, *caps.datasources, "none"):
         raise ConfigError(f"unknown datasource {datasource!r}: known are {', '.join(DATASOURCES)}")
     if datasource not in (*caps.datasources, "none"):

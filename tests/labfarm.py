@@ -1,6 +1,6 @@
 """A labgrid farm of real parts on loopback, for the lab's own tests and for demos.
 
-    python -m tests.labfarm DIR     # runs until Ctrl-C; prints the roslab options to use
+    python -m tests.labfarm DIR [DISK]   # until Ctrl-C; prints the roslab options to use
 
 Stand-in, named as such: *QEMU behind ipmi_sim as a physical x86 box*. Everything else
 is the real program a farm runs:
@@ -14,7 +14,9 @@ is the real program a farm runs:
 - the box's firmware: QEMU's iPXE ROM on a virtio NIC, whose DHCP boot file is the lab's
   netboot URL (the place's `netboot_url` tag), as a farm's DHCP server would hand out.
 Places: `box` (all good), `box-deadbmc` (its BMC port answers nothing),
-`box-deadconsole` (its ser2net port refuses). `stop()` ends every daemon it started.
+`box-deadconsole` (its ser2net port refuses), and with a DISK image `box-disk` (tag
+boot=disk: a second such box with no netboot, booting a copy-on-write layer over that
+installed disk). `stop()` ends every daemon it started.
 """
 
 from __future__ import annotations
@@ -107,14 +109,20 @@ class SerialCable:
         os.close(self.slave)
 
 
+BOX_PORTS = ("ipmi", "bmc_link", "cable", "console", "ssh")
+
+
 class Farm:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, disk: Path | None = None) -> None:
+        """`disk`: also a second x86 box, `box-disk` (place tag boot=disk), whose disk is a
+        copy-on-write layer over this installed disk image (it is never written)."""
         self.dir = workdir
+        self.disk = disk
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.cable: SerialCable | None = None
+        self.cables: list[SerialCable] = []
         self.password = secrets.token_hex(8)
-        names = ("coordinator", "ipmi", "bmc_link", "cable", "console", "netboot", "ssh",
-                 "dead_bmc", "dead_console")
+        names = ("coordinator", "netboot", "dead_bmc", "dead_console", *BOX_PORTS,
+                 *(f"disk_{n}" for n in BOX_PORTS))
         self.ports = {n: free_port() for n in names}
         self.coordinator = f"127.0.0.1:{self.ports['coordinator']}"
         self.netboot_url = f"http://10.0.2.2:{self.ports['netboot']}"  # the host, to slirp
@@ -135,31 +143,41 @@ class Farm:
     def start(self) -> Farm:
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
-            self._start_box()
+            self._start_box("box", self.ports, f"-netdev user,id=n0,bootfile="
+                            f"{self.netboot_url}/boot.ipxe,hostfwd=tcp:127.0.0.1:"
+                            f"{self.ports['ssh']}-:22 -device virtio-net-pci,netdev=n0 -boot n")
+            if self.disk is not None:
+                from drivers.qemu import make_overlay
+                from lab.images import Image
+
+                (self.dir / "box-disk").mkdir(exist_ok=True)
+                layer = make_overlay(self.dir / "box-disk", self.disk,
+                                     Image.open(self.disk).disk_format or "raw")
+                ports = {n: self.ports[f"disk_{n}"] for n in BOX_PORTS}
+                self._start_box("box-disk", ports, f"-drive if=virtio,format=qcow2,file="
+                                f"{layer} -netdev user,id=n0,hostfwd=tcp:127.0.0.1:"
+                                f"{ports['ssh']}-:22 -device virtio-net-pci,netdev=n0 -boot c")
             self._start_labgrid()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _start_box(self) -> None:
-        p = self.ports
-        box = self.dir / "box.sh"
+    def _start_box(self, name: str, p: dict[str, int], boot: str) -> None:
+        """One x86 box: its QEMU (started by its BMC), ipmi_sim, serial cable, ser2net."""
+        box = self.dir / f"{name}.sh"
         # exec: ipmi_sim's power-off kill reaches QEMU itself
         box.write_text(
-            "#!/bin/sh\nexec qemu-system-x86_64 -name roslab-farm-box -nodefaults "
+            f"#!/bin/sh\nexec qemu-system-x86_64 -name roslab-farm-{name} -nodefaults "
             "-display none -accel tcg -m 2048 -smp 2 "
-            f"-pidfile {self.dir / 'box.pid'} "
+            f"-pidfile {self.dir / (name + '.pid')} "
             f"-chardev socket,id=bmc,host=127.0.0.1,port={p['bmc_link']},reconnect=1 "
             "-device ipmi-bmc-extern,id=bmc0,chardev=bmc -device isa-ipmi-bt,bmc=bmc0 "
             f"-chardev socket,id=ser0,host=127.0.0.1,port={p['cable']},reconnect=1 "
-            "-serial chardev:ser0 "
-            f"-netdev user,id=n0,bootfile={self.netboot_url}/boot.ipxe,"
-            f"hostfwd=tcp:127.0.0.1:{p['ssh']}-:22 "
-            "-device virtio-net-pci,netdev=n0 -device virtio-rng-pci -boot n "
-            f">> {self.dir / 'box.log'} 2>&1\n")
+            f"-serial chardev:ser0 {boot} -device virtio-rng-pci "
+            f">> {self.dir / (name + '.log')} 2>&1\n")
         box.chmod(0o755)
-        (self.dir / "lan.conf").write_text(f"""name "roslabbox"
+        (self.dir / f"{name}-lan.conf").write_text(f"""name "roslab{name.replace('-', '')}"
 set_working_mc 0x20
   startlan 1
     addr 127.0.0.1 {p['ipmi']}
@@ -181,16 +199,18 @@ set_working_mc 0x20
             "mc_setbmc 0x20\n"
             "mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n"
             "sel_enable 0x20 1000 0x0a\nmc_enable 0x20\n")
-        (self.dir / "ipmi-state").mkdir(exist_ok=True)
-        self._spawn("ipmi_sim", ["ipmi_sim", "-c", "lan.conf", "-f", "box.emu",
-                                 "-s", "ipmi-state", "-n"])
-        self.cable = SerialCable(p["cable"])
-        (self.dir / "ser2net.yaml").write_text(
+        (self.dir / f"{name}-ipmi-state").mkdir(exist_ok=True)
+        self._spawn(f"{name}-ipmi_sim", ["ipmi_sim", "-c", f"{name}-lan.conf", "-f", "box.emu",
+                                         "-s", f"{name}-ipmi-state", "-n"])
+        cable = SerialCable(p["cable"])
+        self.cables.append(cable)
+        (self.dir / f"{name}-ser2net.yaml").write_text(
             "connection: &box\n"
             f"    accepter: tcp,127.0.0.1,{p['console']}\n"
-            f"    connector: serialdev,{self.cable.path},115200n81,local\n"
+            f"    connector: serialdev,{cable.path},115200n81,local\n"
             "    options:\n      kickolduser: true\n")
-        self._spawn("ser2net", ["ser2net", "-n", "-c", str(self.dir / "ser2net.yaml")])
+        self._spawn(f"{name}-ser2net", ["ser2net", "-n", "-c",
+                                        str(self.dir / f"{name}-ser2net.yaml")])
         _wait_port(p["console"])
 
     def _start_labgrid(self) -> None:
@@ -200,16 +220,18 @@ set_working_mc 0x20
                                                 self.coordinator], **env)
         _wait_for(log, "Coordinator ready", proc, 30)
         groups = {
-            "box": (p["console"], p["ipmi"]),
-            "box-deadbmc": (p["console"], p["dead_bmc"]),
-            "box-deadconsole": (p["dead_console"], p["ipmi"]),
+            "box": (p["console"], p["ipmi"], p["ssh"]),
+            "box-deadbmc": (p["console"], p["dead_bmc"], p["ssh"]),
+            "box-deadconsole": (p["dead_console"], p["ipmi"], p["ssh"]),
         }
+        if self.disk is not None:
+            groups["box-disk"] = (p["disk_console"], p["disk_ipmi"], p["disk_ssh"])
         resources = "".join(
             f"{group}:\n"
             f"  NetworkSerialPort: {{host: 127.0.0.1, port: {console}, protocol: raw}}\n"
             f"  IPMIPowerPort: {{host: 127.0.0.1, port: {ipmi}, username: admin}}\n"
-            f"  NetworkService: {{address: 127.0.0.1, port: {p['ssh']}, username: rancher}}\n"
-            for group, (console, ipmi) in groups.items())
+            f"  NetworkService: {{address: 127.0.0.1, port: {ssh}, username: rancher}}\n"
+            for group, (console, ipmi, ssh) in groups.items())
         (self.dir / "exporter.yaml").write_text(resources)
         proc, log = self._spawn("exporter", [
             str(bin_dir / "labgrid-exporter"), "-c", self.coordinator, "-n", EXPORTER,
@@ -218,9 +240,13 @@ set_working_mc 0x20
         for place in groups:
             self.client("-p", place, "create")
             self.client("-p", place, "add-match", f"{EXPORTER}/{place}/*")
-            self.client("-p", place, "set-tags", f"board={BOARD}", "arch=x86_64",
-                        f"netboot_listen={self.netboot_listen}",
-                        f"netboot_url={self.netboot_url}")
+            if place == "box-disk":
+                self.client("-p", place, "set-tags", f"board={BOARD}", "arch=x86_64",
+                            "boot=disk")
+            else:
+                self.client("-p", place, "set-tags", f"board={BOARD}", "arch=x86_64",
+                            f"netboot_listen={self.netboot_listen}",
+                            f"netboot_url={self.netboot_url}")
 
     def client(self, *args: str) -> str:
         """labgrid-client against this farm (the rig's own setup and checks)."""
@@ -231,24 +257,25 @@ set_working_mc 0x20
             raise RuntimeError(f"labgrid-client {' '.join(args)}: {proc.stderr.strip()}")
         return proc.stdout
 
-    def ipmi(self, *args: str) -> str:
+    def ipmi(self, *args: str, box: str = "box") -> str:
+        port = self.ports["ipmi" if box == "box" else "disk_ipmi"]
         return subprocess.run(
-            ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(self.ports["ipmi"]),
+            ["ipmitool", "-I", "lanplus", "-H", "127.0.0.1", "-p", str(port),
              "-U", "admin", "-E", "-C", "3", *args], capture_output=True, text=True,
             timeout=30, env={**os.environ, "IPMI_PASSWORD": self.password}).stdout
 
-    def box_running(self) -> bool:
-        return "is on" in self.ipmi("chassis", "power", "status")
+    def box_running(self, box: str = "box") -> bool:
+        return "is on" in self.ipmi("chassis", "power", "status", box=box)
 
     def options(self, place: str = "box") -> dict[str, str]:
         return {"place": place, "labgrid_coordinator": self.coordinator}
 
     def stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ipmi("chassis", "power", "off")
-        pidfile = self.dir / "box.pid"
-        with contextlib.suppress(OSError, ValueError):
-            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        for box in ("box", "box-disk") if self.disk is not None else ("box",):
+            with contextlib.suppress(Exception):
+                self.ipmi("chassis", "power", "off", box=box)
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int((self.dir / f"{box}.pid").read_text()), signal.SIGKILL)
         for proc in reversed(self.procs):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -258,9 +285,9 @@ set_working_mc 0x20
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.procs.clear()
-        if self.cable is not None:
-            self.cable.stop()
-            self.cable = None
+        for cable in self.cables:
+            cable.stop()
+        self.cables.clear()
 
 
 def main() -> None:
@@ -268,7 +295,7 @@ def main() -> None:
 
     workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(
         prefix="roslab-farm-"))
-    farm = Farm(workdir).start()
+    farm = Farm(workdir, Path(sys.argv[2]) if len(sys.argv) > 2 else None).start()
     print(f"farm up in {workdir}: QEMU behind ipmi_sim as a physical x86 box\n"
           f"export ROSLAB_IPMI_PASSWORD={farm.password}\n"
           f"--platform labgrid --place box --labgrid-coordinator {farm.coordinator}",

@@ -6,8 +6,10 @@ boots (one to the login, one whose netboot never gets there) and one interrupted
 
 from __future__ import annotations
 
+import getpass
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,8 +23,8 @@ import pytest
 from drivers.labgrid import LabgridDriver, PlaceTaken
 from drivers.labgrid_parts import PASSWORD_VARIABLE
 from lab import timeline as tl
-from lab.errors import BootTimeout, LabError, PlatformError
-from lab.images import Image
+from lab.errors import BootTimeout, ImageError, LabError, PlatformError
+from lab.images import DISK, Image
 from lab.machine import Machine, make_machine, resolve_image
 from lab.ssh import KeyPair
 from tests.labfarm import BOARD, Farm
@@ -226,3 +228,139 @@ def test_environment_file_mistakes_are_named(tmp_path: Path) -> None:
         LabgridDriver.not_ready({"labgrid_env": str(env)}) or "")
     why = LabgridDriver.not_ready({"labgrid_env": str(env), "labgrid_role": "bench-box"})
     assert why is not None and "no serial port resource" in why
+
+
+def _holder_process(farm: Farm, place: str, user: str) -> subprocess.Popen[str]:
+    """A live process of `user` on this host that has acquired `place` as a run does."""
+    program = ("from drivers.labgrid import _Session\n"
+               f"s = _Session({farm.coordinator!r}); s.acquire({place!r}, 0)\n"
+               "print('held', flush=True); import time; time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, env={**os.environ, "LG_USERNAME": user})
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc
+
+
+def _tags(farm: Farm, place: str) -> dict[str, str]:
+    from drivers.labgrid import _Session
+
+    session = _Session(farm.coordinator)
+    try:
+        session.sync()
+        return dict(session.place(place).tags)
+    finally:
+        session.close()
+
+
+def test_gc_releases_only_places_of_dead_runs_of_this_host_and_user(
+        farm: Farm, reference: Image, tmp_path: Path) -> None:
+    from drivers.labgrid import HOLDER_TAG
+
+    me = f"{socket.gethostname()}/{getpass.getuser()}"
+    assert LabgridDriver.not_ready(farm.options()) is None  # as a run starts: the box's facts
+    # a roslab run SIGKILLed while its box boots: no finalizer releases the place
+    program = textwrap.dedent(f"""
+        from pathlib import Path
+        from lab.machine import make_machine
+        m = make_machine("labgrid", {str(reference.path)!r}, "x86_64", None, "url",
+                         Path({str(tmp_path)!r}), "auto",
+                         platform_options={farm.options()!r})
+        m.boot()
+    """)
+    run = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not farm.box_running() and time.monotonic() < deadline:
+            assert run.poll() is None, run.communicate()[0][-2000:]
+            time.sleep(0.5)
+    finally:
+        run.kill()
+        run.wait()
+    farm.ipmi("chassis", "power", "off")  # what the dead run left on
+    assert holder(farm) == me
+    assert _tags(farm, "box")[HOLDER_TAG].startswith(f"{run.pid}_")
+    # the next run is told why the place is still held, and what frees it
+    (tmp_path / "next").mkdir()
+    machine = machine_on(farm, tmp_path / "next", reference)
+    with pytest.raises(PlaceTaken, match=r"died: `roslab gc --platform labgrid`"):
+        try:
+            machine.boot()
+        finally:
+            machine.stop()
+    alice = _holder_process(farm, "box-deadbmc", "alice")
+    alice.kill()  # someone else's dead run
+    alice.wait()
+    live = _holder_process(farm, "box-deadconsole", me.split("/")[1])  # a live run, ours
+    try:
+        gc_cmd = [sys.executable, "-m", "lab.cli", "gc", "--platform", "labgrid",
+                  "--labgrid-coordinator", farm.coordinator]
+        env = {**os.environ, "TMPDIR": str(tmp_path)}  # not the host's other scratch folders
+        listed = subprocess.run([*gc_cmd, "--dry-run"], cwd=ROOT, env=env,
+                                capture_output=True, text=True)
+        assert listed.stdout.startswith("would remove labgrid place box (run "), listed
+        assert f"roslab process {run.pid}, now dead" in listed.stdout
+        assert "roslab gc: 1 found on labgrid" in listed.stdout, listed.stdout
+        assert holder(farm) == me, "a dry run releases nothing"
+        swept = subprocess.run(gc_cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert "roslab gc: 1 removed on labgrid" in swept.stdout, swept.stdout + swept.stderr
+        assert holder(farm) == "None" and HOLDER_TAG not in _tags(farm, "box")
+        assert holder(farm, "box-deadbmc").endswith("/alice")
+        assert holder(farm, "box-deadconsole") == me
+    finally:
+        live.kill()
+        live.wait()
+        for place in ("box-deadbmc", "box-deadconsole"):
+            subprocess.run([str(Path(sys.executable).parent / "labgrid-client"), "-x",
+                            farm.coordinator, "-p", place, "release", "--kick"],
+                           capture_output=True)
+
+
+def test_a_box_boots_its_installed_disk_through_an_environment_file(
+        reference: Image, tmp_path: Path) -> None:
+    """A second stand-in box, `box-disk` (QEMU behind ipmi_sim as a physical x86 box, tag
+    boot=disk), booting the reference image's rancheros-openstack.img as installed on its
+    disk; the run names it by a labgrid environment file whose target is its RemotePlace."""
+    from lab.refimage import disks
+    from lab.refimage.build import ensure_image
+
+    disk = disks.ensure_disks(ensure_image("x86_64")) / "rancheros-openstack.img"
+    before = disk.stat()
+    farm = Farm(tmp_path / "farm", disk).start()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv(PASSWORD_VARIABLE, farm.password)
+            env = tmp_path / "env.yaml"
+            env.write_text(f"targets:\n  bench:\n    resources:\n      RemotePlace:\n"
+                           f"        name: box-disk\n"
+                           f"options:\n  coordinator_address: {farm.coordinator}\n")
+            options = {"labgrid_env": str(env), "labgrid_role": "bench"}
+            assert LabgridDriver.not_ready(options) is None
+            caps = LabgridDriver.capabilities_for(reference, "x86_64")
+            assert caps.image_kinds == (DISK,) and caps.datasources == ()
+            assert "state partition" in (caps.lacks("ssh") or "")
+            with pytest.raises(ImageError, match="cannot boot a kernel image"):
+                make_machine("labgrid", reference, "x86_64", None, "default", tmp_path,
+                             "auto", platform_options=options)
+            with make_machine("labgrid", Image.open(disk), "x86_64", None, "default",
+                              tmp_path, "auto", platform_options=options) as machine:
+                machine.boot()
+                assert holder(farm, "box-disk") != "None"  # held for the run
+                cmdline = machine.run("cat /proc/cmdline", check=True).output
+                # what the installer baked, not anything of the lab's
+                assert "rancher.cloud_init.datasources=[configdrive]" in cmdline, cmdline
+                assert "rancher.password" not in cmdline
+                assert tl.NETBOOT not in machine.timeline.marks
+                assert machine.info["place"] == "box-disk"
+            assert holder(farm, "box-disk") == "None"
+            assert not farm.box_running("box-disk")
+        after = disk.stat()
+        assert (after.st_size, after.st_mtime) == (before.st_size, before.st_mtime)
+    finally:
+        farm.stop()
