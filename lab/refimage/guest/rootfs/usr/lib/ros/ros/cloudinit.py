@@ -127,7 +127,7 @@ def from_nocloud(where: str = "/media/cidata") -> tuple[str | None, dict]:
     raw = _read(f"{mnt}/meta-data")
     if raw:
         try:
-            data = yaml.safe_load(raw) or {}
+            data = config.load_yaml(raw) or {}
             meta["hostname"] = data.get("local-hostname")
         except yaml.YAMLError:
             log("meta-data is not valid YAML")
@@ -154,7 +154,7 @@ def from_cmdline() -> tuple[str | None, dict]:
     cc = {k: v for k, v in config.cmdline_config(tokens).items() if k != "rancher"}
     if not cc:
         return None, {}
-    return "#cloud-config\n" + yaml.safe_dump(cc), {}
+    return "#cloud-config\n" + config.dump_yaml(cc), {}
 
 
 # -- cloud metadata services (RancherOS's names; `name:root` overrides the address) --------
@@ -366,7 +366,7 @@ def parse(text: str, source: str) -> dict | None:
         _invalid(source, "it does not start with #cloud-config")
         return None
     try:
-        data = yaml.safe_load(text)
+        data = config.load_yaml(text)
     except yaml.YAMLError as exc:
         _invalid(source, " ".join(str(exc).split()))
         return None
@@ -411,13 +411,13 @@ def save() -> dict:
             merged = config.merge(merged, data)
     os.makedirs(config.CLOUD_CONFIG_D, exist_ok=True)
     with open(BOOT_YML, "w") as fh:
-        yaml.safe_dump(merged, fh, default_flow_style=False)
+        config.dump_yaml(merged, fh, default_flow_style=False)
     with open(METADATA, "w") as fh:
-        yaml.safe_dump(meta, fh)
+        config.dump_yaml(meta, fh)
     full = config.merge(config.cloud_config_layers(), {})
     with open(config.CLOUD_CONFIG, "w") as fh:
         fh.write("#cloud-config\n")
-        yaml.safe_dump(full, fh, default_flow_style=False)
+        config.dump_yaml(full, fh, default_flow_style=False)
     log(f"saved: keys {sorted(merged)}")
     return meta
 

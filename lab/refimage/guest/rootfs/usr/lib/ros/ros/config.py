@@ -32,10 +32,26 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
+# libyaml's parser: every service reads the config, and the pure-Python one costs each
+# of them ~0.15 s under TCG on the boot's critical path
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def load_yaml(stream):
+    """yaml.safe_load, with libyaml when present."""
+    return yaml.load(stream, Loader=SafeLoader)  # noqa: S506 - a safe loader
+
+
+def dump_yaml(data, stream=None, **options):
+    """yaml.safe_dump, with libyaml when present."""
+    return yaml.dump(data, stream, Dumper=SafeDumper, **options)
+
+
 def _yaml_file(path: str) -> dict:
     try:
         with open(path) as fh:
-            data = yaml.safe_load(fh)
+            data = load_yaml(fh)
     except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -43,7 +59,7 @@ def _yaml_file(path: str) -> dict:
 
 def parse_value(text: str):
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
 

@@ -46,7 +46,7 @@ def typed(text: str) -> Any:
     for char, magic in _MAGIC.items():
         hidden = hidden.replace(char, magic)
     try:
-        value = yaml.safe_load(hidden)
+        value = config.load_yaml(hidden)
     except yaml.YAMLError:
         return text
     return text if value is None else _unhide(value)
@@ -56,7 +56,7 @@ def saved() -> dict:
     return config._yaml_file(config.CLOUD_CONFIG)
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(config.SafeDumper):
     pass
 
 
@@ -132,7 +132,7 @@ def read_input(path: str | None) -> str:
 
 def parse(text: str) -> dict:
     try:
-        data = yaml.safe_load(text)
+        data = config.load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {' '.join(str(exc).split())}") from None
     if data is None:

@@ -63,7 +63,7 @@ def _cloud_config(path: str | None) -> bytes | None:
     except OSError as exc:
         raise disk.InstallError(f"cannot read the cloud-config {path}: {exc.strerror}") from None
     try:
-        parsed = yaml.safe_load(data)
+        parsed = config.load_yaml(data)
     except yaml.YAMLError as exc:
         raise disk.InstallError(f"{path} is not valid YAML: {exc}") from None
     if not isinstance(parsed, dict):
