@@ -284,7 +284,7 @@ MUTANTS: tuple[Mutant, ...] = (
                 Edit(CLOUDINIT_PY, '_commands(config.get(cfg, "runcmd"), "runcmd")',
                      '_commands(list(reversed(config.get(cfg, "runcmd") or [])), "runcmd")'),)),
             Breakage("the merged cloud-config is saved empty", edits=(
-                Edit(CLOUDINIT_PY, "yaml.safe_dump(full, fh,", "yaml.safe_dump({}, fh,"),)),
+                Edit(CLOUDINIT_PY, "config.dump_yaml(full, fh,", "config.dump_yaml({}, fh,"),)),
             Breakage("`ros config get` reads os-config.yml only", edits=(
                 Edit(CLI_PY, "config.get(config.load(), args.key)",
                      "config.get(config._yaml_file(config.OS_CONFIG), args.key)"),)),
