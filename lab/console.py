@@ -44,6 +44,9 @@ ANSI = r"(?:\x1b\[[0-9;?]*[A-Za-z])*"  # busybox ash asks for the cursor positio
 LOGIN_RE = re.compile(r"login:\s*" + ANSI + r"\Z")  # \Z: the prompt is the last thing printed
 SHELL_PROMPT_RE = re.compile(r"[$#] ?" + ANSI + r"\Z")
 PASSWORD_RE = re.compile(r"[Pp]assword:\s*\Z")
+# a prompt a kernel message was printed right after, on the same line: the user Docker
+# loading br_netfilter as the console's shell starts does it in one boot of three
+PROMPT_THEN_KERNEL_RE = re.compile(r"(?:[$#]|login:) ?" + ANSI + r"\[\s*\d+\.\d+\] ")
 PROMPT_SETTLE = 0.3  # seconds of silence that tell a shell prompt from a half-printed line
 QUIET_ENTER = 10.0  # seconds of silence after init before pressing Enter for a fresh prompt
 PANIC_CONTEXT_LINES = 25  # lines kept after the trigger (the call trace)
@@ -121,6 +124,7 @@ class Console:
         self.last_rx = time.monotonic()
         self._lines: deque[str] = deque(maxlen=400)
         self._partial = ""
+        self._cut_prompt_at: float | None = None  # when a prompt was seen under a kernel line
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._panic: tuple[str, int] | None = None  # (what, index into the line count)
         self._log_error: str | None = None
@@ -184,6 +188,8 @@ class Console:
         elif (m := STARTED_RE.match(line.strip())) and self.started is None:
             self.started = (m.group(1), m.group(2))
             self.timeline.mark(tl.STARTED, now)
+        if tl.INIT in self.timeline.marks and PROMPT_THEN_KERNEL_RE.search(line):
+            self._cut_prompt_at = now
         if self._panic is None:
             for what, pattern in WATCHERS:
                 if pattern.search(line):
@@ -282,7 +288,13 @@ class Console:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise self.timeout_error(wanted, timeout)
-            if tl.INIT in self.timeline.marks and time.monotonic() - self.last_rx > QUIET_ENTER:
+            if self._cut_prompt_at is not None:
+                # the prompt was there, under a kernel line: Enter prints a fresh one at once
+                self.timeline.mark(tl.LOGIN_PROMPT, self._cut_prompt_at)
+                self._cut_prompt_at = None
+                self.child.send("\n")
+                self.last_rx = time.monotonic()
+            elif tl.INIT in self.timeline.marks and time.monotonic() - self.last_rx > QUIET_ENTER:
                 self.child.send("\n")
                 self.last_rx = time.monotonic()
             try:

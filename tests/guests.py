@@ -53,6 +53,14 @@ while true; do
 done
 exec setsid cttyhack sh
 """,
+    # an autologin shell whose first prompt a kernel line follows on the same line, as
+    # the reference image's user Docker loading br_netfilter does in some boots
+    "cut-prompt": COMMON + r"""
+hostname tiny
+echo 'Tiny v0.0.1 started'
+echo '(sleep 0.2; echo "roslab-test: a kernel line after the prompt" > /dev/kmsg) &' > /env
+ENV=/env exec setsid cttyhack sh
+""",
 }
 
 

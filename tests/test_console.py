@@ -5,6 +5,7 @@ One tiny guest boot (~5 s under TCG) serves the whole module.
 
 from __future__ import annotations
 
+import re
 import urllib.request
 from collections.abc import Callable, Iterator
 
@@ -90,3 +91,17 @@ def test_other_datasources_reach_the_kernel_cmdline(make_tiny: Callable[..., Mac
     else:
         assert "rancher.cloud_init.datasources=[cmdline]" in cmdline
         assert "cc.hostname=ds" in cmdline
+
+
+def test_a_prompt_a_kernel_line_cuts_is_still_the_login_prompt(
+        make_tiny: Callable[..., Machine]) -> None:
+    """A kernel line printed right after the shell's prompt, on its line: the prompt is
+    marked when it came and the lab asks for a fresh one at once (it used to wait for ten
+    quiet seconds, and boots that hit this measured their login 10-20 s late)."""
+    machine = make_tiny("cut-prompt").boot(timeout=120)
+    lines = machine.console_log.read_text().splitlines()
+    cut = next((line for line in lines if re.search(r"[#$] \[\s*\d+\.\d+\] ", line)), None)
+    assert cut is not None, "no kernel line followed the prompt:\n" + "\n".join(lines[-8:])
+    cut_at = float(cut[1:cut.index("]")])
+    assert machine.timeline.marks[tl.LOGIN_PROMPT] <= cut_at
+    assert machine.run("echo answered", check=True).output == "answered"
