@@ -616,6 +616,12 @@ class LabgridDriver(Driver):
         finally:
             with contextlib.suppress(Exception):
                 self.target.deactivate(writer)
+            host = getattr(storage[0], "host", None)
+            if host:  # labgrid keeps its SSH master to the exporter for 5 minutes
+                from labgrid.util.ssh import sshmanager
+
+                with contextlib.suppress(Exception):
+                    sshmanager.close(host)
             card.unlink(missing_ok=True)
 
     def _milestone(self, name: str, at: float) -> None:
