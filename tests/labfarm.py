@@ -1,6 +1,6 @@
 """A labgrid farm of real parts on loopback, for the lab's own tests and for demos.
 
-    python -m tests.labfarm DIR [DISK]   # until Ctrl-C; prints the roslab options to use
+    python -m tests.labfarm DIR [DISK] [--pi]   # until Ctrl-C; prints the options to use
 
 Stand-in, named as such: *QEMU behind ipmi_sim as a physical x86 box*. Everything else
 is the real program a farm runs:
@@ -316,13 +316,19 @@ set_working_mc 0x20
 def main() -> None:
     import tempfile
 
-    workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(
-        prefix="roslab-farm-"))
-    farm = Farm(workdir, Path(sys.argv[2]) if len(sys.argv) > 2 else None).start()
+    args = [a for a in sys.argv[1:] if a != "--pi"]
+    workdir = Path(args[0]) if args else Path(tempfile.mkdtemp(prefix="roslab-farm-"))
+    farm = Farm(workdir, Path(args[1]) if len(args) > 1 else None,
+                pi="--pi" in sys.argv).start()
     print(f"farm up in {workdir}: QEMU behind ipmi_sim as a physical x86 box\n"
           f"export ROSLAB_IPMI_PASSWORD={farm.password}\n"
           f"--platform labgrid --place box --labgrid-coordinator {farm.coordinator}",
           flush=True)
+    if farm.pi is not None:
+        print(f"and QEMU raspi3b behind an SD-card file as a Raspberry Pi box:\n"
+              f"export PATH={farm.pi.ssh_path()}  # ssh finds the exporter's sshd\n"
+              f"--platform labgrid --place pi --image rancheros-raspberry-pi64.zip",
+              flush=True)
     try:
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
         while True:
