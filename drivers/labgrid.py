@@ -17,6 +17,9 @@ Boot: iPXE netboot from the lab's HTTP server (lab/netboot.py) with the release'
 `rancheros.ipxe`; the place's tags say where the server listens (`netboot_listen`) and
 the URL the box reaches it at (`netboot_url`), and name the `board`. A place tagged
 `boot=disk` boots what is installed on its disk instead (no netboot, no run cloud-config).
+A place with an SD card resource (a USB mass storage or an SD mux) boots a Pi release zip:
+the card image (a copy, with the run's kernel arguments in cmdline.txt) is written to the
+card through labgrid's USBStorageDriver before power-on.
 A held place carries holder tags that `roslab gc --platform labgrid` reads once its run
 is dead (labgrid has no lease).
 """
@@ -29,6 +32,7 @@ import functools
 import io
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -37,10 +41,10 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from drivers.base import Capabilities, Driver, MachineSpec
-from lab import gc
+from lab import cloudconfig, gc, sdcard
 from lab import timeline as tl
 from lab.errors import ConfigError, ImageError, PlatformError
-from lab.images import DISK, KERNEL, Image
+from lab.images import DISK, KERNEL, SDCARD, Image
 from lab.netboot import SCRIPT, NetbootServer, ipxe_script
 from lab.redact import redact
 
@@ -53,6 +57,11 @@ POWER_DRIVERS = {  # resource -> labgrid power driver that drives it
     "PDUDaemonPort": "PDUDaemonDriver", "YKUSHPowerPort": "YKUSHPowerDriver",
     "USBPowerPort": "USBPowerDriver", "SiSPMPowerPort": "SiSPMPowerDriver",
 }
+# resources labgrid's USBStorageDriver writes: the box boots the SD card the lab writes
+STORAGE_RESOURCES = ("NetworkUSBMassStorage", "USBMassStorage", "USBSDMuxDevice",
+                     "NetworkUSBSDMuxDevice", "USBSDWireDevice", "NetworkUSBSDWireDevice")
+SD_MUXES = {"USBSDMuxDevice": "USBSDMuxDriver", "NetworkUSBSDMuxDevice": "USBSDMuxDriver",
+            "USBSDWireDevice": "USBSDWireDriver", "NetworkUSBSDWireDevice": "USBSDWireDriver"}
 BOOT_DISK = "disk"  # place tag boot=disk: the box boots what is installed on its disk
 WHY_NO_CLOUD_CONFIG_FROM_DISK = (
     "a box booting its own disk reads only the cloud-config installed on it (its state "
@@ -280,7 +289,8 @@ def capabilities_of(classes: set[str], tags: dict[str, str]) -> Capabilities:
     serial = bool(classes & set(SERIAL_RESOURCES))
     ssh = "NetworkService" in classes
     from_disk = tags.get("boot") == BOOT_DISK
-    netboot = bool(tags.get("netboot_url")) and not from_disk
+    sd_card = bool(classes & set(STORAGE_RESOURCES)) and not from_disk
+    netboot = bool(tags.get("netboot_url")) and not from_disk and not sd_card
     arch = tags.get("arch", "x86_64")
     why = {"power_button": WHY_NO_POWER_BUTTON}
     if from_disk:  # no cloud-config of the run reaches it, so neither does the lab's key
@@ -292,11 +302,15 @@ def capabilities_of(classes: set[str], tags: dict[str, str]) -> Capabilities:
                                        "SSH address), so the lab cannot reach it")
     if not serial:
         why["console"] = "the place has no serial port resource"
-    kinds = (DISK,) if from_disk else (KERNEL,) if netboot else ()
+    kinds = (DISK,) if from_disk else (SDCARD,) if sd_card else (KERNEL,) if netboot else ()
+    # an SD-booted box gets the run's cloud-config in the cmdline.txt the lab writes
+    datasources = ("url",) if netboot else ("cmdline",) if sd_card else ()
     return Capabilities(
         arches=(arch,), console=serial, ssh=ssh, power_button=False, snapshot=False,
-        datasources=("url",) if netboot else (), image_kinds=kinds,
-        network=ssh, board=tags.get("board", "box"), why_not=why)
+        datasources=datasources, image_kinds=kinds, network=ssh,
+        board=tags.get("board", "box"), why_not=why,
+        # the place's `slowdown` tag: how much slower than a pc guest the box boots
+        slowdown=float(tags.get("slowdown") or 1.0))
 
 
 class LabgridDriver(Driver):
@@ -393,7 +407,10 @@ class LabgridDriver(Driver):
         # the BMC and the console port are checked here, before anything is powered
         self.strategy.transition("off")
         self._open_console()
-        if self.tags.get("boot") != BOOT_DISK:
+        storage = [r for r in self.target.resources if type(r).__name__ in STORAGE_RESOURCES]
+        if spec.image.kind == SDCARD:
+            self._write_card(spec, storage)
+        elif self.tags.get("boot") != BOOT_DISK:
             self._serve_netboot(spec)
 
     def _acquire_target(self) -> Any:
@@ -547,6 +564,65 @@ class LabgridDriver(Driver):
         files[SCRIPT] = text.encode()
         (spec.workdir / "boot.ipxe").write_text(redact(text))  # evidence
         self.netboot = NetbootServer(listen, files, self._milestone)
+
+    def _write_card(self, spec: MachineSpec, storage: list[Any]) -> None:
+        """Write the Pi release's card to the box's SD card through labgrid's
+        USBStorageDriver (and its SD mux, switched to the host and back), before power-on.
+        What is written is a copy with the run's arguments in cmdline.txt, as the lab
+        passes them on QEMU: the user's zip is only read."""
+        from labgrid.driver import USBStorageDriver
+        from labgrid.factory import target_factory
+
+        if not storage:
+            raise ConfigError(f"place {self._place} has no SD card resource (one of "
+                              f"{', '.join(STORAGE_RESOURCES)}): it cannot boot the Pi image "
+                              f"{spec.image.path}")
+        image = spec.image
+        assert image.card is not None
+        args = [*image.cmdline.split(), f"rancher.password={spec.password}", "panic=-1",
+                *spec.cmdline_extra]
+        if spec.cloud_config is not None and spec.datasource == "cmdline":
+            args += [*cloudconfig.cmdline_args(spec.cloud_config),
+                     "rancher.cloud_init.datasources=[cmdline]"]
+        cloudconfig.check_cmdline(args)
+        card = spec.workdir / "sdcard.img"
+        shutil.copyfile(image.card, card)
+        sdcard.write_boot_file(card, "cmdline.txt", " ".join(args) + "\n")
+        (spec.workdir / "cmdline.txt").write_text(redact(" ".join(args)) + "\n")  # evidence
+        kind = type(storage[0]).__name__
+        mux = None
+        if kind in SD_MUXES:
+            mux = target_factory.make_driver(self.target, SD_MUXES[kind], "sdmux", {})
+        writer = self._existing(self.target, "USBStorageDriver") or USBStorageDriver(
+            self.target, "sdcard")
+        where = f"{getattr(storage[0], 'host', 'this host')}:{storage[0].path}"
+        try:
+            if mux is not None:
+                self.target.activate(mux)
+                mux.set_mode("host")
+            self.target.activate(writer)
+            # dd's progress, which labgrid prints, goes to the run's folder
+            with (spec.workdir / "sdcard-write.log").open("w") as log, \
+                    contextlib.redirect_stdout(log):
+                writer.write_image(str(card))
+            if mux is not None:
+                mux.set_mode("dut")
+        except Exception as exc:
+            raise PlatformError(
+                f"writing the SD card {where} of place {self._place} failed "
+                f"({type(exc).__name__}: {str(exc).strip()[-400:]}): labgrid writes it with dd "
+                f"over SSH to the exporter host, so `ssh {getattr(storage[0], 'host', '')}` "
+                f"must log in without a password") from None
+        finally:
+            with contextlib.suppress(Exception):
+                self.target.deactivate(writer)
+            host = getattr(storage[0], "host", None)
+            if host:  # labgrid keeps its SSH master to the exporter for 5 minutes
+                from labgrid.util.ssh import sshmanager
+
+                with contextlib.suppress(Exception):
+                    sshmanager.close(host)
+            card.unlink(missing_ok=True)
 
     def _milestone(self, name: str, at: float) -> None:
         if self._timeline is not None:

@@ -146,6 +146,16 @@ def copy_from_boot(card: Path, name: str, dest: Path) -> Path:
     return dest
 
 
+def write_boot_file(card: Path, name: str, text: str) -> None:
+    """Replace one file at the top of the card's boot partition (the card is written)."""
+    part = _boot_partition(card)
+    with tempfile.TemporaryDirectory(prefix="roslab-boot-") as tmp:
+        source = Path(tmp) / name
+        source.write_text(text)
+        _run(["mcopy", "-o", "-i", f"{card}@@{part.start}", str(source), f"::{name}"],
+             f"writing {name} to {card}", MTOOLS_ENV)
+
+
 def pi_config(text: str) -> dict[str, str]:
     """The keys of a Pi `config.txt` that decide what boots (others are firmware settings)."""
     conf = {"kernel": "kernel8.img", "device_tree": "", "initramfs": ""}

@@ -1,6 +1,6 @@
 """A labgrid farm of real parts on loopback, for the lab's own tests and for demos.
 
-    python -m tests.labfarm DIR [DISK]   # until Ctrl-C; prints the roslab options to use
+    python -m tests.labfarm DIR [DISK] [--pi]   # until Ctrl-C; prints the options to use
 
 Stand-in, named as such: *QEMU behind ipmi_sim as a physical x86 box*. Everything else
 is the real program a farm runs:
@@ -110,20 +110,25 @@ class SerialCable:
 
 
 BOX_PORTS = ("ipmi", "bmc_link", "cable", "console", "ssh")
+PI_PORTS = ("cable", "console", "sshd", "relay")
 
 
 class Farm:
-    def __init__(self, workdir: Path, disk: Path | None = None) -> None:
+    def __init__(self, workdir: Path, disk: Path | None = None, pi: bool = False) -> None:
         """`disk`: also a second x86 box, `box-disk` (place tag boot=disk), whose disk is a
-        copy-on-write layer over this installed disk image (it is never written)."""
+        copy-on-write layer over this installed disk image (it is never written).
+        `pi`: also the Pi box, place `pi` (tests/labfarm_pi.py)."""
+        from tests.labfarm_pi import PiBox
+
         self.dir = workdir
         self.disk = disk
         self.procs: list[subprocess.Popen[bytes]] = []
         self.cables: list[SerialCable] = []
         self.password = secrets.token_hex(8)
         names = ("coordinator", "netboot", "dead_bmc", "dead_console", *BOX_PORTS,
-                 *(f"disk_{n}" for n in BOX_PORTS))
+                 *(f"disk_{n}" for n in BOX_PORTS), *(f"pi_{n}" for n in PI_PORTS))
         self.ports = {n: free_port() for n in names}
+        self.pi = PiBox(workdir, {n: self.ports[f"pi_{n}"] for n in PI_PORTS}) if pi else None
         self.coordinator = f"127.0.0.1:{self.ports['coordinator']}"
         self.netboot_url = f"http://10.0.2.2:{self.ports['netboot']}"  # the host, to slirp
         self.netboot_listen = f"127.0.0.1:{self.ports['netboot']}"
@@ -157,6 +162,9 @@ class Farm:
                 self._start_box("box-disk", ports, f"-drive if=virtio,format=qcow2,file="
                                 f"{layer} -netdev user,id=n0,hostfwd=tcp:127.0.0.1:"
                                 f"{ports['ssh']}-:22 -device virtio-net-pci,netdev=n0 -boot c")
+            if self.pi is not None:
+                self.pi.start()
+                self._start_console("pi", self.ports["pi_cable"], self.ports["pi_console"])
             self._start_labgrid()
         except BaseException:
             self.stop()
@@ -202,16 +210,20 @@ set_working_mc 0x20
         (self.dir / f"{name}-ipmi-state").mkdir(exist_ok=True)
         self._spawn(f"{name}-ipmi_sim", ["ipmi_sim", "-c", f"{name}-lan.conf", "-f", "box.emu",
                                          "-s", f"{name}-ipmi-state", "-n"])
-        cable = SerialCable(p["cable"])
+        self._start_console(name, p["cable"], p["console"])
+
+    def _start_console(self, name: str, cable_port: int, console_port: int) -> None:
+        """The box's serial cable and the ser2net that exports it."""
+        cable = SerialCable(cable_port)
         self.cables.append(cable)
         (self.dir / f"{name}-ser2net.yaml").write_text(
             "connection: &box\n"
-            f"    accepter: tcp,127.0.0.1,{p['console']}\n"
+            f"    accepter: tcp,127.0.0.1,{console_port}\n"
             f"    connector: serialdev,{cable.path},115200n81,local\n"
             "    options:\n      kickolduser: true\n")
         self._spawn(f"{name}-ser2net", ["ser2net", "-n", "-c",
                                         str(self.dir / f"{name}-ser2net.yaml")])
-        _wait_port(p["console"])
+        _wait_port(console_port)
 
     def _start_labgrid(self) -> None:
         p, bin_dir = self.ports, Path(sys.executable).parent
@@ -232,6 +244,8 @@ set_working_mc 0x20
             f"  IPMIPowerPort: {{host: 127.0.0.1, port: {ipmi}, username: admin}}\n"
             f"  NetworkService: {{address: 127.0.0.1, port: {ssh}, username: rancher}}\n"
             for group, (console, ipmi, ssh) in groups.items())
+        if self.pi is not None:
+            resources += "pi:\n" + self.pi.resources(p["pi_console"])
         (self.dir / "exporter.yaml").write_text(resources)
         proc, log = self._spawn("exporter", [
             str(bin_dir / "labgrid-exporter"), "-c", self.coordinator, "-n", EXPORTER,
@@ -247,6 +261,13 @@ set_working_mc 0x20
                 self.client("-p", place, "set-tags", f"board={BOARD}", "arch=x86_64",
                             f"netboot_listen={self.netboot_listen}",
                             f"netboot_url={self.netboot_url}")
+        if self.pi is not None:
+            from tests.labfarm_pi import PI_BOARD
+
+            self.client("-p", "pi", "create")
+            self.client("-p", "pi", "add-match", f"{EXPORTER}/pi/*")
+            self.client("-p", "pi", "set-tags", f"board={PI_BOARD}", "arch=aarch64",
+                        "slowdown=4")
 
     def client(self, *args: str) -> str:
         """labgrid-client against this farm (the rig's own setup and checks)."""
@@ -285,6 +306,8 @@ set_working_mc 0x20
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self.procs.clear()
+        if self.pi is not None:
+            self.pi.stop()
         for cable in self.cables:
             cable.stop()
         self.cables.clear()
@@ -293,13 +316,19 @@ set_working_mc 0x20
 def main() -> None:
     import tempfile
 
-    workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(
-        prefix="roslab-farm-"))
-    farm = Farm(workdir, Path(sys.argv[2]) if len(sys.argv) > 2 else None).start()
+    args = [a for a in sys.argv[1:] if a != "--pi"]
+    workdir = Path(args[0]) if args else Path(tempfile.mkdtemp(prefix="roslab-farm-"))
+    farm = Farm(workdir, Path(args[1]) if len(args) > 1 else None,
+                pi="--pi" in sys.argv).start()
     print(f"farm up in {workdir}: QEMU behind ipmi_sim as a physical x86 box\n"
           f"export ROSLAB_IPMI_PASSWORD={farm.password}\n"
           f"--platform labgrid --place box --labgrid-coordinator {farm.coordinator}",
           flush=True)
+    if farm.pi is not None:
+        print(f"and QEMU raspi3b behind an SD-card file as a Raspberry Pi box:\n"
+              f"export PATH={farm.pi.ssh_path()}  # ssh finds the exporter's sshd\n"
+              f"--platform labgrid --place pi --image rancheros-raspberry-pi64.zip",
+              flush=True)
     try:
         signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
         while True:
