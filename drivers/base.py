@@ -74,6 +74,19 @@ class MachineSpec:
     options: dict[str, Any] = field(default_factory=dict)  # platform options (--region, --hw, ...)
 
 
+def lab_kernel_args(spec: MachineSpec, datasource: str | None,
+                    cloud_config_args: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """What the lab adds to a kernel command line it writes, on every platform: rancher's
+    console password, the datasource (None keeps the image's own, "" empties them),
+    panic=-1 (a panic ends the guest instead of hanging it), cloud-config given by the
+    cmdline, then the run's extra arguments, last so that they win."""
+    return [
+        f"rancher.password={spec.password}",
+        *([] if datasource is None else [f"rancher.cloud_init.datasources=[{datasource}]"]),
+        "panic=-1", *cloud_config_args, *spec.cmdline_extra,
+    ]
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """A running machine's saved state, to start copies of it (`Driver.restore`).

@@ -40,7 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from drivers.base import Capabilities, Driver, MachineSpec
+from drivers.base import Capabilities, Driver, MachineSpec, lab_kernel_args
 from lab import cloudconfig, gc, sdcard
 from lab import timeline as tl
 from lab.errors import ConfigError, ImageError, PlatformError
@@ -553,13 +553,12 @@ class LabgridDriver(Driver):
         if not listen or not url:
             raise ConfigError(f"place {self._place}: no netboot_listen/netboot_url tags (where "
                               f"the lab serves boot.ipxe and how the box's iPXE reaches it)")
-        args = [f"rancher.password={spec.password}", "panic=-1", *spec.cmdline_extra]
         files: dict[str, Path | bytes] = {"vmlinuz": image.kernel, "initrd": image.initrd}
+        datasource = ""  # no cloud-config for this run: no datasource to read
         if spec.cloud_config is not None and spec.datasource == "url":
             files["user-data"] = spec.cloud_config.text.encode()
-            args.append(f"rancher.cloud_init.datasources=[url:{url}/user-data]")
-        else:
-            args.append("rancher.cloud_init.datasources=[]")
+            datasource = f"url:{url}/user-data"
+        args = lab_kernel_args(spec, datasource)
         text = ipxe_script(script.read_text(), url, args)
         files[SCRIPT] = text.encode()
         (spec.workdir / "boot.ipxe").write_text(redact(text))  # evidence
@@ -579,11 +578,10 @@ class LabgridDriver(Driver):
                               f"{spec.image.path}")
         image = spec.image
         assert image.card is not None
-        args = [*image.cmdline.split(), f"rancher.password={spec.password}", "panic=-1",
-                *spec.cmdline_extra]
-        if spec.cloud_config is not None and spec.datasource == "cmdline":
-            args += [*cloudconfig.cmdline_args(spec.cloud_config),
-                     "rancher.cloud_init.datasources=[cmdline]"]
+        by_cmdline = spec.cloud_config is not None and spec.datasource == "cmdline"
+        args = [*image.cmdline.split(), *lab_kernel_args(
+            spec, "cmdline" if by_cmdline else None,
+            cloudconfig.cmdline_args(spec.cloud_config) if by_cmdline else ())]
         cloudconfig.check_cmdline(args)
         card = spec.workdir / "sdcard.img"
         shutil.copyfile(image.card, card)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from drivers.base import Capabilities, Driver, MachineSpec
+from drivers.base import Capabilities, Driver, MachineSpec, lab_kernel_args
 from drivers.qemu import QEMU_BINARY, free_port, make_overlay, probe_kernel, resolve_accel
 from lab import cloudconfig, gc
 from lab.errors import BootError, ConfigError
@@ -374,9 +374,7 @@ class LibvirtDriver(Driver):
         ds = self._deliver(spec)
         if spec.image.kind == KERNEL:
             args = ["console=ttyS0,115200n8", "rancher.autologin=ttyS0",
-                    f"rancher.password={spec.password}",
-                    *([f"rancher.cloud_init.datasources=[{ds}]"] if ds else []),
-                    "panic=-1", *self._media.pop("cmdline_cc", []), *spec.cmdline_extra]
+                    *lab_kernel_args(spec, ds or None, self._media.pop("cmdline_cc", []))]
             cloudconfig.check_cmdline(args)
             self._media["cmdline"] = " ".join(args)
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from drivers.base import Capabilities, Driver, MachineSpec, Snapshot
+from drivers.base import Capabilities, Driver, MachineSpec, Snapshot, lab_kernel_args
 from lab import cloudconfig
 from lab.errors import BootError, ConfigError, EmulatorError, ImageError
 from lab.images import DISK, GCE_TARBALL, ISO, KERNEL, SDCARD, Image, unpack_gce_disk
@@ -317,11 +317,7 @@ class QemuDriver(Driver):
         self._disks = self._boot_media(spec.image) + [
             a for b in self._blanks for a in ("-drive", f"if=virtio,format=qcow2,file={b}")]
         ds = self._deliver(spec)
-        lab_args = [
-            f"rancher.password={spec.password}",
-            *([f"rancher.cloud_init.datasources=[{ds}]"] if ds else []),
-            "panic=-1", *self._kernel_args, *spec.cmdline_extra,
-        ]
+        lab_args = lab_kernel_args(spec, ds or None, self._kernel_args)
         if spec.image.kind == KERNEL:
             tty = board.tty
             self._kernel_args = [f"console={tty},115200n8", f"rancher.autologin={tty}",
