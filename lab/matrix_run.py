@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -78,13 +79,22 @@ def pytest_command(cell: Cell, root: Path, out: Path, image: str | None, selecti
     return cmd
 
 
+def _listen_to_sigint() -> None:
+    """preexec_fn of the cell's pytest: it is stopped with SIGINT (below), so it must not
+    inherit an ignored SIGINT, which is what nohup, a shell's background job or some CI
+    agents give; it would otherwise run on for the minute until it is killed, and a
+    killed run cannot remove its temp dirs or cloud instances."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _attempt(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict[str, object]:
     """Run pytest, its output to the terminal and to `log`; returns what cell.json keeps."""
     started = time.monotonic()
     record: dict[str, object] = {"command": cmd, "started": utc_now()}
     with open(log, "w", encoding="utf-8") as fh:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
+                                stderr=subprocess.STDOUT, text=True, errors="replace",
+                                preexec_fn=_listen_to_sigint)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -94,7 +104,7 @@ def _attempt(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict[
             proc.wait()
         except BaseException:
             # Ctrl-C/SIGTERM: pytest stops its machines on SIGINT, as it would at a terminal
-            proc.send_signal(2)
+            proc.send_signal(signal.SIGINT)
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:

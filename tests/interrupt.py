@@ -10,6 +10,19 @@ import time
 from collections.abc import Callable
 
 
+def at_a_terminal() -> None:
+    """preexec_fn of a run the test will Ctrl-C: SIGINT as a terminal gives it. A test run
+    started in the background (a shell's `&`, nohup) ignores SIGINT, its children inherit
+    that, and a Ctrl-C test would then only show that ignored signals are ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def ignoring_sigint() -> None:
+    """preexec_fn of a run started the way nohup or a CI agent starts it: SIGINT ignored,
+    so only SIGTERM (a cancelled job) can stop it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], bool], how: str,
                    never: str, wait: float = 300, settle: float = 0) -> tuple[str, float]:
     """Once `ready()` (within `wait` s, else fail saying `never`), and `settle` s later,

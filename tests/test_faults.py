@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from interrupt import interrupt_when
+from interrupt import at_a_terminal, ignoring_sigint, interrupt_when
 
 from lab import timeline as tl
 from lab.errors import BootTimeout
@@ -194,8 +194,9 @@ def test_holds_its_machine(machine):
 def test_a_matrix_run_interrupted_mid_boot_leaves_nothing_running_or_half_written(
         how: str, tiny_guests: dict, tmp_path: Path) -> None:
     """Ctrl-C at a terminal (SIGINT to the whole process group) or a cancelled CI job
-    (SIGTERM to roslab alone) while a cell's machine runs: the run stops within a bound,
-    QEMU and the run's temp dirs are gone, and cell.json is whole and says interrupted."""
+    (SIGTERM to roslab alone, started as nohup or a CI agent does: SIGINT ignored) while a
+    cell's machine runs: the run stops within a bound, QEMU and the run's temp dirs are
+    gone, and cell.json is whole and says interrupted."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     booted = tmp_path / "booted"
@@ -207,7 +208,8 @@ def test_a_matrix_run_interrupted_mid_boot_leaves_nothing_running_or_half_writte
     env.pop("ROSLAB_RUN_ID", None)
     proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "matrix", "run", "--cell", "held",
                              "--results", "out"], cwd=tmp_path, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=at_a_terminal if how == "ctrl-c" else ignoring_sigint)
 
     def booted_and_running() -> bool:
         if not booted.exists():

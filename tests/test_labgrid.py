@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from interrupt import at_a_terminal  # tests/ is on sys.path (rootdir conftest mode)
 
 from drivers.labgrid import LabgridDriver, PlaceTaken
 from drivers.labgrid_parts import PASSWORD_VARIABLE
@@ -194,7 +195,8 @@ def test_ctrl_c_during_boot_powers_off_and_releases(farm: Farm, reference: Image
             m.stop()
     """)
     proc = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=at_a_terminal)
     try:
         deadline = time.monotonic() + 60
         while not farm.box_running() and time.monotonic() < deadline:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from interrupt import interrupt_when
+from interrupt import at_a_terminal, interrupt_when
 
 from drivers.base import MachineSpec
 from drivers.libvirt import HW_PROFILES, LibvirtDriver, domain_xml, hw_profile, profile_gaps
@@ -249,7 +249,7 @@ def test_a_run_interrupted_mid_boot_leaves_no_domain_file_or_thread(
          f"--rootdir={work}", "--platform", "libvirt", "--libvirt-uri", libvirt_uri,
          "--accel", "tcg", "--image", str(tiny_guests["hang"])],
         cwd=work, env={**os.environ, "TMPDIR": str(scratch)}, start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=at_a_terminal)
     # mid-boot: 2 s after the domain appears, the console bridge's threads are pumping
     out, stopped_in = interrupt_when(proc, lambda: bool(_domains(libvirt_uri)), how,
                                      "no domain was ever defined", wait=120, settle=2)

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from interrupt import at_a_terminal  # tests/ is on sys.path (rootdir conftest mode)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,6 +56,7 @@ def _run(tmp_path: Path, image: Path | str, body: str = "pass", *args: str,
          "--platform", "qemu", "--image", str(image), "--accel", "tcg",
          "--roslab-artifacts", str(tmp_path / "results"), "--rootdir", str(tmp_path), *args],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=at_a_terminal,  # as a developer runs it, so Ctrl-C reaches it
     )
     return proc, scratch
 

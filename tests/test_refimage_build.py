@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from interrupt import at_a_terminal  # tests/ is on sys.path (rootdir conftest mode)
 
 from lab.errors import BuildError
 from lab.images import kernel_arch
@@ -93,6 +94,7 @@ def test_interrupted_build_leaves_no_half_artifact(tmp_path: Path, image: Path) 
         stderr=subprocess.STDOUT,
         text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        preexec_fn=at_a_terminal,
     )
     assert proc.stdout is not None
     for line in proc.stdout:  # interrupt in the middle of the build, once files exist
