@@ -165,8 +165,9 @@ def test_service_up_logs_stop_drive_its_system_container(
     machine.run(f"sudo ros service enable {name}", check=True)
     try:
         machine.run(f"sudo ros service up {name}", timeout=300, check=True)
+        # `ros service up` has started it when it returns: the wait is for a slow inspect
         up = machine.wait_until(lambda: machine.run(running).output.strip() == "true",
-                                timeout=60)
+                                timeout=30)
         expected = machine.run(f"sudo system-docker logs {name} 2>&1").output.strip()
         logs = machine.run(f"sudo ros service logs {name}").output
         machine.run(f"sudo ros service stop {name}", timeout=120, check=True)
@@ -238,7 +239,9 @@ def test_tls_gen_makes_the_user_docker_serve_tls_on_2376(machine: Machine) -> No
                 "sudo ros tls gen"):
         machine.run(cmd, timeout=180, check=True)
     tls = "docker --tlsverify -H tcp://127.0.0.1:2376 version --format '{{.Server.Version}}'"
-    answered = machine.wait_until(lambda: machine.run(tls).ok, timeout=120, interval=2)
+    # the restarted user dockerd answers in about 10 s (its iptables setup); 60 s is for
+    # a loaded host
+    answered = machine.wait_until(lambda: machine.run(tls).ok, timeout=60, interval=2)
     plain = machine.run("docker -H tcp://127.0.0.1:2376 version --format "
                         "'{{.Server.Version}}'")
     owners = machine.run("stat -c %U ~/.docker/ca.pem ~/.docker/cert.pem ~/.docker/key.pem")

@@ -110,8 +110,10 @@ def test_killed_service_comes_back(machine: Machine) -> None:
     before = pid()
     assert before not in ("", "0"), "syslog is not running, so it cannot be killed"
     machine.run(f"sudo kill -9 {before}", check=True)
-    after = machine.wait_until(lambda: (p := pid()) not in ("0", before) and p, timeout=60)
-    assert after, f"syslog (pid {before}) was killed and did not come back within 60 s"
+    # restart: always brings it back in about a second; 30 s is for a loaded host
+    after = machine.wait_until(lambda: (p := pid()) not in ("0", before) and p, timeout=30)
+    assert after, (f"syslog (pid {before}) was killed and did not come back within "
+                   f"{machine.scaled(30):.0f} s")
 
 
 def test_syslog_stores_what_logger_sends(machine: Machine, profile: Profile) -> None:
@@ -123,8 +125,10 @@ def test_syslog_stores_what_logger_sends(machine: Machine, profile: Profile) -> 
         machine.run(f"logger -t roslab-scenario {word}", check=True)
         return machine.run(f"sudo grep -q {word} {profile.syslog_file}").ok
 
-    assert machine.wait_until(delivered, timeout=60, interval=2), (
-        f"logger's message {word} never reached {profile.syslog_file} within 60 s"
+    # a delivered line is in the file within a second; 30 s is for a loaded host
+    assert machine.wait_until(delivered, timeout=30, interval=2), (
+        f"logger's message {word} never reached {profile.syslog_file} within "
+        f"{machine.scaled(30):.0f} s"
     )
 
 
