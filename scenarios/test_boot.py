@@ -4,6 +4,7 @@ console shows no kernel error or failed service."""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -64,9 +65,14 @@ def booted(request: pytest.FixtureRequest, machine: Machine, profile: Profile) -
             unreached[tl.USER_DOCKER] = str(exc).splitlines()[0]
         machine.collect_boot_times(services=profile.running)
         if tl.SERVICES not in machine.timeline.marks:
-            states = system_containers(machine)
-            down = {s: states.get(s, "absent") for s in profile.running
-                    if states.get(s) != "running"}
+            # two looks 3 s apart: a crash-looping service can be caught "running" in one
+            looks = [system_containers(machine)]
+            time.sleep(3)
+            looks.append(system_containers(machine))
+            down = {s: next((look.get(s, "absent") for look in looks
+                             if look.get(s) != "running"), "running")
+                    for s in profile.running
+                    if any(look.get(s) != "running" for look in looks)}
             unreached[tl.SERVICES] = f"services not running: {down}"
         machine.info["unreached"] = unreached
     return machine
