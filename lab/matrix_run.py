@@ -79,7 +79,7 @@ def pytest_command(cell: Cell, root: Path, out: Path, image: str | None, selecti
     return cmd
 
 
-def _listen_to_sigint() -> None:
+def listen_to_sigint() -> None:
     """preexec_fn of the cell's pytest: it is stopped with SIGINT (below), so it must not
     inherit an ignored SIGINT, which is what nohup, a shell's background job or some CI
     agents give; it would otherwise run on for the minute until it is killed, and a
@@ -94,7 +94,7 @@ def _attempt(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict[
     with open(log, "w", encoding="utf-8") as fh:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, errors="replace",
-                                preexec_fn=_listen_to_sigint)
+                                preexec_fn=listen_to_sigint)
         try:
             assert proc.stdout is not None
             for line in proc.stdout:

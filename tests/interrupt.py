@@ -9,12 +9,12 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from lab.matrix_run import listen_to_sigint
 
-def at_a_terminal() -> None:
-    """preexec_fn of a run the test will Ctrl-C: SIGINT as a terminal gives it. A test run
-    started in the background (a shell's `&`, nohup) ignores SIGINT, its children inherit
-    that, and a Ctrl-C test would then only show that ignored signals are ignored."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# preexec_fn of a run the test will Ctrl-C: SIGINT as a terminal gives it. A test run
+# started in the background (a shell's `&`, nohup) ignores SIGINT, its children inherit
+# that, and a Ctrl-C test would then only show that ignored signals are ignored.
+at_a_terminal = listen_to_sigint
 
 
 def ignoring_sigint() -> None:
