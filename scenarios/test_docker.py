@@ -126,12 +126,20 @@ def test_published_port_is_reachable_in_the_guest(machine: Machine, local_image:
         timeout=120,
     )
     try:
+        # the server first answers in its own container; then the published port must
+        # reach it at once (a few seconds' grace), not after another long wait
+        serving = machine.wait_until(
+            lambda: word in machine.run(
+                f"docker exec {name} wget -q -O - http://127.0.0.1:80/index.html").output,
+            timeout=30,
+        )
+        assert serving, (f"the web server in container {name} did not answer on its own "
+                         f"port 80 within {machine.scaled(30):.0f} s")
         got = machine.wait_until(
             lambda: word in machine.run(
                 # bounded by timeout(1): the console's busybox wget crashes on -T
                 "timeout 10 wget -q -O - http://127.0.0.1:18080/index.html").output,
-            timeout=30,
-        )
+            timeout=5)
         assert got, "a port published by the user Docker (18080 -> 80) is not reachable"
     finally:
         machine.run(f"docker rm -f {name}")
