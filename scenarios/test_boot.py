@@ -4,11 +4,10 @@ console shows no kernel error or failed service."""
 from __future__ import annotations
 
 import re
-import time
 
 import pytest
 
-from fixtures.guest import system_containers
+from fixtures.guest import two_looks
 from fixtures.profiles import Profile
 from lab import timeline as tl
 from lab.errors import LabError
@@ -65,12 +64,8 @@ def booted(request: pytest.FixtureRequest, machine: Machine, profile: Profile) -
             unreached[tl.USER_DOCKER] = str(exc).splitlines()[0]
         machine.collect_boot_times(services=profile.running)
         if tl.SERVICES not in machine.timeline.marks:
-            # two looks 3 s apart: a crash-looping service can be caught "running" in one
-            looks = [system_containers(machine)]
-            time.sleep(3)
-            looks.append(system_containers(machine))
-            down = {s: next((look.get(s, "absent") for look in looks
-                             if look.get(s) != "running"), "running")
+            looks = [{n: str(state) for n, state in look.items()} for look in two_looks(machine)]
+            down = {s: next(look.get(s, "absent") for look in looks if look.get(s) != "running")
                     for s in profile.running
                     if any(look.get(s) != "running" for look in looks)}
             unreached[tl.SERVICES] = f"services not running: {down}"

@@ -8,7 +8,7 @@ import secrets
 
 import pytest
 
-from fixtures.guest import system_containers, user_docker_image
+from fixtures.guest import system_containers, user_docker_back, user_docker_image
 from fixtures.profiles import Profile
 from lab.machine import Machine
 
@@ -184,8 +184,7 @@ def test_restarting_the_docker_service_brings_the_user_docker_back(machine: Mach
         f"`system-docker restart docker` did not restart the user Docker: its container "
         f"still has start time and pid {before}"
     )
-    back = machine.wait_until(lambda: machine.run("docker version >/dev/null 2>&1").ok,
-                              timeout=120)
-    assert back, "the user Docker did not answer within 120 s of `system-docker restart docker`"
+    not_back = user_docker_back(machine, timeout=120)
+    assert not_back is None, f"after `system-docker restart docker`: {not_back}"
     # the ID is kept in the data root: the same one proves the restarted daemon kept its data
     assert _info(machine, "docker", "ID") == daemon_id, "a different daemon answers after restart"

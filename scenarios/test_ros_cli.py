@@ -17,6 +17,7 @@ import shlex
 import pytest
 import yaml
 
+from fixtures.guest import user_docker_back
 from fixtures.profiles import Profile
 from lab.machine import Machine
 
@@ -242,16 +243,14 @@ def test_tls_gen_makes_the_user_docker_serve_tls_on_2376(machine: Machine) -> No
     # the restarted user dockerd answers in about 10 s (its iptables setup); 60 s is for
     # a loaded host. It binds every -H before it serves any, so once its own socket
     # answers, 2376 answers at once or not at all: a few seconds' grace, not another minute
-    back = machine.wait_until(lambda: machine.run("docker version >/dev/null 2>&1").ok,
-                              timeout=60, interval=2)
-    answered = machine.wait_until(lambda: machine.run(tls).ok, timeout=5, interval=1)
+    not_back = user_docker_back(machine, timeout=60)
+    answered = not not_back and machine.wait_until(lambda: machine.run(tls).ok, timeout=5)
     plain = machine.run("docker -H tcp://127.0.0.1:2376 version --format "
                         "'{{.Server.Version}}'")
     owners = machine.run("stat -c %U ~/.docker/ca.pem ~/.docker/cert.pem ~/.docker/key.pem")
     problems = []
-    if not back:
-        problems.append(f"the user Docker did not answer on its socket within "
-                        f"{machine.scaled(60):.0f} s of the restart")
+    if not_back:
+        problems.append(f"after `system-docker restart docker`: {not_back}")
     elif not answered:
         problems.append(f"a TLS client with ~/.docker's certificates got no answer on 2376: "
                         f"{machine.run(tls).output.strip()[-300:]}")

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import re
 import secrets
-import time
 
 import pytest
 
-from fixtures.guest import system_containers
+from fixtures.guest import system_containers, two_looks
 from fixtures.profiles import Profile
-from lab.machine import Machine
+from lab.machine import Machine, ServiceState
 
 CUSTOM = "roslab-custom"
 
@@ -46,16 +45,16 @@ def _custom_service_config(request: pytest.FixtureRequest, profile: Profile) -> 
 
 def _stays_up(machine: Machine, name: str) -> str | None:
     """Why system container `name` does not stay up (None when it does): it must be
-    running, and 3 s later have the same start time and restart count."""
-    fmt = "{{.State.Status}} {{.State.StartedAt}} {{.RestartCount}}"
-    inspect = f"sudo system-docker inspect --format '{fmt}' {name}"
-    first = machine.run(inspect).output.strip()
-    time.sleep(3)  # a service that dies at once can look "running" between its restarts
-    second = machine.run(inspect).output.strip()
-    if first.startswith("running") and first == second:
+    running, and 3 s later still running with the same restart count."""
+    first, second = (look.get(name) for look in two_looks(machine))
+    if (first and second and str(first) == str(second) == "running"
+            and first.restarts == second.restarts):
         return None
-    return (f"state, start time, restarts were {first or 'absent'!r}, then 3 s later "
-            f"{second or 'absent'!r}")
+
+    def said(state: ServiceState | None) -> str:
+        return f"{state} after {state.restarts} restarts" if state else "absent"
+
+    return f"it was {said(first)}, then 3 s later {said(second)}"
 
 
 def test_long_running_service_runs_under_system_docker(
