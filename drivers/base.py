@@ -111,6 +111,17 @@ class Driver(ABC):
     # its machines run on this host and take its memory and CPU (lab/admission.py)
     runs_on_host: ClassVar[bool] = False
 
+    @classmethod
+    def host_threads_for(cls, image: Image, arch: str, accel: str, cpus: int) -> int:
+        """Host threads such a machine keeps busy while it starts: the CPU slots it takes
+        (lab/admission.py). One a vCPU, unless the emulator runs them all on one."""
+        return cpus
+
+    def host_threads(self) -> int:
+        spec: MachineSpec | None = getattr(self, "spec", None)
+        assert spec is not None, "prepare() first"
+        return self.host_threads_for(spec.image, spec.arch, spec.accel, spec.cpus)
+
     @abstractmethod
     def prepare(self, spec: MachineSpec) -> None:
         """Make disks, config drives, servers: everything short of powering on."""

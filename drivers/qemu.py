@@ -291,6 +291,11 @@ class QemuDriver(Driver):
         self._net_options = ""  # slirp options of a cloud metadata stand-in
         self.metadata: Any = None  # that stand-in (lab.metadata.MetadataServer)
 
+    @classmethod
+    def host_threads_for(cls, image: Image, arch: str, accel: str, cpus: int) -> int:
+        single = accel == "tcg" and "thread=single" in board_for(image, arch).tcg
+        return 1 if single else cpus
+
     def resolve_accel(self, requested: str, image: Image, scratch: Path) -> tuple[str, str]:
         if requested == "auto" and kvm_usable()[0]:
             with probe_kernel(image, scratch) as kernel:

@@ -5,11 +5,11 @@ that dies releases its slots with its process, so nothing stays taken):
 - memory: a running machine holds a slot for its life; slots = what the host has
   available at the start of the run (MemAvailable, less a reserve for the host) over
   what one machine takes (its RAM plus the emulator's own);
-- CPU: a machine holds a slot while it starts (boot or restore), the part that keeps
-  the emulator busy; slots = host cores over the machine's vCPUs. Under TCG one boot
-  with 2 vCPUs already uses both cores of a 2-core host, and a second boot beside it
-  would only make both slower: `-n 2` then overlaps one worker's boot with the other's
-  tests instead.
+- CPU: one slot a host core; a machine holds, while it starts (boot or restore, the part
+  that keeps the emulator busy), one slot for each host thread its emulator then keeps
+  busy (`Driver.host_threads`): its vCPUs under KVM or multi-threaded TCG, one under
+  single-threaded TCG. Two 1-thread boots share a 2-core host; a 2-thread boot waits
+  for both cores, since a second boot beside it would only make both slower.
 """
 
 from __future__ import annotations
@@ -45,17 +45,16 @@ class Limits:
     why: str
 
     @classmethod
-    def for_host(cls, memory_mb: int, cpus: int, available_mb: int | None = None,
+    def for_host(cls, memory_mb: int, available_mb: int | None = None,
                  cores: int | None = None) -> Limits:
         available = mem_available_mb() if available_mb is None else available_mb
         cores = (os.cpu_count() or 1) if cores is None else cores
         per_machine = memory_mb + EMULATOR_OVERHEAD_MB
         memory_slots = max(1, (available - HOST_RESERVE_MB) // per_machine)
-        cpu_slots = max(1, cores // max(1, cpus))
         why = (f"memory: {available / 1024:.1f} GiB available - {HOST_RESERVE_MB} MiB reserve "
-               f"/ {per_machine} MiB a machine = {memory_slots} running; CPU: {cores} cores / "
-               f"{cpus} vCPUs a machine = {cpu_slots} starting at once")
-        return cls(memory_slots, cpu_slots, why)
+               f"/ {per_machine} MiB a machine = {memory_slots} running; CPU: {cores} cores, "
+               f"a starting machine takes one for each emulator thread")
+        return cls(memory_slots, cores, why)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -75,26 +74,36 @@ class Admission:
         self.folder = folder
         self.limits = Limits.load(folder)
 
-    def _take(self, kind: str, slots: int) -> IO[bytes]:
+    def _take(self, kind: str, slots: int, wanted: int = 1) -> list[IO[bytes]]:
+        """`wanted` of the `slots` slots, all at once or none (so that two machines each
+        holding part of what they want never wait on each other)."""
+        wanted = min(wanted, slots)
         while True:
+            held: list[IO[bytes]] = []
             for n in range(slots):
                 handle = (self.folder / f"{kind}-{n}.lock").open("ab")
                 try:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    return handle
+                    held.append(handle)
+                    if len(held) == wanted:
+                        return held
                 except BlockingIOError:
                     handle.close()
+            for handle in held:
+                handle.close()
             time.sleep(POLL_SECONDS)
 
     def running(self) -> IO[bytes]:
         """A memory slot for a machine's life: close the handle when the machine stops."""
-        return self._take("memory", self.limits.memory_slots)
+        return self._take("memory", self.limits.memory_slots)[0]
 
     @contextlib.contextmanager
-    def starting(self) -> Iterator[None]:
-        """A CPU slot while a machine boots or restores."""
-        handle = self._take("cpu", self.limits.cpu_slots)
+    def starting(self, threads: int = 1) -> Iterator[None]:
+        """CPU slots while a machine boots or restores, one for each host thread it keeps
+        busy."""
+        handles = self._take("cpu", self.limits.cpu_slots, threads)
         try:
             yield
         finally:
-            handle.close()
+            for handle in handles:
+                handle.close()

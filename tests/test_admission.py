@@ -4,6 +4,7 @@ xdist workers share them) and released when a holder dies."""
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from pathlib import Path
 
@@ -11,13 +12,36 @@ from lab.admission import Admission, Limits
 
 
 def test_limits_from_memory_and_cores() -> None:
-    # 24 GiB free, 2 cores, 2 GiB 2-vCPU machines: memory allows 10, CPU one start at a time
-    limits = Limits.for_host(2048, 2, available_mb=24 * 1024, cores=2)
-    assert (limits.memory_slots, limits.cpu_slots) == (10, 1)
-    assert "2 cores / 2 vCPUs" in limits.why and "= 10 running" in limits.why
-    # a host short of memory still runs one machine, one at a time
-    assert Limits.for_host(2048, 2, available_mb=1500, cores=1).memory_slots == 1
-    assert Limits.for_host(2048, 1, available_mb=8192, cores=8).cpu_slots == 8
+    # 24 GiB free, 2 cores, 2 GiB machines: memory allows 10, a CPU slot a core
+    limits = Limits.for_host(2048, available_mb=24 * 1024, cores=2)
+    assert (limits.memory_slots, limits.cpu_slots) == (10, 2)
+    assert "2 cores" in limits.why and "= 10 running" in limits.why
+    # a host short of memory still runs one machine
+    assert Limits.for_host(2048, available_mb=1500, cores=1).memory_slots == 1
+
+
+def test_a_start_takes_a_slot_for_each_emulator_thread(tmp_path: Path) -> None:
+    Limits(memory_slots=4, cpu_slots=2, why="test").save(tmp_path)
+    admission = Admission(tmp_path)
+    first = admission._take("cpu", 2, 1)  # a single-threaded TCG boot
+    second = admission._take("cpu", 2, 1)  # another fits beside it on a 2-core host
+    assert {Path(h.name).name for h in first + second} == {"cpu-0.lock", "cpu-1.lock"}
+    second[0].close()
+    # a 2-thread boot (MTTCG, KVM) needs both cores: it waits while one is held
+    started = threading.Event()
+
+    def two_thread_start() -> None:
+        with Admission(tmp_path).starting(threads=2):
+            started.set()
+
+    waiter = threading.Thread(target=two_thread_start, daemon=True)
+    waiter.start()
+    assert not started.wait(1.0), "a 2-thread start went ahead with one core held elsewhere"
+    first[0].close()
+    assert started.wait(10), "a 2-thread start still waits with both cores free"
+    # asking for more threads than the host has cores takes them all, not for ever
+    with Admission(tmp_path).starting(threads=8):
+        pass
 
 
 def _hold(folder: str, seconds: float, started: multiprocessing.synchronize.Event) -> None:

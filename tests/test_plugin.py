@@ -230,8 +230,9 @@ def test_fresh_machines_are_restored_copies(tmp_path: Path, tiny_guests: dict[st
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "2 passed" in proc.stdout
     # the header says how many machines may run at once, and why
-    assert re.search(r"roslab: up to \d+ machines at once, \d+ starting at once, shared by "
-                     r"all workers \(memory: ", proc.stdout), proc.stdout
+    assert re.search(r"roslab: up to \d+ machines at once, \d+ starting at once \(\d+ emulator "
+                     r"thread\(s\) a machine\), shared by all workers \(memory: ",
+                     proc.stdout), proc.stdout
     _nothing_left(scratch)
 
 
