@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.errors import ConfigError
+from lab.errors import CommandError, ConfigError
 from lab.machine import Machine, make_machine
 from lab.refimage import pi
 from lab.refimage.build import ensure_image
@@ -159,3 +159,22 @@ def test_removing_all_user_containers_leaves_the_os_running(booted: Machine) -> 
     for name in LONG_RUNNING:
         assert got.get(name, "").startswith("Up"), f"{name} stopped: {got.get(name)}"
     assert booted.run("docker version >/dev/null && docker ps -qa | wc -l").output.strip() == "0"
+
+
+def test_the_guest_patches_its_running_kernel_and_goes_on(booted: Machine) -> None:
+    """A static key flipping rewrites kernel text that the other vCPU is running, and the
+    emulator must show that vCPU the new code. Under QEMU 7.2's multi-threaded TCG an x86
+    vCPU kept a stale int3 from the patch and trapped on it for ever: this loop hung the
+    guest within seconds (it is why the pc board runs single-threaded TCG)."""
+    flip_for_15s = (
+        "sudo sh -c 'end=$(($(date +%s) + 15)); "
+        "(while [ $(date +%s) -lt $end ]; do cat /proc/self/stat; done) >/dev/null & n=0; "
+        "while [ $(date +%s) -lt $end ]; do echo 1 > /proc/sys/kernel/sched_schedstats; "
+        "echo 0 > /proc/sys/kernel/sched_schedstats; n=$((n+2)); done; wait; echo flips=$n'"
+    )
+    try:
+        result = booted.run(flip_for_15s, timeout=120)
+    except CommandError as exc:
+        pytest.fail(f"the guest stopped answering while its kernel patched itself: {exc}")
+    assert result.ok and "flips=" in result.output, result
+    assert int(result.output.split("flips=")[-1].split()[0]) > 0, result
