@@ -117,11 +117,6 @@ class Driver(ABC):
         (lab/admission.py). One a vCPU, unless the emulator runs them all on one."""
         return cpus
 
-    def host_threads(self) -> int:
-        spec: MachineSpec | None = getattr(self, "spec", None)
-        assert spec is not None, "prepare() first"
-        return self.host_threads_for(spec.image, spec.arch, spec.accel, spec.cpus)
-
     @abstractmethod
     def prepare(self, spec: MachineSpec) -> None:
         """Make disks, config drives, servers: everything short of powering on."""

@@ -7,7 +7,7 @@ that dies releases its slots with its process, so nothing stays taken):
   what one machine takes (its RAM plus the emulator's own);
 - CPU: one slot a host core; a machine holds, while it starts (boot or restore, the part
   that keeps the emulator busy), one slot for each host thread its emulator then keeps
-  busy (`Driver.host_threads`): its vCPUs under KVM or multi-threaded TCG, one under
+  busy (`Driver.host_threads_for`): its vCPUs under KVM or multi-threaded TCG, one under
   single-threaded TCG. Two 1-thread boots share a 2-core host; a 2-thread boot waits
   for both cores, since a second boot beside it would only make both slower.
 """

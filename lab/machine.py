@@ -147,6 +147,11 @@ class Machine:
         if why is not None:
             raise ConfigError(f"machine {self.name} cannot {action}: {why}")
 
+    def host_threads(self) -> int:
+        """Host threads this machine keeps busy while it starts (lab/admission.py)."""
+        spec = self.spec
+        return self.driver.host_threads_for(spec.image, spec.arch, spec.accel, spec.cpus)
+
     def boot(self, timeout: float | None = None) -> Machine:
         """Power on and log in on the console; BootError (GuestPanic, BootTimeout) if not."""
         timeout = self.scaled(timeout or self.boot_timeout)
