@@ -17,6 +17,7 @@ import ctypes
 import ipaddress
 import logging
 import os
+import queue
 import re
 import shlex
 import shutil
@@ -24,8 +25,10 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -62,11 +65,44 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+_spawns: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+_spawner_started = threading.Lock()
+_spawner: list[threading.Thread] = []
+
+
+def _spawn_forever() -> None:
+    while True:
+        start, result = _spawns.get()
+        try:
+            result.set_result(start())
+        except BaseException as exc:
+            result.set_exception(exc)
+
+
+def _from_a_lasting_thread(start: Callable[[], subprocess.Popen[bytes]]
+                           ) -> subprocess.Popen[bytes]:
+    """PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the
+    process: QEMU started by a short-lived thread (a machine booted ahead) was killed as
+    that thread finished. Other threads fork through one that lives as long as the
+    harness (the main thread does too)."""
+    if threading.current_thread() is threading.main_thread():
+        return start()
+    with _spawner_started:
+        if not _spawner:
+            _spawner.append(threading.Thread(target=_spawn_forever, daemon=True,
+                                             name="roslab-spawner"))
+            _spawner[0].start()
+    result: Future[subprocess.Popen[bytes]] = Future()
+    _spawns.put((start, result))
+    return result.result()
+
+
 def popen(argv: list[str], keep: bool = False, **kw: Any) -> subprocess.Popen[bytes]:
     # a session of its own: Ctrl-C reaches the harness, which stops QEMU in order
-    return subprocess.Popen(
-        argv, preexec_fn=None if keep else _die_with_parent, start_new_session=True, **kw
-    )
+    if keep:
+        return subprocess.Popen(argv, start_new_session=True, **kw)
+    return _from_a_lasting_thread(lambda: subprocess.Popen(
+        argv, preexec_fn=_die_with_parent, start_new_session=True, **kw))
 
 
 def free_port() -> int:

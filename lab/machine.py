@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Callable, Collection
@@ -35,6 +36,7 @@ from lab.errors import (
     CommandError,
     ConfigError,
     ImageError,
+    LabError,
     ServiceFailed,
 )
 from lab.images import CMDLINE_KINDS, Image, cmdline_gap
@@ -114,6 +116,9 @@ class Machine:
         self.keep = False  # left running on purpose (--keep-failed)
         self._ssh: SSH | None = None
         self._stopped = False
+        # boot (or restore) and stop may come from two threads (a machine booted ahead):
+        # a machine stopped before its emulator started never starts it
+        self._power = threading.RLock()
         self._on_stop: list[Callable[[], object]] = []  # after the machine is gone
         self.info: dict[str, Any] = {
             "platform": platform, "arch": spec.arch, "accel": spec.accel,
@@ -142,6 +147,10 @@ class Machine:
             value = check()
         return value
 
+    def _need_not_stopped(self) -> None:
+        if self._stopped:
+            raise LabError(f"machine {self.name} was stopped before it started")
+
     def _need(self, capability: str, action: str) -> None:
         why = self.capabilities.lacks(capability)
         if why is not None:
@@ -155,8 +164,10 @@ class Machine:
     def boot(self, timeout: float | None = None) -> Machine:
         """Power on and log in on the console; BootError (GuestPanic, BootTimeout) if not."""
         timeout = self.scaled(timeout or self.boot_timeout)
-        self.driver.prepare(self.spec)
-        self.timeline.t0 = self.driver.start()
+        with self._power:
+            self._need_not_stopped()
+            self.driver.prepare(self.spec)
+            self.timeline.t0 = self.driver.start()
         self.driver.watch(self.timeline)
         self.info.update(self.driver.info())
         if not self.capabilities.console:
@@ -208,7 +219,9 @@ class Machine:
         """
         self._need("snapshot", "be restored")
         self.timeline.t0 = time.monotonic()
-        self.timeline.mark(tl.RESUMED, self.driver.restore(self.spec, snapshot))
+        with self._power:
+            self._need_not_stopped()
+            self.timeline.mark(tl.RESUMED, self.driver.restore(self.spec, snapshot))
         self.info.update(self.driver.info())
         self.info.update(started="restored", snapshot=str(snapshot.path))
         self.console = Console(self.driver.console_stream(), self.timeline, self.console_log,
@@ -442,9 +455,10 @@ class Machine:
 
     def stop(self) -> None:
         """Power off, release everything and remove the work directory (unless kept)."""
-        if self._stopped or self.keep:
-            return
-        self._stopped = True
+        with self._power:
+            if self._stopped or self.keep:
+                return
+            self._stopped = True
         try:
             if self._ssh is not None:
                 self._ssh.close()
