@@ -131,6 +131,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             metafunc.parametrize(argname, names, ids=names)
 
 
+@pytest.hookimpl(tryfirst=True)  # before the lab reads the markers (groups, boots ahead)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A module whose machine's cloud-config names what the profile says (a versioned
+    image) gives `cloud_config_for(profile)`: it is its tests' marker from collection on,
+    so the lab knows every test's machine before any boots."""
+    for item in items:
+        make = getattr(getattr(item, "module", None), "cloud_config_for", None)
+        if make is not None and item.get_closest_marker("cloud_config") is None:
+            item.add_marker(pytest.mark.cloud_config(make(get_profile(config))))
+
+
 @pytest.fixture(scope="session")
 def budgets(pytestconfig: pytest.Config) -> dict[str, float]:
     """Phase budgets for this platform, arch and accelerator."""

@@ -64,7 +64,10 @@ def _conf_d(name: str, environment: dict[str, str]) -> dict:
             "content": yaml.safe_dump({"rancher": {"environment": environment}})}
 
 
-def apply_cloud_config(system_image: str) -> dict:
+def cloud_config_for(profile: Profile) -> dict:
+    """Every test here shares one machine; its service runs an image the system Docker
+    has, which the profile names (it is versioned)."""
+    system_image = profile.system_image
     return {
         "hostname": HOSTNAME,
         "bootcmd": ["echo bootcmd >> /home/rancher/order.log"],
@@ -103,13 +106,6 @@ def apply_cloud_config(system_image: str) -> dict:
             },
         },
     }
-
-
-@pytest.fixture(autouse=True)
-def _apply_config(request: pytest.FixtureRequest, profile: Profile) -> None:
-    """Every test here shares one machine; its service runs an image the system Docker
-    has, which the profile names (it is versioned), so the config is made here."""
-    request.node.add_marker(pytest.mark.cloud_config(apply_cloud_config(profile.system_image)))
 
 
 def _ros_get(machine: Machine, key: str) -> str:

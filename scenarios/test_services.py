@@ -15,12 +15,14 @@ from lab.machine import Machine, ServiceState
 CUSTOM = "roslab-custom"
 
 
-def cloud_config_with_custom_service(profile_image: str) -> dict:
+def cloud_config_for(profile: Profile) -> dict:
+    """Every test here shares one machine, booted with a custom service declared; its
+    image is one the system Docker has, which the profile names (it is versioned)."""
     return {
         "rancher": {
             "services": {
                 CUSTOM: {
-                    "image": profile_image,
+                    "image": profile.system_image,
                     "command": "sleep 86400",
                     "restart": "always",
                     "net": "host",
@@ -29,18 +31,6 @@ def cloud_config_with_custom_service(profile_image: str) -> dict:
             }
         }
     }
-
-
-@pytest.fixture(autouse=True)
-def _custom_service_config(request: pytest.FixtureRequest, profile: Profile) -> None:
-    """Every test here shares one machine, booted with a custom service declared.
-
-    The service's image is one the system Docker has, which the profile names
-    (it is versioned), so the cloud-config is made here rather than at import.
-    """
-    request.node.add_marker(
-        pytest.mark.cloud_config(cloud_config_with_custom_service(profile.system_image))
-    )
 
 
 def _stays_up(machine: Machine, name: str) -> str | None:
