@@ -71,7 +71,9 @@ def test_mutant_fails_its_scenarios_with_their_causes(tmp_path: Path, mutant: Mu
     if "libvirt" in platform:  # on the hardware the breakage matters on, a real libvirtd
         platform += ["--libvirt-uri", request.getfixturevalue("libvirt_uri")]
     started = time.monotonic()
-    result = _pytest(*[f.scenario for f in mutant.fails], "-q", *platform,
+    # no booting ahead: this run's xdist workers already keep the cores busy, and the
+    # scenario run's admission does not see their machines
+    result = _pytest(*[f.scenario for f in mutant.fails], "-q", *platform, "--no-boot-ahead",
                      "--accel", "tcg", "--image", str(image), "--roslab-artifacts",
                      str(artifacts), f"--junitxml={junit}", timeout=1800)
     seconds = time.monotonic() - started

@@ -175,10 +175,11 @@ def test_malformed_cloud_config_marker_stops_before_any_machine(
 
 
 def test_xdist_two_workers(tmp_path: Path, tiny_guests: dict[str, Path]) -> None:
-    proc, scratch = _run(tmp_path, tiny_guests["shell"], "pass", "-n", "2")
+    proc, scratch = _run(tmp_path, tiny_guests["shell"], "pass", "-n", "2", "-v")  # -q -v: a header
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     assert "3 passed, 1 skipped" in out
+    assert "no booting ahead (the xdist workers overlap their boots instead)" in out
     _nothing_left(scratch)
 
 
@@ -261,4 +262,52 @@ def test_a_fresh_machine_gets_what_only_one_machine_can_hold(
     proc, scratch = _run_module(tmp_path, EXCLUSIVE, tiny_guests["shell"],
                                 "--datasource", "cloudstack")
     assert "3 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+    _nothing_left(scratch)
+
+
+AHEAD = """
+import time
+import pytest
+
+SEEN = {}
+
+@pytest.mark.cloud_config("#cloud-config\\nhostname: first\\n")
+def test_first_machine(machine):
+    assert "booted_ahead" not in machine.info  # nothing ran before it to boot it beside
+    time.sleep(1)
+    SEEN["first_done"] = time.monotonic()
+
+@pytest.mark.cloud_config("#cloud-config\\nhostname: second\\n")
+def test_second_machine(machine, pytestconfig):
+    ahead = not pytestconfig.getoption("no_boot_ahead")
+    assert machine.info.get("booted_ahead", False) is ahead
+    # booted ahead: it started while the first test ran; else: after that test ended
+    assert (machine.timeline.t0 < SEEN["first_done"]) is ahead
+"""
+
+
+@pytest.mark.parametrize("flag", [(), ("--no-boot-ahead",)], ids=["ahead", "turned-off"])
+def test_the_next_machine_boots_while_the_tests_use_this_one(
+        tmp_path: Path, tiny_guests: dict[str, Path], flag: tuple[str, ...]) -> None:
+    proc, scratch = _run_module(tmp_path, AHEAD, tiny_guests["shell"], *flag)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    said = "no booting ahead (--no-boot-ahead)" if flag else "roslab: boots ahead: "
+    assert said in proc.stdout
+    _nothing_left(scratch)
+
+
+def test_interrupted_while_a_machine_boots_ahead_leaves_nothing(
+        tmp_path: Path, tiny_guests: dict[str, Path]) -> None:
+    flag = tmp_path / "booted"
+    body = (f"pathlib.Path({str(flag)!r}).touch(); time.sleep(300)\n\n"
+            "@pytest.mark.cloud_config('#cloud-config\\nhostname: next\\n')\n"
+            "def test_next(machine):\n    pass")
+    proc, scratch = _run(tmp_path, tiny_guests["shell"], body, name="hangs")
+    deadline = time.monotonic() + 240
+    while not flag.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # the next test's machine is booting or booted
+    out, _ = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in out
     _nothing_left(scratch)

@@ -1,0 +1,145 @@
+"""Booting ahead (fixtures/ahead.py) with real tiny guests: what boots when, what a test
+gets, and that nothing is left when the session ends mid-boot."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from fixtures.ahead import BootAhead, plan_runs
+from lab.errors import BootError
+from lab.machine import Machine
+
+
+@dataclass(frozen=True)
+class _Test:
+    """What BootAhead reads of a collected test: its id (and what the callables read)."""
+
+    nodeid: str
+    kind: str = "shell"
+    measured: bool = False
+
+
+def _tests(*specs: tuple[str, ...] | str) -> list[pytest.Item]:
+    made = [_Test(s) if isinstance(s, str) else _Test(*s) for s in specs]  # type: ignore[arg-type]
+    return cast(list[pytest.Item], made)
+
+
+def _ahead(items: list[pytest.Item], keys: list[str | None],
+           make_tiny: Callable[..., Machine]) -> tuple[BootAhead, list[str]]:
+    """A BootAhead over `items` whose machines are tiny guests; also the log of boots."""
+    booted: list[str] = []
+    by_id = dict(zip((i.nodeid for i in items), keys, strict=True))
+    runs = plan_runs(items, lambda item: by_id[item.nodeid])
+
+    def boot(item: Any, machine: Machine) -> Machine:
+        machine.boot(timeout=60)
+        booted.append(item.nodeid)
+        return machine
+
+    return BootAhead(items, runs, lambda item: make_tiny(item.kind), boot,
+                     lambda item: item.measured), booted
+
+
+def _qemu_of(tmp_path: Path) -> list[str]:
+    found = subprocess.run(["pgrep", "-f", f"qemu-system.*{tmp_path}"], capture_output=True,
+                           text=True)
+    return found.stdout.split()
+
+
+def test_runs_are_the_shared_machines_in_order() -> None:
+    items = _tests("a1", "own", "a2", "b1", "b2", "none", "a3")
+    keys = {"a1": "A", "own": None, "a2": "A", "b1": "B", "b2": "B", "none": None, "a3": "A"}
+    runs = plan_runs(items, lambda item: keys[item.nodeid])
+    # a test with its own machine between two of A's does not end A's run; B's does
+    assert [(r.start, r.first.nodeid, r.key) for r in runs] == \
+        [(0, "a1", "A"), (3, "b1", "B"), (6, "a3", "A")]
+
+
+def _wait_for_qemu(tmp_path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not _qemu_of(tmp_path):
+        assert time.monotonic() < deadline, "the machine booted ahead never started"
+        time.sleep(0.1)
+
+
+def test_the_next_runs_machine_boots_while_this_run_is_used(
+        make_tiny: Callable[..., Machine], tmp_path: Path) -> None:
+    items = _tests("a1", "a2", "b1")
+    ahead, booted = _ahead(items, ["A", "A", "B"], make_tiny)
+    try:
+        assert ahead.take(items[0]) is None  # nothing was booted for the first run
+        ahead.advance(items[0])
+        ahead.advance(items[1])  # B is already on its way: no second boot
+        deadline = time.monotonic() + 60
+        while not booted:  # the tests of A's run go on meanwhile
+            assert time.monotonic() < deadline, "the machine booted ahead never logged in"
+            time.sleep(0.1)
+        started = time.monotonic()
+        machine = ahead.take(items[2])
+        assert time.monotonic() - started < 1  # booted already: no wait
+        assert machine is not None and machine.run("echo hi", check=True).output == "hi"
+        assert booted == ["b1"]
+        assert ahead.take(items[2]) is None  # handed over once
+    finally:
+        ahead.close()
+
+
+def test_nothing_boots_beside_a_measured_boot(make_tiny: Callable[..., Machine]) -> None:
+    items = _tests(("a1", "shell", True), "b1", ("c1", "shell", True), "d1")
+    ahead, booted = _ahead(items, ["A", "B", "C", "D"], make_tiny)
+    try:
+        ahead.advance(items[0])  # a measured boot's test: B waits
+        ahead.advance(items[1])  # C's boot is measured: it is not made ahead
+        assert ahead.take(items[1]) is None and ahead.take(items[2]) is None
+        assert booted == []
+    finally:
+        ahead.close()
+
+
+def test_a_failed_boot_ahead_is_raised_by_the_test_that_takes_it(
+        make_tiny: Callable[..., Machine], tmp_path: Path) -> None:
+    items = _tests("a1", ("b1", "panic"))
+    ahead, _ = _ahead(items, ["A", "B"], make_tiny)
+    try:
+        ahead.advance(items[0])
+        with pytest.raises(BootError, match="Attempted to kill init"):
+            ahead.take(items[1])
+        assert _qemu_of(tmp_path) == []
+    finally:
+        ahead.close()
+
+
+def test_a_run_that_went_by_untaken_is_stopped(make_tiny: Callable[..., Machine],
+                                               tmp_path: Path) -> None:
+    items = _tests("a1", "b1", "c1")
+    ahead, _ = _ahead(items, ["A", "B", "C"], make_tiny)
+    try:
+        ahead.advance(items[0])  # B boots ahead; B's test is then skipped, nobody takes it
+        ahead.advance(items[1])  # B's own run: B stays wanted
+        ahead.advance(items[2])  # C's run: B is stale, stopped; the run after C is none
+        assert ahead.take(items[1]) is None
+        assert _qemu_of(tmp_path) == []
+    finally:
+        ahead.close()
+
+
+def test_closing_mid_boot_leaves_no_emulator(make_tiny: Callable[..., Machine],
+                                            tmp_path: Path) -> None:
+    """Ctrl-C while a machine boots ahead: the session's end stops it at once."""
+    items = _tests("a1", ("b1", "hang"))
+    ahead, _ = _ahead(items, ["A", "B"], make_tiny)
+    ahead.advance(items[0])
+    _wait_for_qemu(tmp_path)
+    started = time.monotonic()
+    ahead.close()
+    assert time.monotonic() - started < 15  # not the 60 s boot timeout
+    assert _qemu_of(tmp_path) == []
+    ahead.advance(items[0])  # a closed BootAhead starts nothing
+    assert _qemu_of(tmp_path) == []
