@@ -472,6 +472,11 @@ class Machine:
             for release in self._on_stop:
                 release()
 
+    @property
+    def stopped(self) -> bool:
+        """stop() was called (the emulator may have died before, by itself)."""
+        return self._stopped
+
     def on_stop(self, release: Callable[[], object]) -> None:
         """Call `release` once the machine has stopped (its admission slot, say)."""
         self._on_stop.append(release)
