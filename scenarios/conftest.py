@@ -14,9 +14,8 @@ import yaml
 
 from fixtures.guest import NO_USER_IMAGE, wait_boot_complete
 from fixtures.plugin import options
-from fixtures.profiles import Profile, profile_path
+from fixtures.profiles import Profile, profile_of
 from lab import timeline as tl
-from lab.errors import ConfigError
 from lab.machine import Machine
 
 HERE = Path(__file__).parent
@@ -97,37 +96,17 @@ def pytest_configure(config: pytest.Config) -> None:
     _check_budgets(config.getoption("--budgets"), config.getoption("--budget"))
 
 
-def _profile_path(config: pytest.Config) -> Path:
-    try:
-        return profile_path(config.getoption("--profile"),
-                            options(config).resolved_image().manifest)
-    except ConfigError as exc:
-        raise pytest.UsageError(f"roslab: {exc}") from None
-
-
-_PROFILE = pytest.StashKey[Profile]()
-
-
-def get_profile(config: pytest.Config) -> Profile:
-    if _PROFILE not in config.stash:
-        lab = options(config)
-        config.stash[_PROFILE] = Profile.load(
-            _profile_path(config), lab.arch, lab.resolved_image().version
-        )
-    return config.stash[_PROFILE]
-
-
 @pytest.fixture(scope="session")
 def profile(pytestconfig: pytest.Config) -> Profile:
     """What this image is expected to have (services, local image, log paths)."""
-    return get_profile(pytestconfig)
+    return profile_of(pytestconfig)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # service names come from the profile, so each service is its own test case
     for argname, attr in (("running_service", "running"), ("completed_service", "completed")):
         if argname in metafunc.fixturenames:
-            names = getattr(get_profile(metafunc.config), attr)
+            names = getattr(profile_of(metafunc.config), attr)
             metafunc.parametrize(argname, names, ids=names)
 
 
@@ -139,7 +118,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         make = getattr(getattr(item, "module", None), "cloud_config_for", None)
         if make is not None and item.get_closest_marker("cloud_config") is None:
-            item.add_marker(pytest.mark.cloud_config(make(get_profile(config))))
+            item.add_marker(pytest.mark.cloud_config(make(profile_of(config))))
 
 
 @pytest.fixture(scope="session")

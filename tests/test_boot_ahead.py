@@ -31,20 +31,32 @@ def _tests(*specs: tuple[str, ...] | str) -> list[pytest.Item]:
     return cast(list[pytest.Item], made)
 
 
-def _ahead(items: list[pytest.Item], keys: list[str | None],
-           make_tiny: Callable[..., Machine]) -> tuple[BootAhead, list[str]]:
-    """A BootAhead over `items` whose machines are tiny guests; also the log of boots."""
+def _ahead(items: list[pytest.Item], keys: list[str | None], make_tiny: Callable[..., Machine],
+           depth: int = 1, spans: list[tuple[float, float]] | None = None
+           ) -> tuple[BootAhead, list[str]]:
+    """A BootAhead over `items` whose machines are tiny guests; also the log of boots
+    done (and of when each ran, in `spans`)."""
     booted: list[str] = []
     by_id = dict(zip((i.nodeid for i in items), keys, strict=True))
     runs = plan_runs(items, lambda item: by_id[item.nodeid])
 
     def boot(item: Any, machine: Machine) -> Machine:
+        started = time.monotonic()
         machine.boot(timeout=60)
         booted.append(item.nodeid)
+        if spans is not None:
+            spans.append((started, time.monotonic()))
         return machine
 
     return BootAhead(items, runs, lambda item: make_tiny(item.kind), boot,
-                     lambda item: item.measured), booted
+                     lambda item: item.measured, depth), booted
+
+
+def _wait_for(booted: list[str], count: int) -> None:
+    deadline = time.monotonic() + 60
+    while len(booted) < count:
+        assert time.monotonic() < deadline, f"only {booted} booted ahead"
+        time.sleep(0.1)
 
 
 def _qemu_of(tmp_path: Path) -> list[str]:
@@ -77,16 +89,32 @@ def test_the_next_runs_machine_boots_while_this_run_is_used(
         assert ahead.take(items[0]) is None  # nothing was booted for the first run
         ahead.advance(items[0])
         ahead.advance(items[1])  # B is already on its way: no second boot
-        deadline = time.monotonic() + 60
-        while not booted:  # the tests of A's run go on meanwhile
-            assert time.monotonic() < deadline, "the machine booted ahead never logged in"
-            time.sleep(0.1)
+        _wait_for(booted, 1)  # the tests of A's run go on meanwhile
         started = time.monotonic()
         machine = ahead.take(items[2])
         assert time.monotonic() - started < 1  # booted already: no wait
         assert machine is not None and machine.run("echo hi", check=True).output == "hi"
         assert booted == ["b1"]
         assert ahead.take(items[2]) is None  # handed over once
+    finally:
+        ahead.close()
+
+
+def test_up_to_depth_machines_wait_booted_one_at_a_time(
+        make_tiny: Callable[..., Machine]) -> None:
+    items = _tests("a1", "b1", "c1", "d1")
+    spans: list[tuple[float, float]] = []
+    ahead, booted = _ahead(items, ["A", "B", "C", "D"], make_tiny, depth=2, spans=spans)
+    try:
+        ahead.advance(items[0])
+        _wait_for(booted, 2)
+        time.sleep(2)
+        assert booted == ["b1", "c1"]  # D waits for room: two machines already wait
+        assert spans[0][1] <= spans[1][0], "two boots ahead ran at once"
+        ahead.advance(items[1])
+        assert ahead.take(items[1]) is not None
+        _wait_for(booted, 3)  # B was taken: D's turn
+        assert booted == ["b1", "c1", "d1"]
     finally:
         ahead.close()
 

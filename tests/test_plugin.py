@@ -291,7 +291,7 @@ def test_the_next_machine_boots_while_the_tests_use_this_one(
         tmp_path: Path, tiny_guests: dict[str, Path], flag: tuple[str, ...]) -> None:
     proc, scratch = _run_module(tmp_path, AHEAD, tiny_guests["shell"], *flag)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    said = "no booting ahead (--no-boot-ahead)" if flag else "roslab: boots ahead: "
+    said = "no booting ahead (--no-boot-ahead)" if flag else "roslab: boots ahead up to 2"
     assert said in proc.stdout
     _nothing_left(scratch)
 
