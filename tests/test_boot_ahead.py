@@ -32,7 +32,7 @@ def _tests(*specs: tuple[str, ...] | str) -> list[pytest.Item]:
 
 
 def _ahead(items: list[pytest.Item], keys: list[str | None], make_tiny: Callable[..., Machine],
-           depth: int = 1, spans: list[tuple[float, float]] | None = None
+           depth: int = 1, spans: dict[str, tuple[float, float]] | None = None
            ) -> tuple[BootAhead, list[str]]:
     """A BootAhead over `items` whose machines are tiny guests; also the log of boots
     done (and of when each ran, in `spans`)."""
@@ -45,7 +45,7 @@ def _ahead(items: list[pytest.Item], keys: list[str | None], make_tiny: Callable
         machine.boot(timeout=60)
         booted.append(item.nodeid)
         if spans is not None:
-            spans.append((started, time.monotonic()))
+            spans[item.nodeid] = (started, time.monotonic())
         return machine
 
     return BootAhead(items, runs, lambda item: make_tiny(item.kind), boot,
@@ -103,18 +103,34 @@ def test_the_next_runs_machine_boots_while_this_run_is_used(
 def test_up_to_depth_machines_wait_booted_one_at_a_time(
         make_tiny: Callable[..., Machine]) -> None:
     items = _tests("a1", "b1", "c1", "d1")
-    spans: list[tuple[float, float]] = []
+    spans: dict[str, tuple[float, float]] = {}
     ahead, booted = _ahead(items, ["A", "B", "C", "D"], make_tiny, depth=2, spans=spans)
     try:
         ahead.advance(items[0])
         _wait_for(booted, 2)
         time.sleep(2)
         assert booted == ["b1", "c1"]  # D waits for room: two machines already wait
-        assert spans[0][1] <= spans[1][0], "two boots ahead ran at once"
+        assert spans["b1"][1] <= spans["c1"][0], "two boots ahead ran at once"
         ahead.advance(items[1])
         assert ahead.take(items[1]) is not None
         _wait_for(booted, 3)  # B was taken: D's turn
         assert booted == ["b1", "c1", "d1"]
+    finally:
+        ahead.close()
+
+
+def test_while_a_test_waits_for_its_machine_the_next_one_boots_too(
+        make_tiny: Callable[..., Machine]) -> None:
+    items = _tests("a1", "b1", "c1")
+    spans: dict[str, tuple[float, float]] = {}
+    ahead, booted = _ahead(items, ["A", "B", "C"], make_tiny, depth=2, spans=spans)
+    try:
+        ahead.advance(items[0])
+        ahead.advance(items[1])  # B's test comes while B still boots
+        assert ahead.take(items[1]) is not None
+        _wait_for(booted, 2)
+        assert sorted(booted) == ["b1", "c1"]
+        assert spans["c1"][0] < spans["b1"][1], "C waited for B's boot while B's test waited"
     finally:
         ahead.close()
 
