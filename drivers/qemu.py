@@ -17,7 +17,6 @@ import ctypes
 import ipaddress
 import logging
 import os
-import queue
 import re
 import shlex
 import shutil
@@ -28,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -65,36 +64,17 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-_spawns: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
-_spawner_started = threading.Lock()
-_spawner: list[threading.Thread] = []
-
-
-def _spawn_forever() -> None:
-    while True:
-        start, result = _spawns.get()
-        try:
-            result.set_result(start())
-        except BaseException as exc:
-            result.set_exception(exc)
+# PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process:
+# QEMU started by a short-lived thread (a machine booted ahead) was killed as that thread
+# finished. Other threads fork through this one, which lives as long as the harness.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roslab-spawner")
 
 
 def _from_a_lasting_thread(start: Callable[[], subprocess.Popen[bytes]]
                            ) -> subprocess.Popen[bytes]:
-    """PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the
-    process: QEMU started by a short-lived thread (a machine booted ahead) was killed as
-    that thread finished. Other threads fork through one that lives as long as the
-    harness (the main thread does too)."""
     if threading.current_thread() is threading.main_thread():
         return start()
-    with _spawner_started:
-        if not _spawner:
-            _spawner.append(threading.Thread(target=_spawn_forever, daemon=True,
-                                             name="roslab-spawner"))
-            _spawner[0].start()
-    result: Future[subprocess.Popen[bytes]] = Future()
-    _spawns.put((start, result))
-    return result.result()
+    return _SPAWNER.submit(start).result()
 
 
 def popen(argv: list[str], keep: bool = False, **kw: Any) -> subprocess.Popen[bytes]:
