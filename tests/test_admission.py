@@ -4,11 +4,16 @@ xdist workers share them) and released when a holder dies."""
 from __future__ import annotations
 
 import multiprocessing
+import subprocess
 import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from drivers import qemu
 from lab.admission import Admission, Limits
+from lab.images import KERNEL, Image
 
 
 def test_limits_from_memory_and_cores() -> None:
@@ -89,3 +94,25 @@ def test_memory_slots_limit_running_machines(tmp_path: Path) -> None:
     assert Path(third.name).name == "memory-0.lock"
     second.close()
     third.close()
+
+
+def test_an_x86_tcg_boot_takes_one_thread_on_qemu_before_10_and_its_vcpus_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # QEMU 7.2's multi-threaded TCG can hang an x86 guest (the contract test's flip loop)
+    pc, raspi = qemu.BOARDS["pc"], qemu.BOARDS["raspi3b"]
+    x86 = Image(path=Path("vmlinuz"), kind=KERNEL, arch="x86_64")
+    monkeypatch.setattr(qemu, "qemu_version", lambda arch: (7, 2))
+    assert qemu.tcg_accel(pc) == "tcg,thread=single"
+    assert qemu.QemuDriver.host_threads_for(x86, "x86_64", "tcg", 2) == 1
+    monkeypatch.setattr(qemu, "qemu_version", lambda arch: (10, 0))
+    assert qemu.tcg_accel(pc) == "tcg"
+    assert qemu.QemuDriver.host_threads_for(x86, "x86_64", "tcg", 2) == 2
+    assert qemu.QemuDriver.host_threads_for(x86, "x86_64", "kvm", 2) == 2
+    assert qemu.tcg_accel(raspi) == "tcg,thread=single"  # its 4 vCPUs spin in the boot stub
+
+
+def test_the_installed_qemus_version_is_read() -> None:
+    first_line = subprocess.run([qemu.binary("x86_64"), "--version"], capture_output=True,
+                                text=True, check=True).stdout.splitlines()[0]
+    major, minor = qemu.qemu_version("x86_64")
+    assert f"version {major}.{minor}." in first_line
