@@ -61,9 +61,14 @@ def _run(tmp_path: Path, image: Path | str, body: str = "pass", *args: str,
     return proc, scratch
 
 
+def _emulators(scratch: Path) -> list[str]:
+    """PIDs of the QEMUs a run under `scratch` started."""
+    return subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"], capture_output=True,
+                          text=True).stdout.split()
+
+
 def _nothing_left(scratch: Path) -> None:
-    qemu = subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"], capture_output=True)
-    assert qemu.returncode == 1, f"QEMU left running: {qemu.stdout!r}"
+    assert _emulators(scratch) == [], "QEMU left running"
     # pytest's own basetemp (xdist makes one) is not ours to remove
     left = [p for p in scratch.rglob("*") if "roslab" in p.name or "qemu" in p.name]
     assert left == []
@@ -137,7 +142,8 @@ def test_boot_failure_keeps_evidence_and_errors_the_rest_of_the_module(
     ("args", "message"),
     [(("--platform", "vmware"), "unknown platform 'vmware': known platforms are qemu"),
      (("--image", "/no/such/image"), "image /no/such/image does not exist"),
-     (("--arch", "riscv64"), "unknown arch 'riscv64'")],
+     (("--arch", "riscv64"), "unknown arch 'riscv64'"),
+     (("--cpus", "0"), "--cpus 0: a machine needs at least one vCPU")],
 )
 def test_bad_options_stop_before_any_machine(tmp_path: Path, tiny_guests: dict[str, Path],
                                              args: tuple[str, ...], message: str) -> None:
@@ -289,7 +295,8 @@ def test_second_machine(machine, pytestconfig):
 @pytest.mark.parametrize("flag", [(), ("--no-boot-ahead",)], ids=["ahead", "turned-off"])
 def test_the_next_machine_boots_while_the_tests_use_this_one(
         tmp_path: Path, tiny_guests: dict[str, Path], flag: tuple[str, ...]) -> None:
-    proc, scratch = _run_module(tmp_path, AHEAD, tiny_guests["shell"], *flag)
+    # one vCPU: its boot takes one of the host's cores, leaving one to boot ahead on
+    proc, scratch = _run_module(tmp_path, AHEAD, tiny_guests["shell"], "--cpus", "1", *flag)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     said = "no booting ahead (--no-boot-ahead)" if flag else "roslab: boots ahead up to 2"
     assert said in proc.stdout
@@ -302,9 +309,10 @@ def test_interrupted_while_a_machine_boots_ahead_leaves_nothing(
     body = (f"pathlib.Path({str(flag)!r}).touch(); time.sleep(300)\n\n"
             "@pytest.mark.cloud_config('#cloud-config\\nhostname: next\\n')\n"
             "def test_next(machine):\n    pass")
-    proc, scratch = _run(tmp_path, tiny_guests["shell"], body, name="hangs")
+    # one vCPU: its boot takes one of the host's cores, so the next machine boots ahead
+    proc, scratch = _run(tmp_path, tiny_guests["shell"], body, "--cpus", "1", name="hangs")
     deadline = time.monotonic() + 240
-    while not flag.exists():
+    while not flag.exists() or len(_emulators(scratch)) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)  # the next test's machine is booting or booted
