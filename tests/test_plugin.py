@@ -154,6 +154,28 @@ def test_bad_options_stop_before_any_machine(tmp_path: Path, tiny_guests: dict[s
     _nothing_left(scratch)
 
 
+def test_a_host_without_qemu_is_told_which_package_to_install(
+        tmp_path: Path, tiny_guests: dict[str, Path]) -> None:
+    # every command of this host but QEMU's emulators
+    path = tmp_path / "bin"
+    path.mkdir()
+    for folder in ("/usr/local/bin", "/usr/bin", "/bin"):
+        for tool in Path(folder).iterdir():
+            if not tool.name.startswith("qemu-system-") and not (path / tool.name).exists():
+                (path / tool.name).symlink_to(tool)
+    (tmp_path / "test_boots.py").write_text("def test_boots(machine):\n    pass\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", str(tmp_path / "test_boots.py"), "-p",
+         "no:cacheprovider", "--platform", "qemu", "--image", str(tiny_guests["shell"]),
+         "--accel", "tcg", "--rootdir", str(tmp_path)],
+        cwd=tmp_path, env={**os.environ, "PATH": str(path)}, capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "qemu-system-x86_64 is not installed: install the package qemu-system-x86" in (
+        proc.stdout + proc.stderr)
+    assert "INTERNALERROR" not in proc.stdout + proc.stderr
+
+
 def test_wrong_arch_image_stops_before_any_machine(tmp_path: Path,
                                                    tiny_guests: dict[str, Path]) -> None:
     folder = tmp_path / "arm"
