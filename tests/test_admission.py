@@ -4,7 +4,9 @@ xdist workers share them) and released when a holder dies."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -111,8 +113,13 @@ def test_an_x86_tcg_boot_takes_one_thread_on_qemu_before_10_and_its_vcpus_after(
     assert qemu.tcg_accel(raspi) == "tcg,thread=single"  # its 4 vCPUs spin in the boot stub
 
 
-def test_the_installed_qemus_version_is_read() -> None:
+def test_the_installed_qemus_version_is_read_and_doctor_says_it(tmp_path: Path) -> None:
     first_line = subprocess.run([qemu.binary("x86_64"), "--version"], capture_output=True,
                                 text=True, check=True).stdout.splitlines()[0]
     major, minor = qemu.qemu_version("x86_64")
     assert f"version {major}.{minor}." in first_line
+    doctor = subprocess.run([sys.executable, "-m", "lab.cli", "doctor"], capture_output=True,
+                            text=True, env={**os.environ, "ROSLAB_CACHE": str(tmp_path)},
+                            cwd=Path(__file__).parent.parent, timeout=120).stdout
+    mode = "a host thread per vCPU" if (major, minor) >= (10, 0) else "one host thread"
+    assert f"QEMU {major}.{minor}: x86 guests under TCG run {mode}" in doctor, doctor
