@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from lab.matrix_run import listen_to_sigint
 
@@ -45,3 +46,16 @@ def interrupt_when(proc: subprocess.Popen[str], ready: Callable[[], bool], how: 
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def emulators_under(folder: Path) -> list[str]:
+    """PIDs of the QEMUs whose command line names `folder` (a run's TMPDIR or tmp_path)."""
+    return subprocess.run(["pgrep", "-f", f"qemu-system.*{folder}"], capture_output=True,
+                          text=True).stdout.split()
+
+
+def nothing_left(scratch: Path) -> None:
+    """A run under TMPDIR=`scratch` left no QEMU running and none of its files."""
+    assert emulators_under(scratch) == [], "QEMU left running"
+    # pytest's own basetemp (xdist makes one) is not ours to remove
+    assert [p for p in scratch.rglob("*") if "roslab" in p.name or "qemu" in p.name] == []

@@ -3,7 +3,6 @@ gets, and that nothing is left when the session ends mid-boot."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from interrupt import emulators_under
 
 from fixtures.ahead import BootAhead, plan_runs
 from lab.errors import BootError
@@ -59,12 +59,6 @@ def _wait_for(booted: list[str], count: int) -> None:
         time.sleep(0.1)
 
 
-def _qemu_of(tmp_path: Path) -> list[str]:
-    found = subprocess.run(["pgrep", "-f", f"qemu-system.*{tmp_path}"], capture_output=True,
-                           text=True)
-    return found.stdout.split()
-
-
 def test_runs_are_the_shared_machines_in_order() -> None:
     items = _tests("a1", "own", "a2", "b1", "b2", "none", "a3")
     keys = {"a1": "A", "own": None, "a2": "A", "b1": "B", "b2": "B", "none": None, "a3": "A"}
@@ -76,7 +70,7 @@ def test_runs_are_the_shared_machines_in_order() -> None:
 
 def _wait_for_qemu(tmp_path: Path) -> None:
     deadline = time.monotonic() + 30
-    while not _qemu_of(tmp_path):
+    while not emulators_under(tmp_path):
         assert time.monotonic() < deadline, "the machine booted ahead never started"
         time.sleep(0.1)
 
@@ -155,7 +149,7 @@ def test_a_failed_boot_ahead_is_raised_by_the_test_that_takes_it(
         ahead.advance(items[0])
         with pytest.raises(BootError, match="Attempted to kill init"):
             ahead.take(items[1])
-        assert _qemu_of(tmp_path) == []
+        assert emulators_under(tmp_path) == []
     finally:
         ahead.close()
 
@@ -169,7 +163,7 @@ def test_a_run_that_went_by_untaken_is_stopped(make_tiny: Callable[..., Machine]
         ahead.advance(items[1])  # B's own run: B stays wanted
         ahead.advance(items[2])  # C's run: B is stale, stopped; the run after C is none
         assert ahead.take(items[1]) is None
-        assert _qemu_of(tmp_path) == []
+        assert emulators_under(tmp_path) == []
     finally:
         ahead.close()
 
@@ -184,6 +178,6 @@ def test_closing_mid_boot_leaves_no_emulator(make_tiny: Callable[..., Machine],
     started = time.monotonic()
     ahead.close()
     assert time.monotonic() - started < 15  # not the 60 s boot timeout
-    assert _qemu_of(tmp_path) == []
+    assert emulators_under(tmp_path) == []
     ahead.advance(items[0])  # a closed BootAhead starts nothing
-    assert _qemu_of(tmp_path) == []
+    assert emulators_under(tmp_path) == []

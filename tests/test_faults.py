@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from interrupt import at_a_terminal, ignoring_sigint, interrupt_when
+from interrupt import (
+    at_a_terminal,
+    emulators_under,
+    ignoring_sigint,
+    interrupt_when,
+    nothing_left,
+)
 
 from lab import timeline as tl
 from lab.errors import BootTimeout
@@ -49,8 +55,7 @@ def test_the_emulator_killed_mid_test_fails_that_test_and_the_session_goes_on(
     assert "1 failed, 1 passed" in out, out[-3000:]
     assert "QEMU exited with status -9" in out  # the cause, as the console's end saw it
     assert "machine qemu-x86_64-" in out  # ... and which machine died
-    qemu = subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"], capture_output=True)
-    assert qemu.returncode == 1, "QEMU left running"
+    assert emulators_under(scratch) == [], "QEMU left running"
 
 
 @contextlib.contextmanager
@@ -176,9 +181,7 @@ def test_two_runs_side_by_side_on_one_host_both_pass(tiny_guests: dict, tmp_path
     outputs = [proc.communicate(timeout=600)[0] for proc in runs]
     for out in outputs:
         assert "2 passed" in out, out[-2000:]
-    qemu = subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"], capture_output=True)
-    assert qemu.returncode == 1, "QEMU left running"
-    assert [p for p in scratch.rglob("*") if "roslab" in p.name or "qemu" in p.name] == []
+    nothing_left(scratch)
 
 
 HELD = '''
@@ -214,7 +217,7 @@ def test_a_matrix_run_interrupted_mid_boot_leaves_nothing_running_or_half_writte
     def booted_and_running() -> bool:
         if not booted.exists():
             return False
-        assert subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"]).returncode == 0
+        assert emulators_under(scratch) != []
         return True
 
     out, stopped_in = interrupt_when(proc, booted_and_running, how,
@@ -223,9 +226,7 @@ def test_a_matrix_run_interrupted_mid_boot_leaves_nothing_running_or_half_writte
     assert stopped_in < 60, f"took {stopped_in:.0f} s to stop"
     cell = json.loads((tmp_path / "out" / "held" / "cell.json").read_text())
     assert cell["interrupted"] is True and cell["finished"]
-    qemu = subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"], capture_output=True)
-    assert qemu.returncode == 1, "QEMU left running"
-    assert [p for p in scratch.rglob("*") if "roslab" in p.name or "qemu" in p.name] == []
+    nothing_left(scratch)
 
 
 def test_ports_taken_by_other_processes_do_not_stop_a_boot(

@@ -17,7 +17,11 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from interrupt import at_a_terminal  # tests/ is on sys.path (rootdir conftest mode)
+from interrupt import (  # tests/ is on sys.path (rootdir conftest mode)
+    at_a_terminal,
+    emulators_under,
+    nothing_left,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,6 +48,11 @@ def test_{name}(machine):
 '''
 
 
+def _nothing_left(scratch: Path) -> None:
+    nothing_left(scratch)
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("pytest-of-")] == []
+
+
 def _run(tmp_path: Path, image: Path | str, body: str = "pass", *args: str,
          name: str = "last", wait_for: Path | None = None) -> tuple[subprocess.Popen[str], Path]:
     scratch = tmp_path / "tmp"
@@ -59,20 +68,6 @@ def _run(tmp_path: Path, image: Path | str, body: str = "pass", *args: str,
         preexec_fn=at_a_terminal,  # as a developer runs it, so Ctrl-C reaches it
     )
     return proc, scratch
-
-
-def _emulators(scratch: Path) -> list[str]:
-    """PIDs of the QEMUs a run under `scratch` started."""
-    return subprocess.run(["pgrep", "-f", f"qemu-system.*{scratch}"], capture_output=True,
-                          text=True).stdout.split()
-
-
-def _nothing_left(scratch: Path) -> None:
-    assert _emulators(scratch) == [], "QEMU left running"
-    # pytest's own basetemp (xdist makes one) is not ours to remove
-    left = [p for p in scratch.rglob("*") if "roslab" in p.name or "qemu" in p.name]
-    assert left == []
-    assert [p.name for p in scratch.iterdir() if not p.name.startswith("pytest-of-")] == []
 
 
 def test_passing_run_leaves_nothing(tmp_path: Path, tiny_guests: dict[str, Path]) -> None:
@@ -334,7 +329,7 @@ def test_interrupted_while_a_machine_boots_ahead_leaves_nothing(
     # one vCPU: its boot takes one of the host's cores, so the next machine boots ahead
     proc, scratch = _run(tmp_path, tiny_guests["shell"], body, "--cpus", "1", name="hangs")
     deadline = time.monotonic() + 240
-    while not flag.exists() or len(_emulators(scratch)) < 2:
+    while not flag.exists() or len(emulators_under(scratch)) < 2:
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)  # the next test's machine is booting or booted
