@@ -34,7 +34,9 @@ cloud_config = {
         },
         {
             "path": "/etc/roslab/gz.txt",
-            "content": base64.b64encode(gzip.compress(GZ.encode())).decode(),
+            # mtime=0: the same bytes in every process, so xdist workers agree on the
+            # machine's key (gzip stamps the time of compression otherwise)
+            "content": base64.b64encode(gzip.compress(GZ.encode(), mtime=0)).decode(),
             "encoding": "gzip+base64",
             "permissions": "0755",
         },
