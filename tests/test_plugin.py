@@ -260,6 +260,18 @@ def test_fresh_machines_are_restored_copies(tmp_path: Path, tiny_guests: dict[st
     _nothing_left(scratch)
 
 
+def test_fresh_machines_of_one_cloud_config_share_a_worker(
+        tmp_path: Path, tiny_guests: dict[str, Path]) -> None:
+    """Under -n 2 both copies come from one saved machine: were they sent to two workers,
+    each worker would boot a template of its own, and restoring would save no boot."""
+    proc, scratch = _run_module(tmp_path, FRESH, tiny_guests["shell"], "-n", "2", "--dist",
+                                "loadgroup", "-v")  # as the project's pytest addopts say
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    workers = set(re.findall(r"\[(gw\d)\] \[ *\d+%\] PASSED", proc.stdout))
+    assert len(workers) == 1, proc.stdout
+    _nothing_left(scratch)
+
+
 EXCLUSIVE = """
 import pytest
 
