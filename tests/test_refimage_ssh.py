@@ -38,6 +38,12 @@ def test_console_and_ssh_agree(booted: Machine) -> None:
     assert Path(booted.info["image"]).is_dir()
 
 
-def test_power_button_stops_the_guest(booted: Machine) -> None:
+def test_power_button_stops_the_guest_and_every_service_on_sigterm(booted: Machine) -> None:
+    booted.wait_for_user_docker()  # every service is up, so every one is stopped
     booted.power_button()
     assert booted.wait_stopped(120), "the guest ignored the ACPI power button"
+    log = booted.console_log.read_text(errors="replace")
+    said = log[log.rfind("ros: power button pressed"):]
+    assert "ros: system halted" in said, f"no clean halt; the console said: {said[-800:]}"
+    # a service that ignores SIGTERM holds the shutdown for its whole stop timeout
+    assert "was killed" not in said, said

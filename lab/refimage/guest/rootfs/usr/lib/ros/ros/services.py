@@ -92,6 +92,8 @@ def container_config(name: str, spec: dict, environment: dict[str, str]) -> dict
             host[field] = spec[key]
     if spec.get("cap_add"):
         host["CapAdd"] = list(spec["cap_add"])
+    if spec.get("init"):  # compose's `init: true`: docker-init is PID 1 and passes signals on
+        host["Init"] = True
     body = {
         "Image": spec["image"],
         "Cmd": _list(spec.get("command")) or None,
@@ -236,6 +238,9 @@ def sysinit() -> int:
     return 1 if failed else 0
 
 
+STOP_TIMEOUT = 10  # s a service has to exit on SIGTERM before it is killed
+
+
 def shutdown() -> int:
     """Power-button action: stop services cleanly (newest first), then power off."""
     config.console_print("ros: power button pressed, shutting down")
@@ -247,7 +252,11 @@ def shutdown() -> int:
             if c["Names"][0].lstrip("/") in ("acpid",):
                 continue
             with contextlib.suppress(DockerError):
-                docker.stop(c["Id"], timeout=10)
+                docker.stop(c["Id"], timeout=STOP_TIMEOUT)
+                state = (docker.inspect(c["Id"]) or {}).get("State", {})
+                if state.get("ExitCode") == 137 and not state.get("OOMKilled"):
+                    config.console_print(f"ros: {c['Names'][0].lstrip('/')} did not stop on "
+                                         f"SIGTERM within {STOP_TIMEOUT} s and was killed")
     except (DockerError, OSError) as exc:
         config.console_print(f"ros: stopping services failed: {exc}")
     os.sync()
