@@ -35,8 +35,11 @@ def cloud_config_for(profile: Profile) -> dict:
 
 def _stays_up(machine: Machine, name: str) -> str | None:
     """Why system container `name` does not stay up (None when it does): it must be
-    running, and 3 s later still running with the same restart count."""
-    first, second = (look.get(name) for look in two_looks(machine))
+    running, and 3 s later still running with the same restart count. Every container is
+    in both looks, which are taken once per machine: each service's test reads its own."""
+    if "service_looks" not in machine.info:
+        machine.info["service_looks"] = two_looks(machine)
+    first, second = (look.get(name) for look in machine.info["service_looks"])
     if (first and second and str(first) == str(second) == "running"
             and first.restarts == second.restarts):
         return None
