@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from drivers import qemu
+from fixtures.plugin import auto_cpus
 from lab.admission import Admission, Limits
 from lab.images import KERNEL, Image
 
@@ -123,3 +124,14 @@ def test_the_installed_qemus_version_is_read_and_doctor_says_it(tmp_path: Path) 
                             cwd=Path(__file__).parent.parent, timeout=120).stdout
     mode = "a host thread per vCPU" if (major, minor) >= (10, 0) else "one host thread"
     assert f"QEMU {major}.{minor}: x86 guests under TCG run {mode}" in doctor, doctor
+
+
+@pytest.mark.parametrize(("cores", "workers", "cpus"), [
+    (2, 1, 1), (2, 2, 1), (3, 1, 1), (4, 1, 2), (4, 2, 2), (4, 4, 1), (16, 4, 2), (1, 1, 1)])
+def test_machines_get_as_many_vcpus_as_the_cores_allow_side_by_side(
+        cores: int, workers: int, cpus: int) -> None:
+    """Without --cpus: 2 vCPUs, or 1 where the host cannot boot two such machines at once
+    (a serial run's machine in use and the one booting ahead, or one per xdist worker)."""
+    got, why = auto_cpus(cores, workers)
+    assert got == cpus
+    assert f"{cores} core(s) for {max(2, workers)} machines side by side" in why

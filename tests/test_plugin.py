@@ -257,6 +257,9 @@ def test_fresh_machines_are_restored_copies(tmp_path: Path, tiny_guests: dict[st
     assert re.search(r"roslab: up to \d+ machines at once, \d+ starting at once \(\d+ emulator "
                      r"thread\(s\) a machine\), shared by all workers \(memory: ",
                      proc.stdout), proc.stdout
+    # and how large they are, and why
+    assert re.search(r"roslab: machines get \d vCPU\(s\) \(\d+ core\(s\) for 2 machines side "
+                     r"by side; --cpus N sets it\)", proc.stdout), proc.stdout
     _nothing_left(scratch)
 
 
