@@ -170,12 +170,17 @@ class Driver(ABC):
         """Why a machine made from `spec` cannot be snapshotted (None when it can)."""
         return self.capabilities_for(spec.image, spec.arch).lacks("snapshot")
 
-    def snapshot(self, dest: Path) -> Snapshot:
-        """Save the running machine into the new folder `dest`, then power it off.
+    def snapshot(self, dest: Path, keep_running: bool = False) -> Snapshot:
+        """Save the running machine into the new folder `dest`, then power it off (or,
+        with `keep_running`, let it go on where `live_snapshot_unsupported` allows).
 
         Restored copies start from that state with disks of their own on top of it.
         """
         raise NotImplementedError(f"{self.name} cannot save a running machine")
+
+    def live_snapshot_unsupported(self) -> str | None:
+        """Why this running machine cannot be saved and go on running (None: it can)."""
+        return f"{self.name} cannot save a machine and keep it running"
 
     def restore(self, spec: MachineSpec, snapshot: Snapshot) -> float:
         """Instead of prepare + start: a new machine running from `snapshot`, with its own

@@ -539,30 +539,43 @@ class QemuDriver(Driver):
                     "that does not outlive the saved machine")
         return super().snapshot_unsupported(spec)
 
-    def snapshot(self, dest: Path) -> Snapshot:
-        """Migrate the paused machine to a file (PLATFORM-NOTES: 0.2-1.4 s), quit it, and
-        move its writable disks and config drive beside the state."""
+    def snapshot(self, dest: Path, keep_running: bool = False) -> Snapshot:
+        """Migrate the paused machine to a file (PLATFORM-NOTES: 0.2-1.4 s) and put its
+        disks and config drive beside the state: moved, as the machine quits; or, with
+        `keep_running`, linked, as it goes on (it must have no disk it writes)."""
         spec = self.spec
         assert spec is not None and self._qmp is not None, "start() first"
-        why = self.snapshot_unsupported(spec)
+        why = self.snapshot_unsupported(spec) or (self.live_snapshot_unsupported()
+                                                  if keep_running else None)
         if why is not None:
             raise ConfigError(f"cannot snapshot machine {spec.name}: {why}")
         dest.mkdir(parents=True)
         state = dest / "state"
         self._qmp.cmd("stop")
-        self._qmp.cmd("migrate-set-parameters", **{"max-bandwidth": MIGRATE_BANDWIDTH})
-        self._qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
-        self._await_migration("save the machine's state")
-        self.stop()
+        try:
+            self._qmp.cmd("migrate-set-parameters", **{"max-bandwidth": MIGRATE_BANDWIDTH})
+            self._qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
+            self._await_migration("save the machine's state")
+        finally:
+            if keep_running and self.alive():
+                self._qmp.cmd("cont")
+        if not keep_running:
+            self.stop()
         disks = []
         for arg in self._disks:
             for path in re.findall(r"file=([^,]+)", arg):
                 if Path(path).parent == spec.workdir:
-                    shutil.move(path, dest / Path(path).name)
+                    (os.link if keep_running else shutil.move)(path, dest / Path(path).name)
                     arg = arg.replace(f"file={path}", f"file={dest / Path(path).name}")
             disks.append(arg)
         return Snapshot(dest, self.name, state.stat().st_size,
                         {"disks": disks, "kernel_args": list(self._kernel_args)})
+
+    def live_snapshot_unsupported(self) -> str | None:
+        """Why this machine cannot be saved and go on running (None when it can): the
+        copies would share a disk layer it goes on writing."""
+        writable = [a for a in self._disks if "readonly=on" not in a and "file=" in a]
+        return f"it writes to a disk ({writable[0]})" if writable else None
 
     def _await_migration(self, what: str) -> None:
         assert self._qmp is not None

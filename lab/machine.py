@@ -196,9 +196,10 @@ class Machine:
                 return
             time.sleep(0.1)
 
-    def snapshot(self, dest: Path) -> Snapshot:
+    def snapshot(self, dest: Path, keep_running: bool = False) -> Snapshot:
         """Save this running machine into the new folder `dest` and stop it (it becomes
-        the template of the machines `restore` makes)."""
+        the template of the machines `restore` makes); with `keep_running` it goes on,
+        as it was, where the driver can (`live_snapshot_unsupported`)."""
         self._need("snapshot", "be saved")
         why = self.driver.snapshot_unsupported(self.spec)
         if why is not None:
@@ -206,8 +207,9 @@ class Machine:
         if self._ssh is not None:  # a copy would inherit a TCP session nobody holds
             self._ssh.close()
             self._ssh = None
-        snapshot = self.driver.snapshot(dest)
-        self.stop()
+        snapshot = self.driver.snapshot(dest, keep_running)
+        if not keep_running:
+            self.stop()
         return snapshot
 
     def restore(self, snapshot: Snapshot, timeout: float = 60) -> Machine:

@@ -275,6 +275,43 @@ def test_fresh_machines_of_one_cloud_config_share_a_worker(
     _nothing_left(scratch)
 
 
+SAVED_AS_IT_GOES_ON = """
+from pathlib import Path
+import pytest
+
+cloud_config = "#cloud-config\\nhostname: tiny\\n"
+SEEN = {}
+
+def _config_drive(folder):
+    return (Path(folder) / "config-2.iso").stat().st_ino
+
+def test_shared(machine):
+    SEEN["shared"] = machine
+    machine.run("echo shared > /tmp/mine", check=True)
+
+@pytest.mark.fresh_machine
+def test_copy_of_the_modules_machine(machine):
+    assert machine.info["started"] == "restored"
+    # the saved config drive is the module machine's own file: no template was booted
+    assert _config_drive(machine.info["snapshot"]) == _config_drive(SEEN["shared"].workdir)
+    assert machine.run("cat /tmp/mine").rc != 0, "saved after the first test wrote"
+
+def test_the_modules_machine_went_on(machine):
+    assert machine is SEEN["shared"]
+    assert machine.run("cat /tmp/mine").output == "shared"
+"""
+
+
+def test_fresh_machines_are_copies_of_the_modules_machine(
+        tmp_path: Path, tiny_guests: dict[str, Path]) -> None:
+    """A module whose shared machine has the fresh_machine tests' cloud-config: that machine
+    is saved as it boots and goes on, and the fresh tests get copies of it, so no machine
+    is booted only to be saved."""
+    proc, scratch = _run_module(tmp_path, SAVED_AS_IT_GOES_ON, tiny_guests["shell"])
+    assert "3 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-2000:]
+    _nothing_left(scratch)
+
+
 EXCLUSIVE = """
 import pytest
 
