@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lab.cache import cache_root
-from lab.errors import BuildError
 from lab.refimage import archive, iso, pi, rootfs
 from lab.refimage.debs import Apt, Package, extract
 
@@ -133,7 +132,7 @@ def ensure_image(
             say(f"updating the Debian package lists ({apt.mirror})")
             apt.update()
         names = [*rootfs.USERLAND, *rootfs.INSTALLER[arch], rootfs.KERNEL[arch],
-                 *_bootloader(arch)]
+                 *_bootloader(arch), *([rootfs.PI_KERNEL] if arch == "aarch64" else [])]
         say("resolving packages")
         packages = apt.fetch(names)
         digest = inputs_hash(arch, packages)
@@ -158,17 +157,7 @@ def _build(
     work = Path(tempfile.mkdtemp(prefix="roslab-build-"))
     try:
         by_name = {p.name: p for p in packages}
-        kernel = next(
-            (
-                p
-                for p in packages
-                if p.name.startswith("linux-image-")
-                and p.name != rootfs.KERNEL[arch]
-            ),
-            None,
-        )
-        if kernel is None:
-            raise BuildError("the kernel package was not among the resolved packages")
+        kernel = rootfs.kernel_package(packages, rootfs.KERNEL[arch])
         root = work / "root"
         root.mkdir()
         say(f"unpacking {len(packages)} packages")
@@ -179,7 +168,7 @@ def _build(
         ]
         rootfs.stage_userland(root, userland, _busybox_applets(root, by_name), say)
         say(f"selecting kernel modules from {kernel.name}")
-        vmlinuz, release = rootfs.stage_kernel(kernel, work, root)
+        vmlinuz, release = rootfs.stage_kernel(kernel, work / "kernel", root)
         _install_guest_files(root, arch)
         if arch == "x86_64":  # ros install writes syslinux's MBR code (BIOS disks only)
             mbr = work / "bootloader-mbr"
@@ -243,12 +232,16 @@ def _build(
         else:
             say(f"writing {pi.ROOTFS_TAR}")
             pi.write_rootfs_tar(root, tmp_out / pi.ROOTFS_TAR)
+            pi_kernel = rootfs.kernel_package(packages, rootfs.PI_KERNEL)
+            say(f"selecting kernel modules from {pi_kernel.name} for the Pi's card")
+            shutil.rmtree(root / "usr/lib/modules")  # the card's root has its kernel's
+            pi_vmlinuz, pi_release = rootfs.stage_kernel(pi_kernel, work / "pi-kernel", root)
             say(f"writing {pi.PI_ZIP} (SD card: vfat boot, ext4 root)")
-            pi.write_boot_initrd(root, release, work, work / "sdboot.initrd")
+            pi.write_boot_initrd(root, pi_release, work, work / "sdboot.initrd")
             pi.write_pi_zip(
                 tmp_out / pi.PI_ZIP,
-                vmlinuz=vmlinuz,
-                dtb=work / "kernel/usr/lib" / f"linux-image-{release}" / rootfs.PI_DTB,
+                vmlinuz=pi_vmlinuz,
+                dtb=work / "pi-kernel/usr/lib" / f"linux-image-{pi_release}" / rootfs.PI_DTB,
                 boot_initrd=work / "sdboot.initrd",
                 root=root,
                 label=OS_NAME,
@@ -262,6 +255,7 @@ def _build(
             "version": OS_VERSION,
             "arch": arch,
             "kernel_release": release,
+            "pi_kernel_release": pi_release if arch == "aarch64" else None,
             "kernel_cmdline": default_cmdline(arch),
             "variants": variants if arch == "x86_64" else {},
             "inputs_hash": digest,
