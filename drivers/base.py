@@ -166,6 +166,16 @@ class Driver(ABC):
         idle shared machine, which is stopped first (and booted again when next needed)."""
         return None
 
+    def pause(self) -> bool:
+        """Stop the running guest's vCPUs until `resume`, keeping its memory, console and
+        network: a machine that waits to be used then takes no host CPU. Returns whether
+        it paused (False: this platform's machines run on)."""
+        return False
+
+    def resume(self) -> None:
+        """Let a machine `pause` stopped run on."""
+        raise NotImplementedError(f"{self.name} never pauses a machine")
+
     def snapshot_unsupported(self, spec: MachineSpec) -> str | None:
         """Why a machine made from `spec` cannot be snapshotted (None when it can)."""
         return self.capabilities_for(spec.image, spec.arch).lacks("snapshot")

@@ -575,6 +575,15 @@ class QemuDriver(Driver):
         return Snapshot(dest, self.name, state.stat().st_size,
                         {"disks": disks, "kernel_args": list(self._kernel_args)})
 
+    def pause(self) -> bool:
+        if self._qmp is None or not self.alive():
+            return False
+        self._qmp.cmd("stop")
+        return True
+
+    def resume(self) -> None:
+        self._qmp.cmd("cont")
+
     def live_snapshot_unsupported(self) -> str | None:
         """Why this machine cannot be saved and go on running (None when it can): the
         copies would share a disk layer it goes on writing."""

@@ -116,6 +116,7 @@ class Machine:
         self.keep = False  # left running on purpose (--keep-failed)
         self._ssh: SSH | None = None
         self._stopped = False
+        self._paused = False
         # boot (or restore) and stop may come from two threads (a machine booted ahead):
         # a machine stopped before its emulator started never starts it
         self._power = threading.RLock()
@@ -230,10 +231,29 @@ class Machine:
                                self._exit_reason)
         self.console.sync()  # the template's shell was synced, quiet and waiting: so is this one
         self.timeline.mark(tl.RESTORED)
-        # the guest's clock stood still while the state was on disk
+        self._set_clock(timeout)  # the guest's clock stood still while the state was on disk
+        return self
+
+    def _set_clock(self, timeout: float) -> None:
         self.run(f"s=; command -v sudo >/dev/null && s=sudo; $s date -u -s @{time.time():.0f} "
                  ">/dev/null", timeout=timeout, check=True)
-        return self
+
+    def pause(self) -> None:
+        """Stop the guest until `resume` (a machine booted ahead waits so, taking no host
+        CPU from the machine in use); on a platform that cannot, it runs on."""
+        with self._power:
+            self._need_not_stopped()
+            self._paused = self.driver.pause()
+
+    def resume(self, timeout: float = 60) -> None:
+        """Let a paused machine run on, its wall clock set again (it stood still)."""
+        with self._power:
+            if not self._paused:
+                return
+            self._need_not_stopped()
+            self.driver.resume()
+            self._paused = False
+        self._set_clock(timeout)
 
     def _exit_reason(self) -> str:
         """Why the machine stopped, naming it (a session may have many)."""
