@@ -12,7 +12,7 @@ from typing import Any, cast
 import pytest
 from interrupt import emulators_under
 
-from fixtures.ahead import BootAhead, plan_runs
+from fixtures.ahead import BootAhead, own_machines_first, plan_runs
 from lab.errors import BootError
 from lab.machine import Machine
 
@@ -24,6 +24,8 @@ class _Test:
     nodeid: str
     kind: str = "shell"
     measured: bool = False
+    own: bool = False  # boots a machine of its own
+    module: str = ""  # none: a module of its own
 
 
 def _tests(*specs: tuple[str, ...] | str) -> list[pytest.Item]:
@@ -75,6 +77,15 @@ def _wait_for_qemu(tmp_path: Path) -> None:
         time.sleep(0.1)
 
 
+def test_modules_with_own_machines_run_right_after_the_measured_boots() -> None:
+    items = _tests(("a::1", "shell", False, False, "a"), ("b::1", "shell", False, True, "b"),
+                   ("a::2", "shell", False, False, "a"), ("c::1", "shell", True, False, "c"),
+                   ("b::2", "shell", False, False, "b"), ("d::1", "shell", False, False, "d"))
+    got = own_machines_first(items, lambda i: i.measured, lambda i: i.own)  # type: ignore[attr-defined]
+    # each module's tests stay together and in their order; the rest keep theirs
+    assert [i.nodeid for i in got] == ["c::1", "b::1", "b::2", "a::1", "a::2", "d::1"]
+
+
 def test_the_next_runs_machine_boots_while_this_run_is_used(
         make_tiny: Callable[..., Machine], tmp_path: Path) -> None:
     items = _tests("a1", "a2", "b1")
@@ -90,6 +101,26 @@ def test_the_next_runs_machine_boots_while_this_run_is_used(
         assert machine is not None and machine.run("echo hi", check=True).output == "hi"
         assert booted == ["b1"]
         assert ahead.take(items[2]) is None  # handed over once
+    finally:
+        ahead.close()
+
+
+def test_a_machine_booted_ahead_waits_paused_and_runs_on_when_taken(
+        make_tiny: Callable[..., Machine]) -> None:
+    items = _tests("a1", "b1")
+    ahead, booted = _ahead(items, ["A", "B"], make_tiny)
+    try:
+        ahead.advance(items[0])
+        _wait_for(booted, 1)
+        time.sleep(6)  # B waits: paused, its guest's clocks stand still
+        machine = ahead.take(items[1])
+        assert machine is not None
+        uptime = float(machine.run("cut -d' ' -f1 /proc/uptime", check=True).output)
+        running = time.monotonic() - machine.timeline.t0
+        assert uptime < running - 4.5, f"the guest ran while it waited: up {uptime:.1f} s " \
+                                       f"of the {running:.1f} s since it was powered on"
+        guest_time = int(machine.run("date +%s", check=True).output)
+        assert abs(guest_time - time.time()) < 3, "its wall clock was not set as it resumed"
     finally:
         ahead.close()
 
