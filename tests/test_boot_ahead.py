@@ -3,6 +3,8 @@ gets, and that nothing is left when the session ends mid-boot."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,6 +123,29 @@ def test_a_machine_booted_ahead_waits_paused_and_runs_on_when_taken(
                                        f"of the {running:.1f} s since it was powered on"
         guest_time = int(machine.run("date +%s", check=True).output)
         assert abs(guest_time - time.time()) < 3, "its wall clock was not set as it resumed"
+    finally:
+        ahead.close()
+
+
+def test_a_machine_that_died_while_it_waited_is_stopped_as_it_is_taken(
+        make_tiny: Callable[..., Machine], tmp_path: Path) -> None:
+    made: list[Machine] = []
+
+    def make(kind: str) -> Machine:
+        made.append(make_tiny(kind))
+        return made[-1]
+
+    items = _tests("a1", "b1")
+    ahead, booted = _ahead(items, ["A", "B"], make)
+    try:
+        ahead.advance(items[0])
+        _wait_for(booted, 1)
+        time.sleep(1)  # paused by now
+        for pid in emulators_under(tmp_path):
+            os.kill(int(pid), signal.SIGKILL)
+        with pytest.raises(Exception):  # noqa: B017 (whatever the emulator's death raises)
+            ahead.take(items[1])
+        assert made[0].stopped, "the dead machine was left to the end of the session"
     finally:
         ahead.close()
 
