@@ -391,8 +391,9 @@ def test_modules_that_boot_their_own_machines_run_first_when_booting_ahead(
         return [line.split("::")[0] for line in proc.stdout.splitlines() if "::" in line]
 
     assert order() == ["test_b_own.py", "test_a_shares.py", "test_c_shares.py"]
-    assert order("--no-boot-ahead") == ["test_a_shares.py", "test_b_own.py",
-                                        "test_c_shares.py"]
+    for collected_order in (("--no-boot-ahead",), ("-n", "2")):
+        assert order(*collected_order) == ["test_a_shares.py", "test_b_own.py",
+                                           "test_c_shares.py"], collected_order
 
 
 def test_interrupted_while_a_machine_boots_ahead_leaves_nothing(
