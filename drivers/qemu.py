@@ -129,22 +129,19 @@ class Board:
     serial_index: int  # which -serial that console is (those before it get null)
     caps: Capabilities
     memory_mb: int | None = None  # fixed by the board (None: as the spec asks)
-    # the first QEMU whose multi-threaded TCG this board may use; older ones run it
-    # single-threaded (None: `tcg` as it stands on any QEMU)
-    multi_threaded_from: tuple[int, int] | None = None
 
 
 BOARDS = {
-    # under QEMU 7.2's multi-threaded TCG a vCPU can keep running a stale translation of
-    # kernel text the other vCPU has just patched (a static key flipping: x86 patches
-    # through a temporary int3), and then traps on that int3 for ever; an idle boot hung
-    # so about once in a hundred. 10.0 passes the test that hangs 7.2 within seconds, and
-    # nothing between was measured (docs/design-notes.md)
-    "pc": Board("", "", "tcg", "ttyS0", 0, Capabilities(
+    # single-threaded: under multi-threaded TCG a vCPU can keep running a stale translation
+    # of kernel text another vCPU has just patched (a static key flipping: x86 patches
+    # through a temporary int3) and trap on that int3 for ever. QEMU 7.2 hung an idle
+    # boot so about once in a hundred; 10.0 hung the contract test's flip loop once in 69
+    # runs on a loaded host (docs/design-notes.md)
+    "pc": Board("", "", "tcg,thread=single", "ttyS0", 0, Capabilities(
         arches=("x86_64",), console=True, ssh=True, power_button=True,
         snapshot=True,  # migrate to a file, restore with -incoming
         datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL, ISO, DISK, GCE_TARBALL),
-        board="pc", disks=True, disk_boot=True), multi_threaded_from=(10, 0)),
+        board="pc", disks=True, disk_boot=True)),
     "virt": Board("virt", "cortex-a57", "tcg", "ttyAMA0", 0, Capabilities(
         arches=("aarch64",), console=True, ssh=True, power_button=False, snapshot=True,
         datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL,), board="virt", disks=True,
@@ -179,15 +176,7 @@ def machine_args(board: Board, accel: str) -> list[str]:
     args = ["-M", board.machine] if board.machine else []
     if accel == "kvm":
         return [*args, "-accel", "kvm", "-cpu", "host"]
-    return [*args, "-accel", tcg_accel(board), *(["-cpu", board.cpu] if board.cpu else [])]
-
-
-def tcg_accel(board: Board) -> str:
-    """The -accel value for `board` under TCG with the QEMU installed here."""
-    first = board.multi_threaded_from
-    if first is not None and qemu_version(board.caps.arches[0]) < first:
-        return "tcg,thread=single"
-    return board.tcg
+    return [*args, "-accel", board.tcg, *(["-cpu", board.cpu] if board.cpu else [])]
 
 
 def board_for(image: Image, arch: str) -> Board:
@@ -337,10 +326,11 @@ class QemuDriver(Driver):
 
     @classmethod
     def host_threads_for(cls, image: Image, arch: str, accel: str, cpus: int) -> int:
-        single = accel == "tcg" and "thread=single" in tcg_accel(board_for(image, arch))
+        single = accel == "tcg" and "thread=single" in board_for(image, arch).tcg
         return 1 if single else cpus
 
     def resolve_accel(self, requested: str, image: Image, scratch: Path) -> tuple[str, str]:
+        binary(image.arch or "x86_64")  # no emulator: say which package, before anything runs
         if requested == "auto" and kvm_usable()[0]:
             with probe_kernel(image, scratch) as kernel:
                 return resolve_accel(requested, image.arch or "x86_64", kernel)

@@ -163,9 +163,10 @@ def test_removing_all_user_containers_leaves_the_os_running(booted: Machine) -> 
 
 def test_the_guest_patches_its_running_kernel_and_goes_on(booted: Machine) -> None:
     """A static key flipping rewrites kernel text that the other vCPU is running, and the
-    emulator must show that vCPU the new code. Under QEMU 7.2's multi-threaded TCG an x86
-    vCPU kept a stale int3 from the patch and trapped on it for ever: this loop hung the
-    guest within seconds (why the pc board runs single-threaded TCG on QEMU before 10.0)."""
+    emulator must show that vCPU the new code. Under multi-threaded TCG an x86 vCPU can keep
+    a stale int3 from the patch and trap on it for ever: this loop hung the guest within
+    seconds on QEMU 7.2 and once in 69 runs on a loaded host on 10.0 (why the pc board
+    runs single-threaded TCG)."""
     flip_for_15s = (
         "sudo sh -c 'end=$(($(date +%s) + 15)); "
         "(while [ $(date +%s) -lt $end ]; do cat /proc/self/stat; done) >/dev/null & n=0; "
