@@ -117,6 +117,12 @@ class Driver(ABC):
         (lab/admission.py). One a vCPU, unless the emulator runs them all on one."""
         return cpus
 
+    @classmethod
+    def most_cpus(cls, arch: str, accel: str) -> tuple[int, str] | None:
+        """(vCPUs, why): the most this platform can safely give an `arch` guest under
+        `accel`; None when it has no such limit."""
+        return None
+
     @abstractmethod
     def prepare(self, spec: MachineSpec) -> None:
         """Make disks, config drives, servers: everything short of powering on."""

@@ -326,6 +326,16 @@ class _ConsoleBridge:
 class LibvirtDriver(Driver):
     name = "libvirt"
     runs_on_host = True  # qemu:///system on this host
+
+    @classmethod
+    def most_cpus(cls, arch: str, accel: str) -> tuple[int, str] | None:
+        # QEMU's driver runs x86 TCG single-threaded (drivers/qemu.py says why); libvirt 9
+        # has no domain setting for that, and an -accel passed through qemu:commandline
+        # comes after libvirt's own, which QEMU takes
+        if arch == "x86_64" and accel == "tcg":
+            return 1, ("libvirt runs an x86 guest under TCG with a host thread per vCPU, and "
+                       "multi-threaded TCG can hang an x86 guest that patches its own kernel")
+        return None
     capabilities: ClassVar[Capabilities] = Capabilities(
         arches=("x86_64",), console=True, ssh=True, power_button=True,
         snapshot=False, datasources=("configdrive", "nocloud", "cmdline"),
@@ -362,6 +372,9 @@ class LibvirtDriver(Driver):
         binary = emulator(self.conn, spec.arch, "kvm" if spec.accel == "kvm" else "qemu")
         if gaps := profile_gaps(hw_name, binary):
             raise ConfigError(gaps)  # before any file is copied or domain defined
+        if (most := self.most_cpus(spec.arch, spec.accel)) and spec.cpus > most[0]:
+            raise ConfigError(f"{spec.cpus} vCPUs asked for, but {most[1]}: use --cpus "
+                              f"{most[0]} (make_machine(cpus={most[0]})), or KVM")
         self.spec = spec
         spec.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(spec.workdir, 0o711)  # QEMU runs as libvirt-qemu: it must reach its files

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from drivers import qemu
-from fixtures.plugin import auto_cpus
+from fixtures.plugin import LabOptions, auto_cpus
 from lab.admission import Admission, Limits
 from lab.images import KERNEL, Image
 
@@ -131,3 +131,19 @@ def test_machines_get_as_many_vcpus_as_the_cores_allow_side_by_side(
     got, why = auto_cpus(cores, workers)
     assert got == cpus
     assert f"{cores} core(s) for {max(2, workers)} machines side by side" in why
+
+
+@pytest.mark.parametrize(("platform", "accel", "why", "cpus"), [
+    ("libvirt", "tcg", "2 core(s) for 2 machines", 1),  # libvirt cannot make x86 TCG 1-thread
+    ("libvirt", "tcg", "--cpus", 2),  # as asked: the driver refuses it, saying why
+    ("libvirt", "kvm", "2 core(s) for 2 machines", 2),
+    ("qemu", "tcg", "2 core(s) for 2 machines", 2)])
+def test_the_fixtures_machines_get_no_more_vcpus_than_the_platform_can_safely_give(
+        tmp_path: Path, platform: str, accel: str, why: str, cpus: int) -> None:
+    lab = LabOptions(platform=platform, image=None, arch="x86_64", accel=accel,
+                     keep_failed=False, artifacts=tmp_path, rundir=tmp_path, cpus=2, cpus_why=why,
+                     _accel=(accel, "asked for"))
+    got, reason = lab.machine_cpus()
+    assert got == cpus
+    if got < 2:
+        assert "multi-threaded TCG can hang an x86 guest" in reason

@@ -169,6 +169,20 @@ def test_profile_device_qemu_lacks_is_refused_before_anything_is_defined(
     assert list(work.iterdir()) == []
 
 
+def test_an_x86_tcg_guest_of_two_vcpus_is_refused_before_anything_is_defined(
+        libvirt_uri: str, tiny_guests: dict[str, Path], work: Path) -> None:
+    # libvirt cannot make TCG single-threaded, and multi-threaded TCG can hang an x86 guest
+    before = _domains(libvirt_uri)
+    machine = make_machine("libvirt", tiny_guests["shell"], "x86_64", None, "none", work,
+                           "tcg", cpus=2, memory_mb=512,
+                           platform_options={"libvirt_uri": libvirt_uri})
+    with pytest.raises(ConfigError, match=r"^2 vCPUs asked for, but .*multi-threaded TCG can "
+                                          r"hang an x86 guest .*: use --cpus 1"), machine:
+        machine.boot()
+    assert _domains(libvirt_uri) == before
+    assert list(work.iterdir()) == []
+
+
 def test_console_stream_and_cleanup(libvirt_uri: str, tiny_guests: dict[str, Path],
                                     work: Path) -> None:
     machine = make_machine("libvirt", tiny_guests["shell"], "x86_64", None, "none", work,
