@@ -40,6 +40,7 @@ WATCHERS: list[tuple[str, re.Pattern[str]]] = [
 ]
 KERNEL_LINE_RE = re.compile(r"^\[\s*\d+\.\d+\] .*\n?", re.M)
 STARTED_RE = re.compile(r"^(\S+) (v?\d[^\s]*) started\s*$")
+BANNER_LINE_RE = re.compile(r"^\S+ v?\d\S* started[ \t]*(?:\n|\Z)", re.M)
 ANSI = r"(?:\x1b\[[0-9;?]*[A-Za-z])*"  # busybox ash asks for the cursor position after a prompt
 LOGIN_RE = re.compile(r"login:\s*" + ANSI + r"\Z")  # \Z: the prompt is the last thing printed
 SHELL_PROMPT_RE = re.compile(r"[$#] ?" + ANSI + r"\Z")
@@ -342,6 +343,7 @@ class Console:
         """Run `cmd` in the console shell; the exit status and output are framed by markers
         the guest computes, so neither an echo nor a prompt can be taken for them."""
         n = next(self._marks)
+        banner_due = self.started is None
         # a brace group keeps cd/export effects and copes with a trailing comment in cmd
         self.child.sendline(f"echo R$(({n}+1))S; {{ {cmd}\n}}; echo R$(({n}+1))E$?")
         try:
@@ -355,6 +357,8 @@ class Console:
         # the kernel prints to the same serial line: its messages are logged and watched,
         # but they are not the command's output
         output = KERNEL_LINE_RE.sub("", output)
+        if banner_due:  # so does the OS's "<name> <version> started", at the end of its boot
+            output = BANNER_LINE_RE.sub("", output, count=1)
         result = Result(cmd=cmd, rc=int(self.match.group(2)), output=output.removesuffix("\n"))
         return result.check() if check else result
 

@@ -54,6 +54,19 @@ def test_exit_status_and_multiline(shell: Machine) -> None:
     assert shell.run("true").output == ""
 
 
+def test_the_os_banner_printed_while_a_command_runs_is_not_its_output(shell: Machine) -> None:
+    # an OS prints "<name> <version> started" as its boot ends, on the console a command may
+    # be running on: soak's contract check once read it as a Docker ID
+    assert shell.console is not None
+    shell.console.started = None  # as before the banner
+    result = shell.run("(sleep 0.3; echo 'Tiny v0.0.1 started') & echo before; sleep 1; "
+                       "echo after", timeout=30)
+    assert result.output == "before\nafter", result
+    assert shell.console.started == ("Tiny", "v0.0.1")
+    # once the banner was seen, a command that prints such a line keeps it
+    assert shell.run("echo 'Tiny v0.0.1 started'").output == "Tiny v0.0.1 started"
+
+
 def test_check_raises_with_command_and_output(shell: Machine) -> None:
     with pytest.raises(CommandError, match=r"'ls /nonexistent' failed with exit status 1"):
         shell.run("ls /nonexistent", check=True)
