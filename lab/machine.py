@@ -589,6 +589,8 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
     try:
         accel_used, why = driver.resolve_accel(accel, img, workdir)
+        most = cls.most_cpus(arch, accel_used)  # the default is no more than it safely gives
+        cpus = opts.get("cpus", DEFAULT_CPUS if most is None else min(DEFAULT_CPUS, most[0]))
         if cc is not None:
             keep_cloud_config_secrets(cc.data)
             (workdir / "cloud-config.yml").write_text(redact(cc.text))  # evidence, not input
@@ -600,7 +602,7 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
             else "none",
             password=password, ssh_keys=instance_keys,
             accel=accel_used, memory_mb=opts.get("memory_mb", DEFAULT_MEMORY_MB),
-            cpus=opts.get("cpus", DEFAULT_CPUS),
+            cpus=cpus,
             cmdline_extra=list(opts.get("cmdline_extra", [])),
             blank_disks=list(opts.get("blank_disks", [])),
             keep_on_exit=opts.get("keep_on_exit", False),

@@ -169,6 +169,17 @@ def test_profile_device_qemu_lacks_is_refused_before_anything_is_defined(
     assert list(work.iterdir()) == []
 
 
+def test_an_x86_tcg_guest_gets_one_vcpu_unless_more_are_asked_for(
+        tiny_guests: dict[str, Path], tmp_path: Path) -> None:
+    # `roslab boot` and `roslab bench` take make_machine's default size
+    machine = make_machine("libvirt", tiny_guests["shell"], "x86_64", None, "none", tmp_path,
+                           "tcg")
+    assert machine.spec.cpus == 1
+    assert LibvirtDriver.most_cpus("x86_64", "kvm") is None  # KVM is libvirt's usual case
+    assert make_machine("qemu", tiny_guests["shell"], "x86_64", None, "none", tmp_path,
+                        "tcg").spec.cpus == 2
+
+
 def test_an_x86_tcg_guest_of_two_vcpus_is_refused_before_anything_is_defined(
         libvirt_uri: str, tiny_guests: dict[str, Path], work: Path) -> None:
     # libvirt cannot make TCG single-threaded, and multi-threaded TCG can hang an x86 guest
