@@ -326,16 +326,6 @@ class _ConsoleBridge:
 class LibvirtDriver(Driver):
     name = "libvirt"
     runs_on_host = True  # qemu:///system on this host
-
-    @classmethod
-    def most_cpus(cls, arch: str, accel: str) -> tuple[int, str] | None:
-        # QEMU's driver runs x86 TCG single-threaded (drivers/qemu.py says why); libvirt 9
-        # has no domain setting for that, and an -accel passed through qemu:commandline
-        # comes after libvirt's own, which QEMU takes
-        if arch == "x86_64" and accel == "tcg":
-            return 1, ("libvirt runs an x86 guest under TCG with a host thread per vCPU, and "
-                       "multi-threaded TCG can hang an x86 guest that patches its own kernel")
-        return None
     capabilities: ClassVar[Capabilities] = Capabilities(
         arches=("x86_64",), console=True, ssh=True, power_button=True,
         snapshot=False, datasources=("configdrive", "nocloud", "cmdline"),
@@ -358,6 +348,16 @@ class LibvirtDriver(Driver):
     @classmethod
     def reference_artifact(cls, options: dict[str, Any]) -> str | None:
         return hw_profile(options.get("hw") or "default").release_file or None
+
+    @classmethod
+    def most_cpus(cls, arch: str, accel: str) -> tuple[int, str] | None:
+        # QEMU's driver runs x86 TCG single-threaded (drivers/qemu.py says why); libvirt 9
+        # has no domain setting for that, and an -accel passed through qemu:commandline
+        # comes after libvirt's own, which QEMU takes
+        if arch == "x86_64" and accel == "tcg":
+            return 1, ("libvirt runs an x86 guest under TCG with a host thread per vCPU, and "
+                       "multi-threaded TCG can hang an x86 guest that patches its own kernel")
+        return None
 
     def resolve_accel(self, requested: str, image: Image, scratch: Path) -> tuple[str, str]:
         with probe_kernel(image, scratch) as kernel:

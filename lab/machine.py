@@ -541,6 +541,13 @@ def resolve_image(image: Path | str | None, arch: str,
     return Image.open(image)
 
 
+def safe_cpus(platform: str, arch: str, accel: str, cpus: int) -> tuple[int, str | None]:
+    """(`cpus`, None), or fewer with the reason when `platform` cannot safely give an
+    `arch` guest that many under `accel` (`Driver.most_cpus`)."""
+    most = driver_class(platform).most_cpus(arch, accel)
+    return most if most is not None and most[0] < cpus else (cpus, None)
+
+
 def make_machine(platform: str, image: Path | str | Image | None, arch: str,
                  cloud_config: str | dict[str, Any] | CloudConfig | None,
                  datasource: str, workdir: Path, accel: str, **opts: Any) -> Machine:
@@ -589,8 +596,9 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
     try:
         accel_used, why = driver.resolve_accel(accel, img, workdir)
-        most = cls.most_cpus(arch, accel_used)  # the default is no more than it safely gives
-        cpus = opts.get("cpus", DEFAULT_CPUS if most is None else min(DEFAULT_CPUS, most[0]))
+        # the default is no more than the platform safely gives; an explicit count is as asked
+        cpus = opts["cpus"] if "cpus" in opts else safe_cpus(platform, arch, accel_used,
+                                                             DEFAULT_CPUS)[0]
         if cc is not None:
             keep_cloud_config_secrets(cc.data)
             (workdir / "cloud-config.yml").write_text(redact(cc.text))  # evidence, not input
