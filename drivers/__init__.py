@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from drivers.base import Driver
+from lab.driver import Driver
 from lab.errors import ConfigError
 
 PLATFORMS: dict[str, str] = {

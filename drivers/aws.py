@@ -31,8 +31,8 @@ import boto3
 import botocore.exceptions
 import yaml
 
-from drivers.base import Capabilities, Driver, MachineSpec
 from lab import gc
+from lab.driver import Capabilities, Driver, MachineSpec
 from lab.errors import ConfigError, ImageError, LabError, PlatformError
 from lab.images import CLOUD, DISK
 from lab.redact import keep_secret

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 
-from drivers.base import Capabilities, Driver, MachineSpec
+from lab.driver import Capabilities, Driver, MachineSpec
 from lab.errors import BootTimeout, ConfigError, LabError, PlatformError
 from lab.images import CLOUD
 from lab.redact import keep_secret

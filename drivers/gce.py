@@ -48,9 +48,9 @@ from drivers.cloud import (
     wait_for,
 )
 from lab import gc
+from lab.cloudconfig import gce_ssh_keys
 from lab.errors import ConfigError, ImageError
 from lab.images import CLOUD, GCE_TARBALL, Image
-from lab.metadata import gce_ssh_keys
 from lab.redact import keep_secret
 
 CREDENTIALS_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file (or run "

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from drivers.base import Capabilities, Driver, MachineSpec, lab_kernel_args
 from drivers.qemu import QEMU_BINARY, free_port, make_overlay, probe_kernel, resolve_accel
 from lab import cloudconfig, gc
+from lab.driver import Capabilities, Driver, MachineSpec, lab_kernel_args
 from lab.errors import BootError, ConfigError
 from lab.images import DISK, ISO, KERNEL, Image
 
@@ -351,7 +351,7 @@ class LibvirtDriver(Driver):
 
     @classmethod
     def most_cpus(cls, arch: str, accel: str) -> tuple[int, str] | None:
-        # QEMU's driver runs x86 TCG single-threaded (drivers/qemu.py says why); libvirt 9
+        # QEMU's driver runs x86 TCG single-threaded (drivers/qemu/__init__.py says why); libvirt 9
         # has no domain setting for that, and an -accel passed through qemu:commandline
         # comes after libvirt's own, which QEMU takes
         if arch == "x86_64" and accel == "tcg":

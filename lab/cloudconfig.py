@@ -2,7 +2,7 @@
 
 Delivery: a config drive ISO (`config-2`, OpenStack layout), a NoCloud ISO (`cidata`),
 an HTTP server the guest reaches as 10.0.2.2 (`url:`), kernel cmdline keys (`cmdline`),
-or a cloud's metadata service (`ec2`, `gce`, ...: the stand-ins in lab/metadata.py).
+or a cloud's metadata service (`ec2`, `gce`, ...: the stand-ins in drivers/qemu/metadata.py).
 Each is built from the exact text, so a scenario can deliberately send malformed
 cloud-config (`allow_invalid=True`) and check that the OS survives it.
 """
@@ -24,7 +24,7 @@ import yaml
 from lab.errors import ConfigError
 
 HEADER = "#cloud-config"
-# the clouds' metadata services, served by the lab's stand-ins (lab/metadata.py)
+# the clouds' metadata services, served by the lab's stand-ins (drivers/qemu/metadata.py)
 METADATA_DATASOURCES = ("ec2", "gce", "digitalocean", "cloudstack", "aliyun")
 DATASOURCES = ("configdrive", "nocloud", "url", "cmdline", *METADATA_DATASOURCES)
 # the ones that carry the user-data text as written (cmdline carries parsed keys only)
@@ -213,3 +213,8 @@ def http_server(cc: CloudConfig) -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+def gce_ssh_keys(keys: list[str]) -> str:
+    """GCE's `ssh-keys` metadata value: one `USER:KEY` line per key, for the user `rancher`."""
+    return "".join(f"rancher:{k}\n" for k in keys)

@@ -1,6 +1,6 @@
 """A Machine: one guest made by a driver from an image and a cloud-config.
 
-`make_machine` checks everything a user can get wrong (platform, image, arch,
+`drivers.make_machine` checks everything a user can get wrong (platform, image, arch,
 cloud-config, datasource) before anything starts; `Machine.boot` powers on, records the
 timeline, and logs in on the console. A machine removes its work directory on stop;
 `keep_artifacts` copies the evidence out first when someone wants it.
@@ -15,7 +15,6 @@ import logging
 import re
 import secrets
 import shutil
-import tempfile
 import threading
 import time
 import weakref
@@ -25,26 +24,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from drivers import driver_class
-from drivers.base import Driver, MachineSpec, Snapshot
 from lab import timeline as tl
-from lab.cloudconfig import DATASOURCES, METADATA_DATASOURCES, CloudConfig
 from lab.console import Console
+from lab.driver import Driver, MachineSpec, Snapshot
 from lab.errors import (
     BootError,
     BootTimeout,
     CommandError,
     ConfigError,
-    ImageError,
     LabError,
     ServiceFailed,
 )
-from lab.images import CMDLINE_KINDS, Image, cmdline_gap
-from lab.redact import keep_cloud_config_secrets, keep_secret, redact, redact_bytes
+from lab.images import Image
+from lab.redact import keep_secret, redact_bytes
 from lab.result import Result
 from lab.ssh import SSH, KeyPair
 
-__all__ = ["Machine", "Result", "make_machine", "RUN_PASSWORD"]
+__all__ = ["Machine", "Result", "RUN_PASSWORD"]
 
 USER = "rancher"
 RUN_PASSWORD = secrets.token_hex(8)  # rancher's console password on direct kernel boot
@@ -520,104 +516,3 @@ def _rfc3339(text: str) -> float | None:
     zone = "+00:00" if m.group(3) == "Z" else m.group(3)
     base = datetime.fromisoformat(m.group(1) + zone).timestamp()
     return base + float("0." + (m.group(2) or "0"))
-
-
-def resolve_image(image: Path | str | None, arch: str,
-                  progress: Callable[[str], None] | None = None,
-                  platform: str = "qemu", options: dict[str, Any] | None = None) -> Image:
-    """The user's image, or the reference image (built on first use): its folder, or the
-    release file the platform's options boot (libvirt's vmware hardware: the VMware ISO)."""
-    if image is None:
-        try:
-            from lab.refimage.build import ensure_image
-        except ImportError as exc:
-            raise ImageError(f"no --image given and the reference image builder is "
-                             f"unavailable ({exc})") from exc
-        folder = ensure_image(arch, progress=progress)
-        member = driver_class(platform).reference_artifact(options or {})
-        image = folder / member if member else folder
-        if not image.exists():
-            raise ImageError(f"the {arch} reference image has no {member} (in {folder})")
-    return Image.open(image)
-
-
-def safe_cpus(platform: str, arch: str, accel: str, cpus: int) -> tuple[int, str | None]:
-    """(`cpus`, None), or fewer with the reason when `platform` cannot safely give an
-    `arch` guest that many under `accel` (`Driver.most_cpus`)."""
-    most = driver_class(platform).most_cpus(arch, accel)
-    return most if most is not None and most[0] < cpus else (cpus, None)
-
-
-def make_machine(platform: str, image: Path | str | Image | None, arch: str,
-                 cloud_config: str | dict[str, Any] | CloudConfig | None,
-                 datasource: str, workdir: Path, accel: str, **opts: Any) -> Machine:
-    """Check everything, then make (not boot) a machine in a new directory under `workdir`.
-
-    opts: ssh_key (KeyPair: merged into ssh_authorized_keys, or served as the instance's
-    key pair by a cloud metadata datasource), allow_invalid (deliver a
-    malformed cloud-config on purpose), memory_mb, cpus, cmdline_extra, keep_on_exit,
-    boot_timeout, progress (callable for the reference image build), name,
-    platform_options (the driver's own: region, instance_type, ...).
-    """
-    cls = driver_class(platform)
-    if arch not in cls.capabilities.arches:
-        raise ConfigError(f"platform {platform} boots {', '.join(cls.capabilities.arches)}, "
-                          f"not {arch!r}")
-    img = image if isinstance(image, Image) else resolve_image(
-        image, arch, opts.get("progress"), platform, opts.get("platform_options"))
-    img.check_arch(arch)
-    caps = cls.capabilities_for(img, arch)
-    where = f"platform {platform}" + (f" (board {caps.board})" if caps.board else "")
-    if img.kind not in caps.image_kinds:
-        raise ImageError(f"{where} cannot boot a {img.kind} image ({img.path})")
-    if opts.get("blank_disks") and caps.lacks("disks"):
-        raise ConfigError(f"{where} cannot attach blank disks: {caps.lacks('disks')}")
-    if datasource == "default":
-        datasource = caps.datasources[0] if caps.datasources else "none"
-    if datasource not in (*DATASOURCES, *caps.datasources, "none"):
-        raise ConfigError(f"unknown datasource {datasource!r}: known are {', '.join(DATASOURCES)}")
-    if datasource not in (*caps.datasources, "none"):
-        raise ConfigError(f"{where} cannot deliver cloud-config by {datasource}: it can by "
-                          f"{', '.join(caps.datasources)}")
-    if (gap := cmdline_gap(img, datasource)) is not None:
-        raise ConfigError(gap)
-    ssh_key: KeyPair | None = opts.get("ssh_key")
-    cc = cloud_config if isinstance(cloud_config, CloudConfig) else (
-        None if cloud_config is None
-        else CloudConfig.parse(cloud_config, allow_invalid=opts.get("allow_invalid", False)))
-    instance_keys: list[str] = []
-    if ssh_key is not None and datasource in METADATA_DATASOURCES and cls.delivers_instance_keys:
-        instance_keys = [ssh_key.public]  # the cloud's key pair, served as metadata
-    elif ssh_key is not None:
-        extra = {"ssh_authorized_keys": [ssh_key.public]}
-        cc = CloudConfig.parse(extra) if cc is None else cc.merged(extra)
-    driver = cls()
-    name = opts.get("name") or f"{platform}-{arch}-{secrets.token_hex(3)}"
-    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
-    try:
-        accel_used, why = driver.resolve_accel(accel, img, workdir)
-        # the default is no more than the platform safely gives; an explicit count is as asked
-        cpus = opts["cpus"] if "cpus" in opts else safe_cpus(platform, arch, accel_used,
-                                                             DEFAULT_CPUS)[0]
-        if cc is not None:
-            keep_cloud_config_secrets(cc.data)
-            (workdir / "cloud-config.yml").write_text(redact(cc.text))  # evidence, not input
-        password = RUN_PASSWORD if img.kind in CMDLINE_KINDS else BAKED_PASSWORD
-        spec = MachineSpec(
-            name=name, arch=arch, image=img, workdir=workdir, cloud_config=cc,
-            # a cloud's metadata service answers even for an instance without user-data
-            datasource=datasource if cc is not None or datasource in METADATA_DATASOURCES
-            else "none",
-            password=password, ssh_keys=instance_keys,
-            accel=accel_used, memory_mb=opts.get("memory_mb", DEFAULT_MEMORY_MB),
-            cpus=cpus,
-            cmdline_extra=list(opts.get("cmdline_extra", [])),
-            blank_disks=list(opts.get("blank_disks", [])),
-            keep_on_exit=opts.get("keep_on_exit", False),
-            options=dict(opts.get("platform_options") or {}),
-        )
-        return Machine(driver, spec, platform, img, ssh_key, password, why,
-                       opts.get("boot_timeout", DEFAULT_BOOT_TIMEOUT))
-    except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise

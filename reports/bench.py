@@ -35,7 +35,7 @@ from reports import history
 from reports.history import Record
 from reports.stats import failure_counts, milestone_samples, phase_durations, summarize
 
-MachineFactory = Callable[..., Any]  # lab.machine.make_machine's signature
+MachineFactory = Callable[..., Any]  # drivers.machines.make_machine's signature
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def resolve_image(opts: BenchOptions, console: Console) -> Path:
     """The image to boot: --image, or the reference image built/cached for the arch."""
     if opts.image is not None:
         return opts.image
-    from lab.machine import resolve_image as reference  # lazy: the builder is heavy
+    from drivers.machines import resolve_image as reference  # lazy: the builder is heavy
 
     def progress(message: object, *args: object, **kwargs: object) -> None:
         console.print(f"[dim]reference image:[/] {message}")
@@ -280,7 +280,7 @@ def run_bench(
     console = console or Console(stderr=True)
     image, run_id, run_dir = start_run(opts, console)
     if factory is None:
-        from lab.machine import make_machine  # lazy: lab core loads drivers and paramiko
+        from drivers.machines import make_machine  # lazy: lab core loads drivers and paramiko
         from lab.ssh import KeyPair
 
         # One key for the run: the ssh milestone needs a login the guest accepts.

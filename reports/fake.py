@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from drivers.base import Capabilities
+from lab.driver import Capabilities
 from lab.timeline import Timeline
 
 # what the fake claims it can do: a networked VM, as QEMU's pc and virt boards

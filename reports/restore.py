@@ -28,7 +28,7 @@ from reports.history import Record
 
 
 def run_restore_bench(opts: BenchOptions, console: Console | None = None) -> list[Record]:
-    from lab.machine import make_machine
+    from drivers.machines import make_machine
     from lab.ssh import KeyPair
     from reports.soak import contract_check
 

@@ -10,7 +10,8 @@ import pytest
 from guests import build_guests  # tests/ is on sys.path (rootdir conftest mode)
 from libvirtd import held_daemon
 
-from lab.machine import Machine, make_machine
+from drivers.machines import make_machine
+from lab.machine import Machine
 
 
 def pytest_configure(config: pytest.Config) -> None:

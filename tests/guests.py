@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from lab.cache import cache_root
-from lab.refimage.debs import Apt, extract
+from refimage.debs import Apt, extract
 
 MODULES = [  # insmod order: dependencies first (a virtio disk and ISO 9660 for config drives)
     "drivers/virtio/virtio.ko", "drivers/virtio/virtio_ring.ko",

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lab.matrix_run import listen_to_sigint
+from commands.matrix.run import listen_to_sigint
 
 # preexec_fn of a run the test will Ctrl-C: SIGINT as a terminal gives it. A test run
 # started in the background (a shell's `&`, nohup) ignores SIGINT, its children inherit

@@ -27,7 +27,7 @@ from pathlib import Path
 import pycdlib
 import yaml
 
-from lab.refimage import build
+from refimage import build
 
 OS_CONFIG = "usr/share/ros/os-config.yml"
 LAYER_RE = re.compile(r"^(var/lib/system-docker/overlay2/[0-9a-f]{64}/diff)/")

@@ -116,7 +116,7 @@ def test_the_installed_qemus_version_is_read_and_doctor_says_it(tmp_path: Path) 
                                 text=True, check=True).stdout.splitlines()[0]
     major, minor = qemu.qemu_version("x86_64")
     assert f"version {major}.{minor}." in first_line
-    doctor = subprocess.run([sys.executable, "-m", "lab.cli", "doctor"], capture_output=True,
+    doctor = subprocess.run([sys.executable, "-m", "commands.cli", "doctor"], capture_output=True,
                             text=True, env={**os.environ, "ROSLAB_CACHE": str(tmp_path)},
                             cwd=Path(__file__).parent.parent, timeout=120).stdout
     assert f"QEMU {major}.{minor}: x86 guests under TCG run on one host thread" in doctor, doctor

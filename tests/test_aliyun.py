@@ -13,9 +13,9 @@ import pytest
 from standins.aliyun_standin import AliyunStandIn, serve
 from standins.base import machine_spec, start_run, terminate_while_waiting
 
+from commands.cli import main
 from drivers.aliyun import AliyunDriver
 from lab import gc
-from lab.cli import main
 from lab.errors import BootTimeout, ConfigError
 
 IMAGE = "aliyun:m-rancheros158"

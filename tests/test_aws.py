@@ -31,10 +31,11 @@ pytest.importorskip("moto", reason="moto[server] (a dev dependency) runs the EC2
 from moto.server import ThreadedMotoServer  # noqa: E402
 
 import drivers.aws as aws  # noqa: E402
+from commands.cli import main  # noqa: E402
+from drivers.machines import make_machine  # noqa: E402
 from lab import gc  # noqa: E402
-from lab.cli import main  # noqa: E402
 from lab.errors import BootTimeout, ConfigError, ImageError, PlatformError  # noqa: E402
-from lab.machine import Machine, make_machine  # noqa: E402
+from lab.machine import Machine  # noqa: E402
 from lab.ssh import KeyPair  # noqa: E402
 
 REGION = "eu-west-1"
@@ -344,7 +345,7 @@ def test_bad_input_is_named_before_launch(tmp_path: Path, ec2: Any, place: dict[
 KILLED_RUN = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from lab.machine import make_machine
+    from drivers.machines import make_machine
     from lab.ssh import KeyPair
     work = Path(sys.argv[1])
     m = make_machine("aws", sys.argv[2], "x86_64", "#cloud-config\\n", "default", work, "tcg",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lab.machine import make_machine
+from drivers.machines import make_machine
 from lab.ssh import KeyPair
 
 CLOUD_IMAGES = {"aws": "ami-0123456789abcdef0", "gce": "gce:rancheros",

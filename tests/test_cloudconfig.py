@@ -91,7 +91,7 @@ def test_cmdline_round_trip_through_the_guest_reader(tmp_path: Path) -> None:
     """What the lab puts on the kernel command line, the guest's parser reads back intact."""
     import sys
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "lab/refimage/guest/rootfs/usr/lib/ros"))
+    sys.path.insert(0, str(Path(__file__).parents[1] / "refimage/guest/rootfs/usr/lib/ros"))
     try:
         from ros import config as guest_config  # the guest's own reader, run here
     finally:

@@ -13,9 +13,9 @@ import pytest
 from standins.base import machine_spec, start_run, terminate_while_waiting
 from standins.cloudstack_standin import CloudStackStandIn, serve
 
+from commands.cli import main
 from drivers.cloudstack import CloudStackDriver
 from lab import gc
-from lab.cli import main
 from lab.errors import BootTimeout, ConfigError, ImageError
 
 TEMPLATE = "cloudstack:rancheros-v1.5.8"

@@ -18,7 +18,7 @@ from lab.machine import Machine
 
 @pytest.fixture(scope="module")
 def shell(tiny_guests: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
-    from lab.machine import make_machine
+    from drivers.machines import make_machine
 
     machine = make_machine("qemu", tiny_guests["shell"], "x86_64",
                            {"hostname": "framed", "runcmd": ["echo R123E0"]}, "configdrive",

@@ -13,9 +13,9 @@ import pytest
 from standins.base import machine_spec, start_run, terminate_while_waiting
 from standins.digitalocean_standin import DigitalOceanStandIn, serve
 
+from commands.cli import main
 from drivers.digitalocean import DigitalOceanDriver
 from lab import gc
-from lab.cli import main
 from lab.errors import BootTimeout, ConfigError, ImageError
 
 RELEASE_URL = "https://releases.example.org/v1.5.8/rancheros-digitalocean.img"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from lab.images import DISK, GCE_TARBALL, Image
-from lab.refimage import disks
-from lab.refimage.debs import Apt, extract
+from refimage import disks
+from refimage.debs import Apt, extract
 
 CMDLINE = "console=ttyS0 rancher.state.dev=LABEL=RANCHER_STATE roslab.test=1"
 
@@ -94,7 +94,7 @@ def test_too_small_a_disk_is_refused_before_writing(tmp_path: Path, disk_module,
 def test_cloud_disks_are_listed_with_their_datasource(tmp_path: Path) -> None:
     """`roslab image build --disks`: every cloud disk in the manifest, in its cloud's format,
     its loader's command line naming the cloud's datasource; the lab opens each as a disk."""
-    from lab.refimage.build import ensure_image
+    from refimage.build import ensure_image
 
     folder = disks.ensure_disks(ensure_image("x86_64"))
     manifest = json.loads((folder / "manifest.json").read_text())

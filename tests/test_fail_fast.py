@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from drivers.machines import make_machine
 from lab.errors import ServiceFailed
-from lab.machine import make_machine
 
 pytestmark = pytest.mark.refimage
 WAIT = 300.0  # the user-Docker wait scenarios use

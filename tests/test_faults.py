@@ -101,7 +101,7 @@ FULL_DISK = '''
 import json, sys
 from pathlib import Path
 from lab.errors import HostError
-from lab.machine import make_machine
+from drivers.machines import make_machine
 
 full = Path(sys.argv[1])
 machine = make_machine("qemu", sys.argv[2], "x86_64", {"hostname": "full"}, "configdrive",
@@ -136,7 +136,7 @@ def test_a_full_disk_while_booting_is_named_at_once(tiny_guests: dict, tmp_path:
 
 
 def test_a_cut_short_image_in_the_cache_is_never_served(tmp_path: Path) -> None:
-    from lab.refimage.build import default_out, ensure_image, read_manifest
+    from refimage.build import default_out, ensure_image, read_manifest
 
     folder = tmp_path / "image"
     source = ensure_image("x86_64")
@@ -209,7 +209,8 @@ def test_a_matrix_run_interrupted_mid_boot_leaves_nothing_running_or_half_writte
         f"image: {tiny_guests['shell']}, options: [--accel, tcg]}}\n")
     env = {**os.environ, "TMPDIR": str(scratch), "BOOTED_FILE": str(booted)}
     env.pop("ROSLAB_RUN_ID", None)
-    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "matrix", "run", "--cell", "held",
+    proc = subprocess.Popen([sys.executable, "-m", "commands.cli", "matrix", "run", "--cell",
+                             "held",
                              "--results", "out"], cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=at_a_terminal if how == "ctrl-c" else ignoring_sigint)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from commands.cli import main
 from lab import gc
-from lab.cli import main
 from lab.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,7 +139,7 @@ def test_a_sigkilled_run_leaves_its_folder_to_gc_and_the_next_run(
         time.sleep(0.2)
     assert not _processes_using(folder), "QEMU outlived the run that started it"
 
-    listed = subprocess.run([sys.executable, "-m", "lab.cli", "gc", "--platform", "qemu",
+    listed = subprocess.run([sys.executable, "-m", "commands.cli", "gc", "--platform", "qemu",
                              "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert f"would remove host folder {folder} (run " in listed.stdout, listed.stdout
     assert "its run is dead" in listed.stdout

@@ -17,8 +17,8 @@ from standins import (
 )
 from standins.base import start_run
 
+from commands.cli import main
 from drivers import CLOUDS, driver_class
-from lab.cli import main
 
 
 @pytest.fixture(autouse=True)

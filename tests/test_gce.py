@@ -19,9 +19,9 @@ import yaml
 from standins.base import machine_spec, start_run, terminate_while_waiting
 from standins.gce_standin import PROJECT, GceStandIn, serve
 
+from commands.cli import main
 from drivers.gce import GceDriver, label_value
 from lab import gc
-from lab.cli import main
 from lab.errors import BootTimeout, ConfigError, ImageError, PlatformError
 from lab.images import GCE_TARBALL, Image
 
@@ -175,7 +175,7 @@ def test_a_machine_made_for_gce_is_deleted_by_machine_stop(
         cloud: GceStandIn, tmp_path: Path) -> None:
     """Stand-in GCE: make_machine takes `gce:IMAGE`, the gce datasource and platform
     options; Machine.stop (what every fixture's finalizer calls) deletes all it made."""
-    from lab.machine import make_machine
+    from drivers.machines import make_machine
     from lab.ssh import KeyPair
 
     cloud.seed("images", "rancheros-v1-5-8")
@@ -397,7 +397,7 @@ def test_sigterm_after_the_upload_deletes_the_object_too(
 def test_qemu_boots_a_gce_tarball_by_its_disk(tmp_path: Path) -> None:
     """QEMU boots the tarball's disk.raw as GCE does: unpacked (byte for byte, sparse where
     it is zeros) into the machine's own folder, under a copy-on-write overlay."""
-    from lab.machine import make_machine
+    from drivers.machines import make_machine
 
     tarball = gce_tarball(tmp_path / "release", 512)
     with tarfile.open(tarball) as tar:

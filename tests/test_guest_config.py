@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 import yaml
 
-GUEST = Path(__file__).parents[1] / "lab/refimage/guest/rootfs/usr/lib/ros"
+GUEST = Path(__file__).parents[1] / "refimage/guest/rootfs/usr/lib/ros"
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pycdlib
 import pytest
 
+from drivers.machines import make_machine
 from lab.errors import ImageError
 from lab.images import ISO, KERNEL, Image, kernel_arch
-from lab.machine import make_machine
 
 
 def _arm64_folder(tmp_path: Path) -> Path:

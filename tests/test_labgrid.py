@@ -22,11 +22,12 @@ import pytest
 from interrupt import at_a_terminal  # tests/ is on sys.path (rootdir conftest mode)
 
 from drivers.labgrid import LabgridDriver, PlaceTaken
-from drivers.labgrid_parts import PASSWORD_VARIABLE
+from drivers.labgrid.parts import PASSWORD_VARIABLE
+from drivers.machines import make_machine, resolve_image
 from lab import timeline as tl
 from lab.errors import BootTimeout, ImageError, LabError, PlatformError
 from lab.images import DISK, Image
-from lab.machine import Machine, make_machine, resolve_image
+from lab.machine import Machine
 from lab.ssh import KeyPair
 from tests.labfarm import BOARD, Farm
 
@@ -185,7 +186,7 @@ def test_ctrl_c_during_boot_powers_off_and_releases(farm: Farm, reference: Image
                                                     tmp_path: Path) -> None:
     program = textwrap.dedent(f"""
         from pathlib import Path
-        from lab.machine import make_machine
+        from drivers.machines import make_machine
         m = make_machine("labgrid", {str(reference.path)!r}, "x86_64", None, "url",
                          Path({str(tmp_path)!r}), "auto",
                          platform_options={farm.options()!r})
@@ -268,7 +269,7 @@ def test_gc_releases_only_places_of_dead_runs_of_this_host_and_user(
     # a roslab run SIGKILLed while its box boots: no finalizer releases the place
     program = textwrap.dedent(f"""
         from pathlib import Path
-        from lab.machine import make_machine
+        from drivers.machines import make_machine
         m = make_machine("labgrid", {str(reference.path)!r}, "x86_64", None, "url",
                          Path({str(tmp_path)!r}), "auto",
                          platform_options={farm.options()!r})
@@ -301,7 +302,7 @@ def test_gc_releases_only_places_of_dead_runs_of_this_host_and_user(
     alice.wait()
     live = _holder_process(farm, "box-deadconsole", me.split("/")[1])  # a live run, ours
     try:
-        gc_cmd = [sys.executable, "-m", "lab.cli", "gc", "--platform", "labgrid",
+        gc_cmd = [sys.executable, "-m", "commands.cli", "gc", "--platform", "labgrid",
                   "--labgrid-coordinator", farm.coordinator]
         env = {**os.environ, "TMPDIR": str(tmp_path)}  # not the host's other scratch folders
         listed = subprocess.run([*gc_cmd, "--dry-run"], cwd=ROOT, env=env,
@@ -329,8 +330,8 @@ def test_a_box_boots_its_installed_disk_through_an_environment_file(
     """A second stand-in box, `box-disk` (QEMU behind ipmi_sim as a physical x86 box, tag
     boot=disk), booting the reference image's rancheros-openstack.img as installed on its
     disk; the run names it by a labgrid environment file whose target is its RemotePlace."""
-    from lab.refimage import disks
-    from lab.refimage.build import ensure_image
+    from refimage import disks
+    from refimage.build import ensure_image
 
     disk = disks.ensure_disks(ensure_image("x86_64")) / "rancheros-openstack.img"
     before = disk.stat()

@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from drivers.labgrid import LabgridDriver
+from drivers.machines import make_machine
 from lab import timeline as tl
 from lab.errors import LabError, PlatformError
 from lab.images import Image
-from lab.machine import Machine, make_machine
-from lab.refimage.build import ensure_image
-from lab.refimage.pi import PI_ZIP
+from lab.machine import Machine
+from refimage.build import ensure_image
+from refimage.pi import PI_ZIP
 from tests.labfarm import Farm
 from tests.labfarm_pi import PI_BOARD
 

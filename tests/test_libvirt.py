@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 from interrupt import at_a_terminal, interrupt_when
 
-from drivers.base import MachineSpec
 from drivers.libvirt import HW_PROFILES, LibvirtDriver, domain_xml, hw_profile, profile_gaps
+from drivers.machines import make_machine
+from lab.driver import MachineSpec
 from lab.errors import ConfigError
-from lab.machine import make_machine
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,7 +100,7 @@ def test_profile_gaps_name_each_device_qemu_lacks(monkeypatch: pytest.MonkeyPatc
 def _doctor(*args: str, cache: Path) -> tuple[list[str], int]:
     """`roslab doctor` output lines and its problem count. An empty cache: no reference
     image, so doctor probes KVM without booting anything."""
-    out = subprocess.run([sys.executable, "-m", "lab.cli", "doctor", *args], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "commands.cli", "doctor", *args], cwd=ROOT,
                          capture_output=True, text=True, env={**os.environ,
                                                               "ROSLAB_CACHE": str(cache)})
     lines = out.stdout.splitlines()
@@ -220,7 +220,7 @@ def test_console_stream_and_cleanup(libvirt_uri: str, tiny_guests: dict[str, Pat
 KILLED_RUN = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from lab.machine import make_machine
+    from drivers.machines import make_machine
     m = make_machine("libvirt", Path(sys.argv[1]), "x86_64", None, "none", Path(sys.argv[2]),
                      "tcg", cpus=1, memory_mb=512, name="gc-victim")
     m.driver.prepare(m.spec)
@@ -240,7 +240,7 @@ def test_gc_removes_a_domain_a_killed_run_left(libvirt_uri: str, tiny_guests: di
     proc.wait()
     assert name in _domains(libvirt_uri)  # a transient domain outlives its client
     [workdir] = list(work.iterdir())
-    roslab = [sys.executable, "-m", "lab.cli", "gc", "--platform", "libvirt",
+    roslab = [sys.executable, "-m", "commands.cli", "gc", "--platform", "libvirt",
               "--libvirt-uri", libvirt_uri]
     dry = subprocess.run([*roslab, "--dry-run"], capture_output=True, text=True, cwd=ROOT)
     assert f"would remove libvirt domain {name}" not in dry.stdout  # not expired yet

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import matrix as mx
-from lab.cli import main
+from commands.cli import main
+from commands.matrix import plan as mx
+from commands.matrix.emit import DEFAULT_OUTPUT, emit
 from lab.errors import ConfigError
-from lab.matrix_emit import DEFAULT_OUTPUT, emit
 
 ROOT = Path(__file__).resolve().parent.parent
 MATRIX = ROOT / "matrix.yml"

@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape, quoteattr
 import pytest
 from test_reports_html import CHROMIUM, chromium  # tests/ is on sys.path
 
-from lab.cli import main
+from commands.cli import main
 from reports import history
 from reports.matrix import (
     FAILED,

@@ -17,7 +17,7 @@ from reports import history
 from reports.matrix import FAILED, KNOWN, NOT_APPLICABLE, PASSED, cell_verdict, read_junit
 
 ROOT = Path(__file__).resolve().parent.parent
-ROSLAB = [sys.executable, "-m", "lab.cli"]
+ROSLAB = [sys.executable, "-m", "commands.cli"]
 
 CONFTEST = """
 import pytest

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab import metadata
+from drivers.machines import make_machine
+from drivers.qemu import metadata
 from lab.cloudconfig import METADATA_DATASOURCES
 from lab.errors import ConfigError
-from lab.machine import make_machine
 from lab.ssh import KeyPair
 
 USER_DATA = b"#cloud-config\nhostname: from-user-data\n"
@@ -254,7 +254,7 @@ def test_a_datasource_whose_service_is_gone_does_not_hang_the_boot(
 @pytest.fixture(scope="module")
 def guest_cloudinit() -> Iterator[object]:
     """The guest's ros/cloudinit.py (what cloud-init-execute runs), imported on the host."""
-    sys.path.insert(0, str(Path(__file__).parents[1] / "lab/refimage/guest/rootfs/usr/lib/ros"))
+    sys.path.insert(0, str(Path(__file__).parents[1] / "refimage/guest/rootfs/usr/lib/ros"))
     try:
         from ros import cloudinit  # the guest's own fetchers, run here
     finally:

@@ -12,9 +12,9 @@ import pytest
 from standins.base import machine_spec, start_run, terminate_while_waiting
 from standins.openstack_standin import OpenStackStandIn, serve
 
+from commands.cli import main
 from drivers.openstack import OpenStackDriver
 from lab import gc
-from lab.cli import main
 from lab.errors import BootTimeout, ConfigError, ImageError, LabError
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from drivers.machines import make_machine
 from lab import sdcard
 from lab.errors import ImageError
 from lab.images import SDCARD, Image
-from lab.machine import make_machine
-from lab.refimage import pi
-from lab.refimage.build import ARTIFACTS, ensure_image
+from refimage import pi
+from refimage.build import ARTIFACTS, ensure_image
 
 pytestmark = pytest.mark.refimage
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from interrupt import at_a_terminal  # tests/ is on sys.path (rootdir conftest mode)
 
+from drivers.machines import make_machine
 from lab.errors import BuildError
 from lab.images import kernel_arch
-from lab.machine import make_machine
-from lab.refimage import build
-from lab.refimage.debs import Apt, Package
+from refimage import build
+from refimage.debs import Apt, Package
 
 pytestmark = pytest.mark.refimage
 
@@ -89,7 +89,7 @@ def test_unknown_arch_is_refused() -> None:
 def test_interrupted_build_leaves_no_half_artifact(tmp_path: Path, image: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lab.cli", "image", "build", "--out", str(out)],
+        [sys.executable, "-m", "commands.cli", "image", "build", "--out", str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from drivers.machines import make_machine
 from lab.errors import CommandError, ConfigError
-from lab.machine import Machine, make_machine
-from lab.refimage import pi
-from lab.refimage.build import ensure_image
+from lab.machine import Machine
 from lab.ssh import KeyPair
+from refimage import pi
+from refimage.build import ensure_image
 
 # one worker takes the module under -n: its tests share one boot, in file order
 pytestmark = [pytest.mark.refimage, pytest.mark.xdist_group("refimage-contract")]

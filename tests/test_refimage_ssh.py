@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from drivers.machines import make_machine
 from lab import timeline as tl
-from lab.machine import Machine, make_machine
+from lab.machine import Machine
 from lab.ssh import KeyPair
 
 pytestmark = [pytest.mark.refimage, pytest.mark.xdist_group("refimage-ssh")]

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from commands import bench as command
 from lab.errors import BootTimeout, ConfigError
-from reports import command, history
+from reports import history
 from reports.bench import BenchOptions, _sigterm_as_interrupt, run_bench
 from reports.fake import DEFAULT_MILESTONES, FakeMachine
 

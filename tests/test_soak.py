@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from lab.cli import main
+from commands.cli import main
 from reports.bench import BenchOptions
 from reports.soak import lab_failures, run_soak
 

@@ -170,8 +170,8 @@ def rfc3339(t: float | None = None) -> str:
 
 def machine_spec(image: str, workdir: Any, cloud_config: dict[str, Any] | None = None) -> Any:
     """What make_machine would hand a cloud driver: an image, a cloud-config, a work dir."""
-    from drivers.base import MachineSpec
     from lab.cloudconfig import CloudConfig
+    from lab.driver import MachineSpec
     from lab.images import Image
 
     cc = CloudConfig.parse(cloud_config) if cloud_config is not None else None

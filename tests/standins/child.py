@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from commands.cli import _terminate
 from drivers import driver_class
-from lab.cli import _terminate
 from standins.base import machine_spec
 
 

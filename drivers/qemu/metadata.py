@@ -31,16 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lab.cloudconfig import gce_ssh_keys
 from lab.errors import ConfigError
 
 RELAY = Path(__file__).with_name("relay.py")
 IMDS_TOKEN_TTL_MAX = 21600  # seconds, as AWS's IMDSv2 allows
 PORT_80_WAIT = 120.0  # another cloudstack machine may be finishing with 127.0.0.1:80
-
-
-def gce_ssh_keys(keys: list[str]) -> str:
-    """GCE's `ssh-keys` metadata value: one `USER:KEY` line per key, for the user `rancher`."""
-    return "".join(f"rancher:{k}\n" for k in keys)
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ port (refused), the netboot port.
 The console is labgrid's SerialDriver (ser2net RFC 2217 or raw TCP, or a local tty)
 bridged into a socketpair, so the lab's Console stamps, watches and logs it exactly as
 on QEMU. Power is the place's power driver: labgrid's own (NetworkPowerDriver for its PDU
-backends, ExternalPowerDriver, relays...) or IPMIPowerDriver (drivers/labgrid_parts.py).
-Boot: iPXE netboot from the lab's HTTP server (lab/netboot.py) with the release's
+backends, ExternalPowerDriver, relays...) or IPMIPowerDriver (drivers/labgrid/parts.py).
+Boot: iPXE netboot from the lab's HTTP server (drivers/labgrid/netboot.py) with the release's
 `rancheros.ipxe`; the place's tags say where the server listens (`netboot_listen`) and
 the URL the box reaches it at (`netboot_url`), and name the `board`. A place tagged
 `boot=disk` boots what is installed on its disk instead (no netboot, no run cloud-config).
@@ -40,12 +40,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from drivers.base import Capabilities, Driver, MachineSpec, lab_kernel_args
+from drivers.labgrid.netboot import SCRIPT, NetbootServer, ipxe_script
 from lab import cloudconfig, gc, sdcard
 from lab import timeline as tl
+from lab.driver import Capabilities, Driver, MachineSpec, lab_kernel_args
 from lab.errors import ConfigError, ImageError, PlatformError
 from lab.images import DISK, KERNEL, SDCARD, Image
-from lab.netboot import SCRIPT, NetbootServer, ipxe_script
 from lab.redact import redact
 
 T = TypeVar("T")
@@ -84,7 +84,7 @@ def _import_labgrid() -> Any:
     try:
         import labgrid  # noqa: F401
 
-        import drivers.labgrid_parts  # noqa: F401 -- registers IPMIPowerDriver etc.
+        import drivers.labgrid.parts  # noqa: F401 -- registers IPMIPowerDriver etc.
     except ImportError as exc:
         raise ConfigError(f"--platform labgrid needs labgrid 26: pip install 'roslab[labgrid]' "
                           f"({exc})") from exc

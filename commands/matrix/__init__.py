@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lab import matrix as mx
+from commands.matrix import plan as mx
 from lab.errors import ConfigError
 
 DEFAULT_RESULTS = Path("results/matrix")
@@ -96,7 +96,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_emit(args: argparse.Namespace) -> int:
-    from lab.matrix_emit import DEFAULT_OUTPUT, emit
+    from commands.matrix.emit import DEFAULT_OUTPUT, emit
 
     matrix = mx.load(args.file)
     out = args.output or DEFAULT_OUTPUT[args.system]
@@ -107,7 +107,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from lab.matrix_run import run_cell
+    from commands.matrix.run import run_cell
 
     matrix = mx.load(args.file)
     cells = [matrix.cell(c) for c in args.cell] if args.cell else matrix.where(args.where)

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from lab.refimage.build import ensure_image
-from lab.refimage.disks import ensure_disks
+from refimage.build import ensure_image
+from refimage.disks import ensure_disks
 
 
 def register(sub: argparse._SubParsersAction) -> None:

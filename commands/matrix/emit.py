@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from lab.matrix import Matrix
+from commands.matrix.plan import Matrix
 
 DEFAULT_OUTPUT = {"github": Path(".github/workflows/nightly.yml"),
                   "gitlab": Path(".gitlab/nightly.yml")}

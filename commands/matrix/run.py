@@ -26,8 +26,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
+from commands.matrix.plan import REFERENCE, Cell, Matrix
 from lab.errors import ConfigError
-from lab.matrix import REFERENCE, Cell, Matrix
 from reports.history import utc_now
 from reports.matrix import cell_verdict, read_junit
 
@@ -40,7 +40,7 @@ def resolve_image(cell: Cell, say: IO[str]) -> str | None:
     if cell.image == REFERENCE:
         return None
     if cell.image.startswith(f"{REFERENCE}:"):
-        from lab.refimage.build import ensure_image
+        from refimage.build import ensure_image
 
         name = cell.image.split(":", 1)[1]
         folder = ensure_image(cell.arch, progress=lambda m: print(f"roslab: {m}", file=say))

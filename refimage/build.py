@@ -20,9 +20,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from lab import sdcard
 from lab.cache import cache_root
-from lab.refimage import archive, iso, pi, rootfs
-from lab.refimage.debs import Apt, Package, extract
+from refimage import archive, iso, pi, rootfs
+from refimage.debs import Apt, Package, extract
 
 OS_NAME = "RoslabOS"
 OS_VERSION = "v0.1.0"
@@ -33,8 +34,9 @@ IPXE_BASE_URL = "http://releases.roslab.invalid/os/" + OS_VERSION
 BUILDER_REVISION = "1"  # bump when the image layout changes in a way the hash cannot see
 GUEST = Path(__file__).parent / "guest"
 BUILDER_SOURCES = [
-    Path(__file__).parent / n
-    for n in ("build.py", "rootfs.py", "archive.py", "iso.py", "pi.py", "../sdcard.py")
+    *(Path(__file__).parent / n for n in ("build.py", "rootfs.py", "archive.py", "iso.py",
+                                          "pi.py")),
+    Path(sdcard.__file__),  # the lab's SD card writer makes the Pi card
 ]
 # A release's files per arch (RancherOS publishes arm64 as a rootfs tarball and a Pi zip).
 ARTIFACTS = {

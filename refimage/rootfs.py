@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lab.errors import BuildError
-from lab.refimage.debs import Package, extract
+from refimage.debs import Package, extract
 
 # What the OS is made of. Dependencies come with them; SKIP drops the ones only
 # maintainer scripts or package management need.

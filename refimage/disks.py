@@ -27,8 +27,8 @@ from types import ModuleType
 import yaml
 
 from lab.errors import BuildError, ConfigError
-from lab.refimage import build
-from lab.refimage.debs import Apt, extract
+from refimage import build
+from refimage.debs import Apt, extract
 
 DISK_MODULE = build.GUEST / "rootfs/usr/lib/ros/ros/disk.py"
 DISK_BYTES = 1 << 30  # GCE takes whole GiB; clouds grow the disk, not the image

@@ -14,11 +14,11 @@ import tty
 from pathlib import Path
 
 from drivers import PLATFORMS, labgrid
+from drivers.machines import make_machine
 from lab.cache import cache_root
 from lab.cloudconfig import DATASOURCES
 from lab.errors import LabError
 from lab.images import ARCHES, Image
-from lab.machine import make_machine
 
 DETACH = b"\x1d"  # Ctrl-]
 
@@ -124,7 +124,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     line(True, f"KVM device: {why}")
     image = None
     with contextlib.suppress(LabError, ImportError):
-        from lab.refimage.build import default_out
+        from refimage.build import default_out
 
         if default_out(args.arch).exists():
             image = Image.open(default_out(args.arch))

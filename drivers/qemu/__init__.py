@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from drivers.base import Capabilities, Driver, MachineSpec, Snapshot, lab_kernel_args
 from lab import cloudconfig
+from lab.driver import Capabilities, Driver, MachineSpec, Snapshot, lab_kernel_args
 from lab.errors import BootError, ConfigError, EmulatorError, ImageError
 from lab.images import DISK, GCE_TARBALL, ISO, KERNEL, SDCARD, Image, unpack_gce_disk
 
@@ -322,7 +322,7 @@ class QemuDriver(Driver):
         self.board = BOARDS["pc"]
         self.sockdir: Path | None = None
         self._net_options = ""  # slirp options of a cloud metadata stand-in
-        self.metadata: Any = None  # that stand-in (lab.metadata.MetadataServer)
+        self.metadata: Any = None  # that stand-in (drivers.qemu.metadata.MetadataServer)
 
     @classmethod
     def host_threads_for(cls, image: Image, arch: str, accel: str, cpus: int) -> int:
@@ -449,7 +449,7 @@ class QemuDriver(Driver):
 
     def _serve_metadata(self, spec: MachineSpec) -> str:
         """Start the cloud's metadata stand-in and route the guest's requests to it."""
-        from lab import metadata
+        from drivers.qemu import metadata
 
         network = ipaddress.ip_network(metadata.CLOUDS[spec.datasource].network or "10.0.2.0/24")
         instance = metadata.Instance(

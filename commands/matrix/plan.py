@@ -158,7 +158,7 @@ def load(path: Path = DEFAULT_FILE, today: dt.date | None = None) -> Matrix:
 
 def _cell(raw: Any, index: int, root: Path) -> tuple[Cell | None, list[str]]:
     from drivers import PLATFORMS, driver_class
-    from drivers.base import Driver
+    from lab.driver import Driver
 
     if not isinstance(raw, dict):
         return None, [f"cell #{index + 1}: expected a mapping, got {raw!r}"]

@@ -12,12 +12,12 @@ from lab.errors import LabError
 
 # Modules that add subcommands; each defines register(subparsers) and sets `func` on its parser.
 COMMAND_MODULES = [
-    "lab.refimage.command",  # roslab image build
-    "lab.commands",  # roslab boot, roslab doctor
-    "reports.command",  # roslab bench, bench compare, bench report
-    "lab.gc",  # roslab gc
+    "commands.image",  # roslab image build
+    "commands.boot",  # roslab boot, roslab doctor
+    "commands.bench",  # roslab bench, bench compare, bench report
+    "commands.gc",  # roslab gc
     "reports.mutants",  # roslab mutants
-    "lab.matrix_command",  # roslab matrix plan, emit, run, report
+    "commands.matrix",  # roslab matrix plan, emit, run, report
 ]
 
 

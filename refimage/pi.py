@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from lab import sdcard
-from lab.refimage import archive, rootfs
+from refimage import archive, rootfs
 
 ROOTFS_TAR = "rootfs_arm64.tar.gz"
 PI_ZIP = "rancheros-raspberry-pi64.zip"

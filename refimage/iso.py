@@ -89,7 +89,7 @@ def vmware_variant(modules: Path) -> dict:
     missing = [name for name in VMWARE_DRIVERS if name not in found]
     if missing:
         raise BuildError(f"{VMWARE_ISO}: the kernel modules {', '.join(missing)} are not in "
-                         f"the image (see MODULE_DIRS in lab/refimage/rootfs.py)")
+                         f"the image (see MODULE_DIRS in refimage/rootfs.py)")
     return {"hardware": "vmware", "same_initrd_as": "rancheros.iso",
             "drivers": {name: {"for": what, "module": found[name]}
                         for name, what in VMWARE_DRIVERS.items()}}

@@ -1,0 +1,1 @@
+"""The `roslab` commands, built on the lab, the drivers, the fixtures and the reports."""

@@ -1,0 +1,162 @@
+"""`make_machine`: a platform name, an image and options -> a checked, unbooted `Machine`.
+
+Everything a user can get wrong (platform, image, arch, cloud-config, datasource, an
+option's name) is refused here, before anything starts. The reference image is the
+default image: it is built on first use (`refimage.build.ensure_image`), then taken like
+any other image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivers import driver_class
+from lab.cloudconfig import DATASOURCES, METADATA_DATASOURCES, CloudConfig
+from lab.driver import MachineSpec
+from lab.errors import ConfigError, ImageError
+from lab.images import CMDLINE_KINDS, Image, cmdline_gap
+from lab.machine import (
+    BAKED_PASSWORD,
+    DEFAULT_BOOT_TIMEOUT,
+    DEFAULT_CPUS,
+    DEFAULT_MEMORY_MB,
+    RUN_PASSWORD,
+    Machine,
+)
+from lab.redact import keep_cloud_config_secrets, redact
+from lab.ssh import KeyPair
+
+
+@dataclass(frozen=True)
+class MachineOptions:
+    """What a caller may ask of a machine beyond platform, image and cloud-config."""
+
+    # merged into ssh_authorized_keys, or served as the instance's key pair by a cloud
+    # metadata datasource
+    ssh_key: KeyPair | None = None
+    allow_invalid: bool = False  # deliver a malformed cloud-config on purpose
+    memory_mb: int = DEFAULT_MEMORY_MB
+    cpus: int | None = None  # None: DEFAULT_CPUS, or fewer where the platform must
+    cmdline_extra: tuple[str, ...] = ()
+    blank_disks: tuple[int, ...] = ()  # sizes in bytes
+    keep_on_exit: bool = False
+    boot_timeout: float = DEFAULT_BOOT_TIMEOUT
+    progress: Callable[[str], None] | None = None  # the reference image build's
+    name: str | None = None
+    platform_options: dict[str, Any] = field(default_factory=dict)  # region, hw, ...
+
+    @classmethod
+    def of(cls, opts: dict[str, Any]) -> MachineOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(opts) - known)
+        if unknown:  # a misspelt option would otherwise be silently ignored
+            raise ConfigError(f"make_machine: unknown option(s) {', '.join(unknown)}; "
+                              f"known are {', '.join(sorted(known))}")
+        given = {k: v for k, v in opts.items() if v is not None or k == "ssh_key"}
+        for name in ("cmdline_extra", "blank_disks"):
+            if name in given:
+                given[name] = tuple(given[name])
+        if "platform_options" in given:
+            given["platform_options"] = dict(given["platform_options"])
+        return cls(**given)
+
+
+def resolve_image(image: Path | str | None, arch: str,
+                  progress: Callable[[str], None] | None = None,
+                  platform: str = "qemu", options: dict[str, Any] | None = None) -> Image:
+    """The user's image, or the reference image (built on first use): its folder, or the
+    release file the platform's options boot (libvirt's vmware hardware: the VMware ISO)."""
+    if image is None:
+        try:
+            from refimage.build import ensure_image
+        except ImportError as exc:
+            raise ImageError(f"no --image given and the reference image builder is "
+                             f"unavailable ({exc})") from exc
+        folder = ensure_image(arch, progress=progress)
+        member = driver_class(platform).reference_artifact(options or {})
+        image = folder / member if member else folder
+        if not image.exists():
+            raise ImageError(f"the {arch} reference image has no {member} (in {folder})")
+    return Image.open(image)
+
+
+def safe_cpus(platform: str, arch: str, accel: str, cpus: int) -> tuple[int, str | None]:
+    """(`cpus`, None), or fewer with the reason when `platform` cannot safely give an
+    `arch` guest that many under `accel` (`Driver.most_cpus`)."""
+    most = driver_class(platform).most_cpus(arch, accel)
+    return most if most is not None and most[0] < cpus else (cpus, None)
+
+
+def make_machine(platform: str, image: Path | str | Image | None, arch: str,
+                 cloud_config: str | dict[str, Any] | CloudConfig | None,
+                 datasource: str, workdir: Path, accel: str, **opts: Any) -> Machine:
+    """Check everything, then make (not boot) a machine in a new directory under `workdir`.
+
+    `opts` are `MachineOptions` fields; an unknown one is refused.
+    """
+    o = MachineOptions.of(opts)
+    cls = driver_class(platform)
+    if arch not in cls.capabilities.arches:
+        raise ConfigError(f"platform {platform} boots {', '.join(cls.capabilities.arches)}, "
+                          f"not {arch!r}")
+    img = image if isinstance(image, Image) else resolve_image(
+        image, arch, o.progress, platform, o.platform_options)
+    img.check_arch(arch)
+    caps = cls.capabilities_for(img, arch)
+    where = f"platform {platform}" + (f" (board {caps.board})" if caps.board else "")
+    if img.kind not in caps.image_kinds:
+        raise ImageError(f"{where} cannot boot a {img.kind} image ({img.path})")
+    if o.blank_disks and caps.lacks("disks"):
+        raise ConfigError(f"{where} cannot attach blank disks: {caps.lacks('disks')}")
+    if datasource == "default":
+        datasource = caps.datasources[0] if caps.datasources else "none"
+    if datasource not in (*DATASOURCES, *caps.datasources, "none"):
+        raise ConfigError(f"unknown datasource {datasource!r}: known are {', '.join(DATASOURCES)}")
+    if datasource not in (*caps.datasources, "none"):
+        raise ConfigError(f"{where} cannot deliver cloud-config by {datasource}: it can by "
+                          f"{', '.join(caps.datasources)}")
+    if (gap := cmdline_gap(img, datasource)) is not None:
+        raise ConfigError(gap)
+    cc = cloud_config if isinstance(cloud_config, CloudConfig) else (
+        None if cloud_config is None
+        else CloudConfig.parse(cloud_config, allow_invalid=o.allow_invalid))
+    instance_keys: list[str] = []
+    if o.ssh_key is not None and datasource in METADATA_DATASOURCES and \
+            cls.delivers_instance_keys:
+        instance_keys = [o.ssh_key.public]  # the cloud's key pair, served as metadata
+    elif o.ssh_key is not None:
+        extra = {"ssh_authorized_keys": [o.ssh_key.public]}
+        cc = CloudConfig.parse(extra) if cc is None else cc.merged(extra)
+    driver = cls()
+    name = o.name or f"{platform}-{arch}-{secrets.token_hex(3)}"
+    workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))
+    try:
+        accel_used, why = driver.resolve_accel(accel, img, workdir)
+        # the default is no more than the platform safely gives; an explicit count is as asked
+        cpus = o.cpus if o.cpus is not None else safe_cpus(platform, arch, accel_used,
+                                                           DEFAULT_CPUS)[0]
+        if cc is not None:
+            keep_cloud_config_secrets(cc.data)
+            (workdir / "cloud-config.yml").write_text(redact(cc.text))  # evidence, not input
+        password = RUN_PASSWORD if img.kind in CMDLINE_KINDS else BAKED_PASSWORD
+        spec = MachineSpec(
+            name=name, arch=arch, image=img, workdir=workdir, cloud_config=cc,
+            # a cloud's metadata service answers even for an instance without user-data
+            datasource=datasource if cc is not None or datasource in METADATA_DATASOURCES
+            else "none",
+            password=password, ssh_keys=instance_keys,
+            accel=accel_used, memory_mb=o.memory_mb, cpus=cpus,
+            cmdline_extra=list(o.cmdline_extra), blank_disks=list(o.blank_disks),
+            keep_on_exit=o.keep_on_exit, options=dict(o.platform_options),
+        )
+        return Machine(driver, spec, platform, img, o.ssh_key, password, why, o.boot_timeout)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
