@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from drivers import labgrid
+from drivers import DEFAULT_PLATFORM, PLATFORMS, add_platform_options, platform_option_values
 from lab.errors import ConfigError
 from reports import history
 from reports.bench import BenchOptions, fmt_s, print_summary, run_bench
@@ -121,7 +121,8 @@ def _console() -> Console:
 
 
 def _run_options(parser: argparse.ArgumentParser, runs: int) -> None:
-    parser.add_argument("--platform", default="qemu", help="driver to boot on (default: qemu)")
+    parser.add_argument("--platform", default=DEFAULT_PLATFORM, choices=sorted(PLATFORMS),
+                        help=f"where to boot (default: {DEFAULT_PLATFORM})")
     parser.add_argument("--image", type=Path, help="image folder or file (default: reference)")
     parser.add_argument("--runs", type=int, default=runs, help=f"cold boots (default: {runs})")
     parser.add_argument("--arch", default="x86_64", help="guest architecture (default: x86_64)")
@@ -136,9 +137,7 @@ def _run_options(parser: argparse.ArgumentParser, runs: int) -> None:
     parser.add_argument(
         "--workdir", type=Path, help="where boots keep console logs (default: beside the history)"
     )
-    parser.add_argument("--hw", help="libvirt hardware profile: default, vmware, legacy-esxi")
-    parser.add_argument("--libvirt-uri", help="libvirt connection (default: qemu:///system)")
-    labgrid.add_cli_options(parser)
+    add_platform_options(parser.add_argument_group("platform options").add_argument)
 
 
 def _bench_options(args: argparse.Namespace) -> BenchOptions:
@@ -151,9 +150,7 @@ def _bench_options(args: argparse.Namespace) -> BenchOptions:
         history=args.history,
         timeout=args.timeout,
         workdir=args.workdir,
-        platform_options={**{k: v for k in ("hw", "libvirt_uri")
-                             if (v := getattr(args, k, None)) is not None},
-                          **labgrid.cli_options(args)},
+        platform_options=platform_option_values(args),
     )
 
 

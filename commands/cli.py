@@ -10,10 +10,16 @@ from types import FrameType
 
 from lab.errors import LabError
 
+DESCRIPTION = ("roslab boots RancherOS-style images on QEMU, libvirt, clouds and "
+               "physical boxes, and measures and checks them. Build the reference image, "
+               "boot an image and attach its console, check this host, bench boot times, "
+               "sweep what dead runs left, and run the nightly matrix.")
+
 # Modules that add subcommands; each defines register(subparsers) and sets `func` on its parser.
 COMMAND_MODULES = [
     "commands.image",  # roslab image build
-    "commands.boot",  # roslab boot, roslab doctor
+    "commands.boot",  # roslab boot
+    "commands.doctor",  # roslab doctor
     "commands.bench",  # roslab bench, bench compare, bench report
     "commands.gc",  # roslab gc
     "reports.mutants",  # roslab mutants
@@ -22,7 +28,9 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="roslab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="roslab", description=DESCRIPTION,
+                                     epilog="`roslab COMMAND --help` for each; the scenarios "
+                                            "run with `pytest scenarios/ --platform P`.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import argparse
 
-from lab.errors import ConfigError
+from drivers import PLATFORMS, add_platform_options, clouds, driver_class, platform_option_values
 from lab.gc import Garbage, parse_duration, stale_scratch
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from drivers import PLATFORMS
-
     gc = sub.add_parser("gc", help="remove what dead runs left on a platform "
                                    "(expired domains, instances, key pairs, images)")
     which = gc.add_mutually_exclusive_group(required=True)
@@ -22,19 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     gc.add_argument("--older-than", default=None, type=parse_duration,
                     help="also take what roslab made longer ago than this (e.g. 5h), "
                          "expired or not")
-    gc.add_argument("--libvirt-uri", default=None, help="libvirt: the connection "
-                                                        "(default qemu:///system)")
     gc.add_argument("--dry-run", action="store_true", help="list, remove nothing")
-    gc.add_argument("--labgrid-coordinator", default=None, metavar="HOST:PORT",
-                    help="labgrid: the coordinator whose places to sweep (default "
-                         "LG_COORDINATOR or 127.0.0.1:20408)")
-    gc.add_argument("--region", default=None,
-                    help="cloud platforms: the region to sweep (default: boto3's, etc.)")
+    add_platform_options(gc.add_argument_group("platform options: where to sweep")
+                         .add_argument)
     gc.set_defaults(func=cmd_gc)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    options = vars(args)
+    options = platform_option_values(args)
     code = _collect_platforms(args, options)
     # then this host's scratch folders of dead runs, whichever platform they ran on
     _report("host", stale_scratch(args.dry_run), args.dry_run)
@@ -42,25 +35,24 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def _collect_platforms(args: argparse.Namespace, options: dict[str, object]) -> int:
-    from drivers import CLOUDS, driver_class
-
     if not args.all_clouds:
         return _collect(args.platform, driver_class(args.platform), args, options)
-    failed = 0
-    for platform in CLOUDS:
+    failed: list[str] = []
+    for platform in clouds():
         cls = driver_class(platform)
-        not_ready = getattr(cls, "not_ready", None)
-        why = not_ready(options) if not_ready is not None else None
-        if why is not None:
+        why = cls.not_ready(options)
+        if why is not None:  # not configured here: nothing of it could be swept, say why
             print(f"skipped {platform}: {why}")
             continue
         try:
             _collect(platform, cls, args, options)
-        except ConfigError as exc:  # a driver without not_ready: no credentials or region
-            print(f"skipped {platform}: {exc}")
         except Exception as exc:  # one cloud's outage must not hide the others' garbage
-            failed += 1
+            failed.append(f"{platform}: {type(exc).__name__}: {exc}")
             print(f"roslab gc: {platform} failed: {type(exc).__name__}: {exc}")
+    if failed:  # what may be left behind, per cloud, at the end where a CI log shows it
+        print(f"roslab gc: could not sweep {len(failed)} cloud(s); what they hold may be left:")
+        for line in failed:
+            print(f"  {line}")
     return 1 if failed else 0
 
 

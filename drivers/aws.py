@@ -31,6 +31,7 @@ import boto3
 import botocore.exceptions
 import yaml
 
+from drivers.cloud import CLOUD_OPTIONS
 from lab import gc
 from lab.driver import Capabilities, Driver, MachineSpec
 from lab.errors import ConfigError, ImageError, LabError, PlatformError
@@ -120,6 +121,9 @@ def _marks(item: dict[str, Any]) -> dict[str, str]:
 
 class AwsDriver(Driver):
     name = "aws"
+    in_cloud = True
+    leaves_garbage = True
+    options = CLOUD_OPTIONS
     delivers_instance_keys = True  # an imported key pair
     capabilities = Capabilities(
         arches=("x86_64", "aarch64"),
@@ -478,6 +482,16 @@ class AwsDriver(Driver):
                                 "removes it once expired)")
 
     # -- roslab gc ------------------------------------------------------------------------
+
+    @classmethod
+    def not_ready(cls, options: dict[str, Any]) -> str | None:
+        """Why AWS cannot be used from here: no region or no credentials (boto3's sources)."""
+        session = make_session(options.get("region"))
+        if not session.region_name:
+            return "platform aws needs a region: --region, AWS_REGION or AWS_DEFAULT_REGION"
+        if session.get_credentials() is None:
+            return f"platform aws: no AWS credentials (boto3 looks for {CREDENTIAL_SOURCES})"
+        return None
 
     @classmethod
     def collect_garbage(cls, older_than: float | None, dry_run: bool,

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 
-from lab.driver import Capabilities, Driver, MachineSpec
+from lab.driver import Capabilities, Driver, MachineSpec, Option
 from lab.errors import BootTimeout, ConfigError, LabError, PlatformError
 from lab.images import CLOUD
 from lab.redact import keep_secret
@@ -166,6 +166,13 @@ class Ledger:
                 self.items.pop().delete()
 
 
+# what every cloud takes on the command line
+CLOUD_OPTIONS = (
+    Option("--region", "the region (default: the SDK's, e.g. AWS_REGION)"),
+    Option("--instance-type", "the machine size (aws default: t3.small, t4g.small)"),
+)
+
+
 class CloudDriver(Driver):
     """A machine on a cloud: create with user-data and marks, reach by SSH, always delete.
 
@@ -173,6 +180,9 @@ class CloudDriver(Driver):
     console log (`console_text`) and find what dead runs left (`collect_garbage`).
     """
 
+    in_cloud = True
+    leaves_garbage = True
+    options = CLOUD_OPTIONS
     sdk_module: ClassVar[str]
     sdk_package: ClassVar[str]
     boot_wait: ClassVar[float] = 600.0  # creation to running with an address
@@ -402,15 +412,26 @@ class Candidate:
 
 def sweep(candidates: list[Candidate], older_than: float | None, dry_run: bool) -> list[Any]:
     """Delete (unless `dry_run`) the candidates that are garbage, in the order given
-    (instances before the images and rules they use); returns what was found."""
+    (instances before the images and rules they use); returns what was found.
+
+    One failed delete does not stop the others; at the end a PlatformError names each
+    thing left and why, so `roslab gc` can say what stays behind."""
     from lab.gc import RUN_KEY, Garbage, is_garbage
 
-    found = []
+    found, left = [], []
     for item in candidates:
         why = is_garbage(item.marks, item.created, older_than)
         if why is None:
             continue
         if not dry_run:
-            item.delete()
+            try:
+                item.delete()
+            except Exception as exc:  # the cloud refused or failed: keep sweeping the rest
+                left.append(f"{item.kind} {item.ident} ({type(exc).__name__}: {exc})")
+                continue
         found.append(Garbage(item.kind, item.ident, item.marks.get(RUN_KEY, "?"), why))
+    if left:
+        removed = ", ".join(f"{g.kind} {g.ident}" for g in found) or "nothing"
+        raise PlatformError(f"could not remove {len(left)}: {'; '.join(left)} "
+                            f"(removed: {removed})")
     return found

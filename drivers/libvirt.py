@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from drivers.qemu import QEMU_BINARY, free_port, make_overlay, probe_kernel, resolve_accel
 from lab import cloudconfig, gc
-from lab.driver import Capabilities, Driver, MachineSpec, lab_kernel_args
+from lab.driver import Capabilities, Check, Driver, MachineSpec, Option, lab_kernel_args
 from lab.errors import BootError, ConfigError
 from lab.images import DISK, ISO, KERNEL, Image
 
@@ -326,6 +326,18 @@ class _ConsoleBridge:
 class LibvirtDriver(Driver):
     name = "libvirt"
     runs_on_host = True  # qemu:///system on this host
+    leaves_garbage = True  # domains
+    # the daemons (the lab starts none on a user's host): systemd where the runner has it,
+    # else by hand, as in a GitLab job's container
+    ci_setup = "systemctl start virtlogd libvirtd || { virtlogd -d && libvirtd -d; }"
+    options = (
+        Option("--hw", "the hardware profile: default (virtio), vmware, legacy-esxi"),
+        Option("--libvirt-uri", f"the connection (default {DEFAULT_URI})", metavar="URI"),
+    )
+
+    @classmethod
+    def doctor(cls, options: dict[str, Any], arch: str) -> list[Check]:
+        return [Check(*c) for c in doctor_checks(options.get("libvirt_uri") or DEFAULT_URI)]
     capabilities: ClassVar[Capabilities] = Capabilities(
         arches=("x86_64",), console=True, ssh=True, power_button=True,
         snapshot=False, datasources=("configdrive", "nocloud", "cmdline"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +26,37 @@ DEFAULT_WHY_NOT = {
     "disk_boot": "cannot be powered on from a disk the guest installed (not built for this "
                  "platform yet)",
 }
+
+
+@dataclass(frozen=True)
+class Option:
+    """A command-line option a platform takes, the same in pytest and in `roslab` commands;
+    its value reaches the driver as `MachineSpec.options[dest]`."""
+
+    flag: str  # "--region"
+    help: str
+    metavar: str | None = None
+    type: Callable[[str], Any] | None = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+    def add_to(self, add_option: Callable[..., Any], platforms: list[str]) -> None:
+        """Declare it with `add_option` (argparse's add_argument or pytest's addoption)."""
+        extra = {k: v for k, v in (("metavar", self.metavar), ("type", self.type)) if v}
+        add_option(self.flag, default=None, help=f"{', '.join(platforms)}: {self.help}",
+                   **extra)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of `roslab doctor`: what was checked, whether it holds, how to fix it."""
+
+    ok: bool
+    what: str
+    fix: str = ""
+    required: bool = True  # False: a failing check is advice, not a problem
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,6 +142,26 @@ class Driver(ABC):
     delivers_instance_keys: ClassVar[bool] = False
     # its machines run on this host and take its memory and CPU (lab/admission.py)
     runs_on_host: ClassVar[bool] = False
+    # its objects live in a cloud account (`roslab gc --all-clouds` visits each such one)
+    in_cloud: ClassVar[bool] = False
+    # it makes things outside the host process (domains, instances, held places) that
+    # `roslab gc --platform` sweeps after a CI cell, whatever happened
+    leaves_garbage: ClassVar[bool] = False
+    # a shell command a CI job runs as root before a cell on this platform ("": none)
+    ci_setup: ClassVar[str] = ""
+    # the command-line options it takes (MachineSpec.options), shown by pytest and roslab
+    options: ClassVar[tuple[Option, ...]] = ()
+
+    @classmethod
+    def not_ready(cls, options: dict[str, Any]) -> str | None:
+        """Why this platform cannot be used from here (an SDK, credentials or a place
+        missing), said before anything starts; None when it can."""
+        return None
+
+    @classmethod
+    def doctor(cls, options: dict[str, Any], arch: str) -> list[Check]:
+        """`roslab doctor`'s checks of what this platform needs on this host."""
+        return []
 
     @classmethod
     def host_threads_for(cls, image: Image, arch: str, accel: str, cpus: int) -> int:

@@ -79,8 +79,7 @@ def validate(opts: BenchOptions) -> None:
         raise ConfigError(f"--history {opts.history} is not a file")
     from drivers import driver_class
 
-    not_ready = getattr(driver_class(opts.platform), "not_ready", None)
-    why = not_ready(opts.platform_options) if not_ready is not None else None
+    why = driver_class(opts.platform).not_ready(opts.platform_options)
     if why is not None:  # a platform's SDK, credentials or place missing: before any boot
         raise ConfigError(why)
 

@@ -190,8 +190,10 @@ def test_github_workflow_semantics() -> None:
     # gc for every platform whose machines can outlive the job (libvirt domains too)
     assert {i["cell"]: i["cloud"] for i in include} == {
         **{c.id: c.platform == "libvirt" for c in mx.load(MATRIX).cells}, "aws-x86_64": True}
-    start = steps["Start libvirtd"]
-    assert start["if"] == "${{ matrix.platform == 'libvirt' }}" and "libvirtd" in start["run"]
+    start = steps["Start the platform's services"]
+    assert start["if"] == "${{ matrix.setup != '' }}"
+    assert start["env"]["SETUP"] == "${{ matrix.setup }}"
+    assert all(("libvirtd" in i["setup"]) == (i["platform"] == "libvirt") for i in include)
     # secrets by name, each only for the cells that name it
     assert cell["env"]["AWS_ACCESS_KEY_ID"] == (
         "${{ contains(matrix.secrets, 'AWS_ACCESS_KEY_ID') && secrets.AWS_ACCESS_KEY_ID || '' }}")

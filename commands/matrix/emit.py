@@ -41,11 +41,6 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 _Dumper.add_representer(str, _str)
 
 
-# libvirt cells need the daemons (the lab starts none on a user's host): systemd where
-# the runner has it, else by hand, as in a GitLab job's container
-START_LIBVIRTD = "systemctl start virtlogd libvirtd || { virtlogd -d && libvirtd -d; }"
-
-
 def _dump(system: str, data: dict[str, Any], note: str = "") -> str:
     body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=120, default_flow_style=False)
     return HEADER.format(system=system) + note + body
@@ -57,7 +52,8 @@ def _secret_names(matrix: Matrix) -> list[str]:
 
 def github(matrix: Matrix) -> str:
     include = [{"cell": c.id, "platform": c.platform, "timeout": c.timeout_minutes,
-                "cloud": c.cloud, "secrets": list(c.secrets)} for c in matrix.cells]
+                "cloud": c.cloud, "setup": c.setup, "secrets": list(c.secrets)}
+               for c in matrix.cells]
     env = {"ROSLAB_RUN_ID": "gh-${{ github.run_id }}-${{ github.run_attempt }}-${{ matrix.cell }}"}
     for name in _secret_names(matrix):
         # only the cells that name a secret get it
@@ -71,8 +67,9 @@ def github(matrix: Matrix) -> str:
         "steps": [
             {"uses": "actions/checkout@v4"},
             {"name": "Install roslab", "run": "./setup"},
-            {"name": "Start libvirtd", "if": "${{ matrix.platform == 'libvirt' }}",
-             "run": f"sudo {START_LIBVIRTD}"},
+            # what the cell's platform needs started first (its driver says: libvirtd)
+            {"name": "Start the platform's services", "if": "${{ matrix.setup != '' }}",
+             "run": 'sudo sh -c "$SETUP"', "env": {"SETUP": "${{ matrix.setup }}"}},
             {"name": "Run the cell",
              "run": f"{ROSLAB} matrix run --cell ${{{{ matrix.cell }}}} --results {RESULTS}"},
             {"name": "Upload the cell's results", "if": "${{ always() }}",
@@ -131,10 +128,10 @@ def gitlab(matrix: Matrix) -> str:
             "stage": "cells",
             "timeout": f"{minutes} minutes",
             "parallel": {"matrix": [{"CELL": c.id, "PLATFORM": c.platform,
-                                     "CLOUD": "yes" if c.cloud else "no",
+                                     "CLOUD": "yes" if c.cloud else "no", "SETUP": c.setup,
                                      "SECRETS": " ".join(c.secrets)} for c in cells]},
             "variables": {"ROSLAB_RUN_ID": "gl-$CI_PIPELINE_ID-$CELL"},
-            "script": [f'if [ "$PLATFORM" = libvirt ]; then {START_LIBVIRTD}; fi',
+            "script": ['if [ -n "$SETUP" ]; then sh -c "$SETUP"; fi',
                        f"{ROSLAB} matrix run --cell $CELL --results {RESULTS}"],
             # after_script runs when the script failed too: the cloud cells' garbage
             "after_script": [f'if [ "$CLOUD" = yes ]; then {ROSLAB} gc --platform $PLATFORM; fi'],

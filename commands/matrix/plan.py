@@ -46,6 +46,7 @@ class Cell:
     secrets: tuple[str, ...] = ()  # environment variable names the CI job gets
     options: tuple[str, ...] = ()  # further pytest options for this platform
     cloud: bool = False  # derived: its driver leaves objects outside the host (gc after)
+    setup: str = ""  # derived: what its driver needs a CI job to start first (as root)
 
     def describe(self) -> str:
         hw = f" hw {self.hw}" if self.hw else ""
@@ -107,7 +108,7 @@ class Matrix:
 
 # -- loading and validation ----------------------------------------------------------------
 
-CELL_KEYS = {f for f in Cell.__dataclass_fields__ if f != "cloud"}
+CELL_KEYS = {f for f in Cell.__dataclass_fields__ if f not in ("cloud", "setup")}
 TOP_KEYS = {"defaults", "cells", "known_failures", "allowed_flakes"}
 
 
@@ -158,7 +159,6 @@ def load(path: Path = DEFAULT_FILE, today: dt.date | None = None) -> Matrix:
 
 def _cell(raw: Any, index: int, root: Path) -> tuple[Cell | None, list[str]]:
     from drivers import PLATFORMS, driver_class
-    from lab.driver import Driver
 
     if not isinstance(raw, dict):
         return None, [f"cell #{index + 1}: expected a mapping, got {raw!r}"]
@@ -173,14 +173,14 @@ def _cell(raw: Any, index: int, root: Path) -> tuple[Cell | None, list[str]]:
         if not isinstance(raw.get(key), str):
             problems.append(f"{name}: `{key}` is required")
     platform, arch = raw.get("platform"), raw.get("arch")
-    cloud = False
+    cloud, setup = False, ""
     if isinstance(platform, str):
         if platform not in PLATFORMS:
             problems.append(f"{name}: unknown platform {platform!r} (implemented: "
                             f"{', '.join(sorted(PLATFORMS))})")
         else:
             cls = driver_class(platform)
-            cloud = cls.collect_garbage.__func__ is not Driver.collect_garbage.__func__  # type: ignore[attr-defined]
+            cloud, setup = cls.leaves_garbage, cls.ci_setup
             if isinstance(arch, str) and arch not in cls.capabilities.arches:
                 problems.append(f"{name}: platform {platform} boots "
                                 f"{', '.join(cls.capabilities.arches)}, not {arch!r}")
@@ -209,7 +209,7 @@ def _cell(raw: Any, index: int, root: Path) -> tuple[Cell | None, list[str]]:
     return Cell(id=cid, platform=platform, arch=arch, image=raw.get("image", REFERENCE),
                 hw=raw.get("hw"), scenarios=scenarios, keyword=raw.get("keyword"),
                 budgets=budgets, timeout_minutes=timeout, secrets=secrets, options=options,
-                cloud=cloud), []
+                cloud=cloud, setup=setup), []
 
 
 def _strings(value: Any, what: str, problems: list[str]) -> tuple[str, ...]:

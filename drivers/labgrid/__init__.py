@@ -43,7 +43,7 @@ from typing import Any, ClassVar, TypeVar
 from drivers.labgrid.netboot import SCRIPT, NetbootServer, ipxe_script
 from lab import cloudconfig, gc, sdcard
 from lab import timeline as tl
-from lab.driver import Capabilities, Driver, MachineSpec, lab_kernel_args
+from lab.driver import Capabilities, Check, Driver, MachineSpec, Option, lab_kernel_args
 from lab.errors import ConfigError, ImageError, PlatformError
 from lab.images import DISK, KERNEL, SDCARD, Image
 from lab.redact import redact
@@ -319,6 +319,22 @@ class LabgridDriver(Driver):
         arches=("x86_64", "aarch64"), console=True, ssh=True, power_button=False,
         snapshot=False, datasources=("url",), image_kinds=(KERNEL,), board="box",
         why_not={"power_button": WHY_NO_POWER_BUTTON})
+    leaves_garbage = True  # held places
+    options = (
+        Option("--place", "the place (box) to run on"),
+        Option("--labgrid-coordinator", f"the coordinator (default LG_COORDINATOR or "
+               f"{DEFAULT_COORDINATOR})", metavar="HOST:PORT"),
+        Option("--labgrid-env", "an environment file instead of --place (a box wired to "
+               "this host, or a RemotePlace)", metavar="FILE"),
+        Option("--labgrid-role", "the env file's target (main)"),
+        Option("--wait-place", "wait this long for a place someone else holds (default: "
+               "refuse)", metavar="SECONDS"),
+    )
+
+    @classmethod
+    def doctor(cls, options: dict[str, Any], arch: str) -> list[Check]:
+        return doctor_checks(options)
+
     # the place looked up by not_ready(); capabilities_for answers from it
     _facts: ClassVar[dict[str, Capabilities]] = {}
 
@@ -715,41 +731,20 @@ class LabgridDriver(Driver):
                 f"release: labgrid-client -p {self._place} release")
 
 
-# -- command line (roslab boot, bench, doctor) ----------------------------------------------
-
-CLI_OPTIONS = ("place", "labgrid_coordinator", "labgrid_env", "labgrid_role", "wait_place")
-
-
-def add_cli_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("labgrid (--platform labgrid)")
-    group.add_argument("--place", default=None, help="the labgrid place (box) to run on")
-    group.add_argument("--labgrid-coordinator", default=None, metavar="HOST:PORT",
-                       help=f"default LG_COORDINATOR or {DEFAULT_COORDINATOR}")
-    group.add_argument("--labgrid-env", default=None, metavar="FILE",
-                       help="a labgrid environment file instead of --place")
-    group.add_argument("--labgrid-role", default=None, help="the env file's target (main)")
-    group.add_argument("--wait-place", default=None, metavar="SECONDS",
-                       help="wait this long for a place someone else holds (default: refuse)")
-
-
-def cli_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {k: v for k in CLI_OPTIONS if (v := getattr(args, k, None)) is not None}
-
-
-def doctor_checks(options: dict[str, Any]) -> list[tuple[bool, str, str]]:
-    """(ok, what, how to fix) for `roslab doctor --platform labgrid`."""
+def doctor_checks(options: dict[str, Any]) -> list[Check]:
+    """`roslab doctor --platform labgrid`: labgrid, ipmitool, and the place if one is named."""
     import shutil
 
-    checks: list[tuple[bool, str, str]] = []
+    checks: list[Check] = []
     try:
         _import_labgrid()
-        checks.append((True, "labgrid 26 importable", ""))
+        checks.append(Check(True, "labgrid 26 importable"))
     except ConfigError as exc:
-        return [(False, "labgrid 26 importable", str(exc))]
-    checks.append((shutil.which("ipmitool") is not None, "ipmitool (IPMI power)",
-                   "apt-get install ipmitool"))
+        return [Check(False, "labgrid 26 importable", str(exc))]
+    checks.append(Check(shutil.which("ipmitool") is not None, "ipmitool (IPMI power)",
+                        "apt-get install ipmitool"))
     if not options.get("place") and not options.get("labgrid_env"):
-        checks.append((True, "no --place/--labgrid-env given: coordinator not checked", ""))
+        checks.append(Check(True, "no --place/--labgrid-env given: coordinator not checked"))
         return checks
     why = LabgridDriver.not_ready(options)
     where = options.get("place") or options.get("labgrid_env")
@@ -757,5 +752,5 @@ def doctor_checks(options: dict[str, Any]) -> list[tuple[bool, str, str]]:
     what = f"place {where}" + (f": board {caps.board}, ssh {'yes' if caps.ssh else 'no'}, "
                                f"netboot {'yes' if caps.datasources else 'no'}"
                                if caps and why is None else "")
-    checks.append((why is None, what, why or ""))
+    checks.append(Check(why is None, what, why or ""))
     return checks
