@@ -28,15 +28,14 @@ from urllib.parse import urlsplit
 
 from drivers.cloud import (
     Candidate,
-    CloudDriver,
     cloud_capabilities,
     epoch,
-    require_env,
     resource_name,
     secret_env,
     sweep,
     wait_for,
 )
+from drivers.libcloud import LibcloudDriver
 from lab import gc
 from lab.errors import ConfigError
 
@@ -45,24 +44,18 @@ CREDENTIAL_VARS = ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECR
 PAGE = 100
 
 
-class AliyunDriver(CloudDriver):
+class AliyunDriver(LibcloudDriver):
     name = "aliyun"
-    sdk_module = "libcloud"
-    sdk_package = "apache-libcloud"
+    credential_vars = CREDENTIAL_VARS
+    credentials_are = "an AccessKey pair and the region id"
     capabilities = cloud_capabilities("aliyun")
     has_console_log = True
     running_states: ClassVar[tuple[str, ...]] = ("Running",)
     failed_states: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def check_credentials(cls, options: dict[str, Any]) -> None:
-        require_env(cls.name, CREDENTIAL_VARS, "an AccessKey pair and the region id")
-
-    @classmethod
-    def _connect(cls) -> Any:
-        cls.sdk()
-        cls.check_credentials({})
-        from libcloud.compute.providers import Provider, get_driver
+    def _libcloud(cls, get_driver: Any) -> Any:
+        from libcloud.compute.providers import Provider
 
         url = urlsplit(os.environ.get("ROSLAB_ALIYUN_ENDPOINT", "https://ecs.aliyuncs.com"))
         return get_driver(Provider.ALIYUN_ECS)(

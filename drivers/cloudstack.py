@@ -24,15 +24,14 @@ from typing import Any, ClassVar
 
 from drivers.cloud import (
     Candidate,
-    CloudDriver,
     cloud_capabilities,
     epoch,
-    require_env,
     resource_name,
     secret_env,
     sweep,
     wait_for,
 )
+from drivers.libcloud import LibcloudDriver
 from lab import gc
 from lab.errors import ConfigError, ImageError
 
@@ -41,25 +40,18 @@ NO_CONSOLE_API = ("CloudStack's API has no console output (its console is a brow
                   "session), so the lab reaches the VM by SSH only")
 
 
-class CloudStackDriver(CloudDriver):
+class CloudStackDriver(LibcloudDriver):
     name = "cloudstack"
-    sdk_module = "libcloud"
-    sdk_package = "apache-libcloud"
+    credential_vars = CREDENTIAL_VARS
+    credentials_are = "the API URL and the account's API and secret keys"
     capabilities = cloud_capabilities("cloudstack", console=NO_CONSOLE_API)
     # libcloud's NodeState names (it maps Running, Destroyed, Error... onto them)
     running_states: ClassVar[tuple[str, ...]] = ("running",)
     failed_states: ClassVar[tuple[str, ...]] = ("terminated",)
 
     @classmethod
-    def check_credentials(cls, options: dict[str, Any]) -> None:
-        require_env(cls.name, CREDENTIAL_VARS, "the API URL and the account's API and secret "
-                    "keys")
-
-    @classmethod
-    def _connect(cls) -> Any:
-        cls.sdk()
-        cls.check_credentials({})
-        from libcloud.compute.providers import Provider, get_driver
+    def _libcloud(cls, get_driver: Any) -> Any:
+        from libcloud.compute.providers import Provider
 
         url = os.environ["CLOUDSTACK_ENDPOINT"]
         driver = get_driver(Provider.CLOUDSTACK)(

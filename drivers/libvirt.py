@@ -146,7 +146,7 @@ def connect(uri: str) -> Any:
         return libvirt.open(uri)
     except libvirt.libvirtError as err:
         raise ConfigError(f"cannot reach libvirt at {uri}: {err.get_error_message()} "
-                          f"(is libvirtd running? see README, libvirt)") from err
+                          f"(is libvirtd running? see docs/platforms/libvirt.md)") from err
 
 
 START_DAEMON = ("systemctl start libvirtd (without systemd, as root: virtlogd -d && "

@@ -159,7 +159,7 @@ class CellVerdict:
 
 
 def _evidence(folder: Path, prefix: str, scenario: str) -> Path | None:
-    from fixtures.plugin import evidence_name
+    from fixtures.evidence import evidence_name
 
     logs = sorted((folder / f"{prefix}artifacts" / evidence_name(scenario)).glob("*/console.log"))
     return logs[0] if logs else None

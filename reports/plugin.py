@@ -1,7 +1,7 @@
 """pytest plugin: allure labels and attachments, JUnit properties, from the machines a
 test used.
 
-Per test, for each machine (`fixtures.plugin.machines_of(item)`):
+Per test, for each machine (`fixtures.options.machines_of(item)`):
 - JUnit properties platform/arch/board/image_version (item.user_properties), always;
 - allure labels platform/arch/board/image_version, parent suite "<platform> <arch>
   <board>", suite
@@ -68,7 +68,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 def machines_of(item: pytest.Item) -> list[Any]:
     """The machines `item` used, as the lab-core fixtures know them ([] outside the lab)."""
     try:
-        from fixtures.plugin import machines_of as lab_machines_of
+        from fixtures.options import machines_of as lab_machines_of
     except ImportError:  # a checkout or venv without the lab-core plugin
         return []
     return list(lab_machines_of(item) or [])

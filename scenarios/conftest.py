@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from fixtures.guest import NO_USER_IMAGE, wait_boot_complete
-from fixtures.plugin import options
+from fixtures.options import options
 from fixtures.profiles import Profile, profile_of
 from lab import timeline as tl
 from lab.machine import Machine
@@ -148,7 +148,7 @@ def machine(request: pytest.FixtureRequest, machine: Machine, profile: Profile) 
     """The plugin's machine, once boot is complete: the user Docker answers and the one-shot
     services have finished. Login comes earlier than that on RancherOS-style images, and
     checks of services or Docker made at the login prompt would race the boot."""
-    if getattr(request.module, "MEASURES_BOOT", False):
+    if request.node.get_closest_marker("measures_boot") is not None:
         return machine  # the boot scenarios time these waits themselves
     return wait_boot_complete(machine, profile)
 

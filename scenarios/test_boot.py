@@ -13,7 +13,8 @@ from lab import timeline as tl
 from lab.errors import LabError
 from lab.machine import Machine
 
-MEASURES_BOOT = True  # take the machine at login, before the scenarios' boot-complete wait
+# the machine is taken at login, before the scenarios' boot-complete wait
+pytestmark = pytest.mark.measures_boot
 
 # The milestones every RancherOS-style image reaches; FIRMWARE and STARTED are optional
 # (direct kernel boot has no firmware output; not every image prints a banner).

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from drivers import qemu
-from fixtures.plugin import LabOptions, auto_cpus
+from fixtures.options import LabOptions, auto_cpus
 from lab.admission import Admission, Limits
 from lab.images import KERNEL, Image
 

@@ -80,7 +80,7 @@ def make_cell(root: Path, cell: str, first: list[str], rerun: list[str] | None =
              "name": "test_reaches_every_boot_milestone", "status": "passed", "labels": []}))
     (folder / "allure-results" / f"{cell}-att-attachment.txt").write_text("console")
     for node, text in (console or {}).items():
-        from fixtures.plugin import evidence_name
+        from fixtures.evidence import evidence_name
 
         log = folder / "artifacts" / evidence_name(node) / "qemu-x86_64-abc" / "console.log"
         log.parent.mkdir(parents=True)

@@ -24,7 +24,7 @@ def machine(tmp_path_factory):
         m.boot(timeout=10)
         yield m
 
-# Stand-in for fixtures.plugin.machines_of: the machines a test requested.
+# Stand-in for fixtures.options.machines_of: the machines a test requested.
 reports.plugin.machines_of = lambda item: [
     v for v in getattr(item, "funcargs", {}).values() if isinstance(v, FakeMachine)
 ]
