@@ -327,6 +327,7 @@ class LibvirtDriver(Driver):
     name = "libvirt"
     runs_on_host = True  # qemu:///system on this host
     leaves_garbage = True  # domains
+    artifacts = ("serial.raw",)  # libvirt's log of the serial port
     # the daemons (the lab starts none on a user's host): systemd where the runner has it,
     # else by hand, as in a GitLab job's container
     ci_setup = "systemctl start virtlogd libvirtd || { virtlogd -d && libvirtd -d; }"

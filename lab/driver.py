@@ -149,6 +149,8 @@ class Driver(ABC):
     leaves_garbage: ClassVar[bool] = False
     # a shell command a CI job runs as root before a cell on this platform ("": none)
     ci_setup: ClassVar[str] = ""
+    # files of its own in the machine's work folder that a failed test keeps as evidence
+    artifacts: ClassVar[tuple[str, ...]] = ()
     # the command-line options it takes (MachineSpec.options), shown by pytest and roslab
     options: ClassVar[tuple[Option, ...]] = ()
 

@@ -56,7 +56,8 @@ CRASH_LOOP_RESTARTS = 3  # a service restarted this often during one wait is not
 SERVICE_LOG_LINES = 15
 SERVICE_STATE_FORMAT = ("{{.Name}}|{{.State.Status}}|{{.State.ExitCode}}|{{.RestartCount}}|"
                         "{{.HostConfig.RestartPolicy.Name}}")
-ARTIFACTS = ("console.log", "serial.raw", "qemu.stderr", "cloud-config.yml", "timeline.json")
+# the evidence every machine keeps; a driver adds its own files (Driver.artifacts)
+ARTIFACTS = ("console.log", "cloud-config.yml", "timeline.json")
 
 
 
@@ -457,7 +458,7 @@ class Machine:
             dest.mkdir(parents=True, exist_ok=True)
             (self.workdir / "timeline.json").write_text(
                 json.dumps(self.timeline.to_dict(), indent=1))
-            for name in ARTIFACTS:
+            for name in (*ARTIFACTS, *self.driver.artifacts):
                 if (self.workdir / name).exists():
                     # the emulator's own serial copy was written without the lab's redaction
                     (dest / name).write_bytes(redact_bytes((self.workdir / name).read_bytes()))

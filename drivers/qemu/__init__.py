@@ -292,6 +292,7 @@ class QemuDriver(Driver):
     name = "qemu"
     delivers_instance_keys = True  # the lab's metadata stand-ins serve them
     runs_on_host = True
+    artifacts = ("serial.raw", "qemu.stderr")  # the emulator's own copy of the serial port
     capabilities: ClassVar[Capabilities] = Capabilities(  # any board; see BOARDS
         arches=("x86_64", "aarch64"),
         console=True,
