@@ -71,3 +71,14 @@ def test_unknown_kind(tmp_path: Path) -> None:
     (tmp_path / "x.vmdk").write_bytes(b"")
     with pytest.raises(ImageError, match="unknown kind"):
         Image.open(tmp_path / "x.vmdk")
+
+
+def test_a_misspelt_machine_option_is_refused_before_anything_is_made(
+        tiny_guests: dict[str, Path], tmp_path: Path) -> None:
+    """`cpu=1` for `cpus=1` used to be ignored silently (a 2-vCPU machine booted)."""
+    from lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) cpu; known are .*cpus"):
+        make_machine("qemu", tiny_guests["shell"], "x86_64", None, "configdrive", tmp_path,
+                     "tcg", cpu=1)
+    assert list(tmp_path.iterdir()) == []  # no work folder left behind
