@@ -18,7 +18,7 @@ from lab.errors import ConfigError
 
 DEFAULT = Path("results/mutants")
 ROOT = Path(__file__).resolve().parent.parent
-NO_MUTANT = "NO (no mutant)"
+NO_MUTANT = "NO (no mutant run)"  # no results: no mutant, or its run not done
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
