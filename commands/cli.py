@@ -22,7 +22,7 @@ COMMAND_MODULES = [
     "commands.doctor",  # roslab doctor
     "commands.bench",  # roslab bench, bench compare, bench report
     "commands.gc",  # roslab gc
-    "reports.mutants",  # roslab mutants
+    "commands.mutants",  # roslab mutants
     "commands.matrix",  # roslab matrix plan, emit, run, report
 ]
 

@@ -8,7 +8,6 @@ scenario's every case, `test_x[url]`), so a case no mutant fails shows as such.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -19,14 +18,6 @@ from lab.errors import ConfigError
 DEFAULT = Path("results/mutants")
 ROOT = Path(__file__).resolve().parent.parent
 NO_MUTANT = "NO (no mutant run)"  # no results: no mutant, or its run not done
-
-
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    cmd = sub.add_parser("mutants", help="print the mutation coverage table of the last "
-                                         "`pytest tests/test_mutants.py` run")
-    cmd.add_argument("--results", type=Path, default=DEFAULT,
-                     help=f"folder of the mutant runs' JSON files (default {DEFAULT})")
-    cmd.set_defaults(func=cmd_mutants)
 
 
 def scenario_cases(timeout: float = 600) -> list[str]:
@@ -76,10 +67,7 @@ def table(runs: list[dict], cases: list[str]) -> str:
     return "\n".join(lines)
 
 
-def cmd_mutants(args: argparse.Namespace) -> int:
-    runs = load(args.results)
-    cases = scenario_cases()
-    print(table(runs, cases))
+def verdict(runs: list[dict], cases: list[str]) -> bool:
+    """Every mutant failed its cases with their causes, and every case has a mutant."""
     proven = {r["scenario"] for run in runs for r in run["rows"] if r["cause_seen"]}
-    return 0 if all(r["cause_seen"] for run in runs for r in run["rows"]) \
-        and proven >= set(cases) else 1
+    return all(r["cause_seen"] for run in runs for r in run["rows"]) and proven >= set(cases)

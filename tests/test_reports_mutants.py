@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from commands import mutants as command
 from reports import mutants
 
 DS = "scenarios/test_cloud_config.py::test_datasource_delivers_cloud_config"
@@ -39,6 +40,6 @@ def test_exit_code_needs_every_case_failed_with_its_cause(
     cases: list[str], cause_seen: bool, code: int,
 ) -> None:
     _run(tmp_path, cause_seen)
-    monkeypatch.setattr(mutants, "scenario_cases", lambda: cases)
-    assert mutants.cmd_mutants(argparse.Namespace(results=tmp_path)) == code
+    monkeypatch.setattr(command, "scenario_cases", lambda: cases)
+    assert command.cmd_mutants(argparse.Namespace(results=tmp_path)) == code
     assert DS.removeprefix("scenarios/") in capsys.readouterr().out
