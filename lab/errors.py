@@ -89,6 +89,10 @@ class BootTimeout(BootError):
     """The guest did not reach an expected point in time."""
 
 
+class SSHKeyRefused(BootTimeout):
+    """sshd answers but refuses the lab's key: the guest cannot be reached over SSH."""
+
+
 class HostError(LabError):
     """The host cannot do its part (a full disk, a missing tool): not the guest's fault."""
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lab import timeline as tl
-from lab.errors import BootTimeout, CommandError
+from lab.errors import BootTimeout, CommandError, SSHKeyRefused
 from lab.redact import keep_secret
 from lab.result import Result
 
@@ -75,6 +75,7 @@ class SSH:
             return self
         deadline = time.monotonic() + timeout
         last = "nothing tried"
+        refused: str | None = None  # sshd's refusal of the key, the last time it answered
         while time.monotonic() < deadline:
             client = paramiko.SSHClient()
             client.set_missing_host_key_policy(_AcceptOnce())
@@ -86,10 +87,11 @@ class SSH:
                 self._client = client
                 return self
             except paramiko.AuthenticationException as exc:
-                # sshd answered: the milestone is reached even if the key is not there yet
-                self.timeline.mark(tl.SSH)
-                last = f"sshd refused the key ({exc})"
+                # not reachable for the lab: the key may still be on its way (cloud-init),
+                # so try again, but a lab that cannot log in has not reached SSH
+                refused = last = f"sshd refused the key ({exc})"
             except (paramiko.SSHException, OSError, EOFError) as exc:
+                refused = None
                 last = f"{type(exc).__name__}: {exc}"
                 if "banner" in str(exc) or "No existing session" in str(exc):
                     # paramiko's words for a server that accepts and then says nothing
@@ -97,6 +99,13 @@ class SSH:
                             f"within {BANNER_TIMEOUT:.0f} s ({last})")
             client.close()
             time.sleep(1)
+        if refused is not None:
+            raise SSHKeyRefused(
+                f"sshd at {self.host}:{self.port} refused the lab's key for {self.user} "
+                f"until {timeout:.0f} s had passed ({refused}): the key "
+                f"{self.key.private_path}.pub did not reach ~{self.user}/.ssh/authorized_keys "
+                f"(the cloud-config's ssh_authorized_keys), or sshd does not read that file",
+                expected=f"SSH login as {self.user} with the lab's key", **self.context())
         raise BootTimeout(f"no SSH login as {self.user} at {self.host}:{self.port} within "
                           f"{timeout:.0f} s (last: {last})",
                           expected="SSH login with the lab's key", **self.context())

@@ -23,7 +23,7 @@ SYSTEM_DOCKER = "system-docker"  # system Docker answering (earliest system cont
 SERVICES = "services"  # every long-running system container running
 LOGIN_PROMPT = "login-prompt"  # "login:" on the serial console (or autologin shell)
 STARTED = "started"  # "<OS> <version> started" on the console
-SSH = "ssh"  # SSH banner readable on the forwarded port
+SSH = "ssh"  # the lab logs in over SSH with its key (a refused key is not reached)
 USER_DOCKER = "user-docker"  # `docker version` answers as the user
 
 # A machine restored from a snapshot has these instead: t0 is when the restore began

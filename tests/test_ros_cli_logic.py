@@ -90,3 +90,35 @@ def test_unsupported_subcommands_say_why(ros: ModuleType,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     assert ros.cli.main(["engine", "switch", "docker-18.09.9"]) == 1
     assert "ros engine switch: not supported by this image" in capsys.readouterr().err
+
+
+class _SystemDocker:
+    """Stands in for the system Docker's API: the `console` container as inspect gives it."""
+
+    console: dict | None = None
+
+    def __init__(self, sock: str = "", timeout: float = 120) -> None:
+        pass
+
+    def inspect(self, name: str) -> dict | None:
+        return self.console if name == "console" else None
+
+
+@pytest.mark.parametrize(("console", "expected"), [
+    ({"State": {"Running": True}, "Config": {"Image": "roslab/os-base:v1",
+                                             "Labels": {"io.rancher.os.console": "default"}}},
+     ["current  default"]),
+    ({"State": {"Running": True}, "Config": {"Image": "rancher/os-alpineconsole:v1.5.8"}},
+     ["enabled  default", "current  alpine"]),  # RancherOS names a console by its image
+    ({"State": {"Running": False}, "Config": {"Image": "rancher/os-console:v1.5.8"}},
+     ["enabled  default"]),  # no console runs: none is current
+    (None, ["enabled  default"]),
+])
+def test_console_list_names_the_console_container_that_runs(
+        ros: ModuleType, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        console: dict | None, expected: list[str]) -> None:
+    from ros import docker_api
+    monkeypatch.setattr(_SystemDocker, "console", console)
+    monkeypatch.setattr(docker_api, "Docker", _SystemDocker)
+    assert ros.cli.main(["console", "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == expected

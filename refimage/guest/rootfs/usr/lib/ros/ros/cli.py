@@ -110,8 +110,38 @@ def _engine_list(args: argparse.Namespace) -> int:
     return 0
 
 
+CONSOLES = ["default"]  # the consoles this image can run (RancherOS also has alpine, ...)
+CONSOLE_LABEL = "io.rancher.os.console"  # this image's services share one image: says which
+
+
+def _console_of(container: dict | None) -> str | None:
+    """The console a `console` system container runs, None when none runs. RancherOS
+    reads it from the image name (rancher/os-console -> default, rancher/os-alpineconsole
+    -> alpine); this image's console container carries it in a label instead."""
+    if not container or not (container.get("State") or {}).get("Running"):
+        return None
+    conf = container.get("Config") or {}
+    if (conf.get("Labels") or {}).get(CONSOLE_LABEL):
+        return str(conf["Labels"][CONSOLE_LABEL])
+    name = str(conf.get("Image", "")).rsplit("/", 1)[-1].split(":")[0]
+    if name == "os-console":
+        return "default"
+    if name.startswith("os-") and name.endswith("console"):
+        return name[len("os-"):-len("console")]
+    return None
+
+
 def _console_list(args: argparse.Namespace) -> int:
-    print("current  default")  # this image has the default (busybox) console only
+    enabled = str(config.get(config.load(), "rancher.console") or "default")
+    try:
+        current = _console_of(docker_api.Docker(timeout=10).inspect("console"))
+    except (OSError, docker_api.DockerError) as exc:
+        print(f"ros console list: cannot ask the system Docker which console runs: {exc}",
+              file=sys.stderr)
+        current = None
+    for name in dict.fromkeys([*CONSOLES, *(c for c in (enabled, current) if c)]):
+        state = "current " if name == current else "enabled " if name == enabled else "disabled"
+        print(f"{state} {name}")
     return 0
 
 
