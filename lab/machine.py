@@ -170,7 +170,7 @@ class Machine:
         self.info.update(self.driver.info())
         if not self.capabilities.console:
             # a cloud machine: no console to log in on; it is up once SSH lets the lab in
-            self._ssh_session(timeout)
+            self.ssh(timeout)
             return self
         self.console = Console(self.driver.console_stream(), self.timeline, self.console_log,
                                self._exit_reason)
@@ -276,15 +276,12 @@ class Machine:
         """Run `cmd` as rancher in the console shell, or over SSH on a platform without an
         interactive console (`timeout` in x86_64-TCG seconds)."""
         if not self.capabilities.console:
-            return self.ssh.run(cmd, self.scaled(timeout), check)
+            return self.ssh().run(cmd, self.scaled(timeout), check)
         return self._need_console().run(cmd, self.scaled(timeout), check)
 
-    @property
-    def ssh(self) -> SSH:
-        """SSH as rancher with the lab's key; connects on first use, waiting (bounded)."""
-        return self._ssh_session()
-
-    def _ssh_session(self, timeout: float = 120) -> SSH:
+    def ssh(self, timeout: float = 120) -> SSH:
+        """SSH as rancher with the lab's key; connects on first use, waiting up to
+        `timeout` seconds for sshd to answer and take the key."""
         self._need("ssh", "be reached by SSH")
         if self.ssh_key is None:
             raise ConfigError(f"machine {self.name} was made without an SSH key")

@@ -179,7 +179,7 @@ def _boot_once(
                 machine.boot(timeout=opts.timeout)
                 if machine.capabilities.ssh:  # raspi3b in QEMU has no network
                     ticker.step = "ssh"
-                    machine.ssh  # noqa: B018 -- connecting marks the ssh milestone
+                    machine.ssh()  # connecting marks the ssh milestone
                 ticker.step = "user docker"
                 machine.wait_for_user_docker(opts.timeout)
                 ticker.step = "boot times"

@@ -45,7 +45,7 @@ def contract_check(machine: Any) -> None:
     if len(ids) != 2 or ids[0] == ids[1]:
         raise ContractBroken(f"the user and system Docker are not two daemons: IDs {ids}")
     if machine.capabilities.ssh:
-        machine.ssh.run("true", check=True)
+        machine.ssh().run("true", check=True)
 
 
 def run_soak(opts: BenchOptions, console: Console | None = None) -> BenchResult:

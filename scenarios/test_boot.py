@@ -57,7 +57,7 @@ def booted(request: pytest.FixtureRequest, machine: Machine, profile: Profile) -
         unreached: dict[str, str] = {}
         if machine.capabilities.ssh:
             try:
-                machine.ssh.run("true", check=True)  # marks SSH when sshd answers
+                machine.ssh().run("true", check=True)  # marks SSH when sshd answers
             except LabError as exc:
                 unreached[tl.SSH] = str(exc).splitlines()[0]
         try:

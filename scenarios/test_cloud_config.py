@@ -75,7 +75,7 @@ def test_ssh_with_the_authorized_key_works(machine: Machine) -> None:
     assert machine.ssh_key is not None
     refused = _ssh_login(machine, machine.ssh_key.pkey())
     assert refused is None, f"SSH with the key from ssh_authorized_keys failed: {refused}"
-    result = machine.ssh.run("id -un")
+    result = machine.ssh().run("id -un")
     assert result.ok and result.stdout.strip() == "rancher", result
 
 

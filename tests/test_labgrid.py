@@ -154,7 +154,7 @@ def test_box_netboots_to_the_login_with_the_runs_cloud_config(farm: Farm, refere
         assert 0 < marks[tl.NETBOOT] < marks[tl.NETBOOT_LOADED] < marks[tl.KERNEL]
         assert marks[tl.LOGIN_PROMPT] > marks[tl.INIT]
         assert machine.info["place"] == "box" and machine.info["board"] == BOARD
-        assert machine.ssh.run("echo ok").stdout.strip() == "ok"  # the place's NetworkService
+        assert machine.ssh().run("echo ok").stdout.strip() == "ok"  # the place's NetworkService
         log = machine.console_log.read_text()
         assert "Linux version" in log and machine.password not in log
     assert holder(farm) == "None"

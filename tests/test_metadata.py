@@ -214,7 +214,7 @@ def test_reference_image_reads_cloud_config_and_key_pair_from_ec2(
         assert {r[2] for r in served[put:]} == {200}, served
         assert ("GET", "/latest/user-data", 200) in served
         assert ("GET", "/latest/meta-data/public-keys/0/openssh-key", 200) in served
-        result = machine.ssh.run("hostname; cat /etc/roslab/ec2; ip -4 -o addr show eth0; "
+        result = machine.ssh().run("hostname; cat /etc/roslab/ec2; ip -4 -o addr show eth0; "
                                  "sudo cat /var/lib/rancher/conf/metadata", timeout=60)
         lines = result.stdout.splitlines()
         assert result.ok and lines[:2] == ["roslab-ec2", "via imds"], result

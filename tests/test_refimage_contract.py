@@ -147,9 +147,9 @@ def test_config_drive_cloud_config_is_applied(booted: Machine) -> None:
 def test_host_sshes_in_as_rancher_with_the_cloud_config_key(booted: Machine) -> None:
     if not booted.capabilities.ssh:
         with pytest.raises(ConfigError, match="cannot be reached by SSH: .*no network"):
-            booted.ssh  # noqa: B018
+            booted.ssh()
         return
-    result = booted.ssh.run("id -un && sudo -n true && echo sudo-ok")
+    result = booted.ssh().run("id -un && sudo -n true && echo sudo-ok")
     assert result.ok and result.stdout.split() == ["rancher", "sudo-ok"], result
 
 

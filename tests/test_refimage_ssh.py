@@ -27,14 +27,14 @@ def booted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
 
 
 def test_ssh_runs_commands_with_the_lab_key(booted: Machine) -> None:
-    result = booted.ssh.run("id -un; hostname; echo err >&2; exit 3", timeout=60)
+    result = booted.ssh().run("id -un; hostname; echo err >&2; exit 3", timeout=60)
     assert (result.rc, result.stdout.split(), result.stderr.strip()) == (
         3, ["rancher", "roslab-ssh"], "err")
     assert tl.SSH in booted.timeline.marks
 
 
 def test_console_and_ssh_agree(booted: Machine) -> None:
-    assert booted.run("hostname", check=True).output == booted.ssh.run("hostname").stdout.strip()
+    assert booted.run("hostname", check=True).output == booted.ssh().run("hostname").stdout.strip()
     assert booted.info["image_version"] is not None
     assert Path(booted.info["image"]).is_dir()
 
