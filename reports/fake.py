@@ -83,8 +83,7 @@ class FakeMachine:
         self.exited = True
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    @property
-    def ssh(self) -> None:
+    def ssh(self, timeout: float = 120) -> None:
         self.timeline.mark_offset("ssh", self._milestones.get("ssh", 0.0))
 
     def keep_artifacts(self, dest: Path) -> Path:
