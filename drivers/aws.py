@@ -408,8 +408,13 @@ class AwsDriver(Driver):
             return False
         try:
             return self._describe()["State"]["Name"] in ("pending", "running")
-        except Exception:
-            return False
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidInstanceID.NotFound":
+                return False  # gone for good
+            # throttled or refused: "dead" would make the lab boot another machine
+            raise explain(exc, f"ask whether instance {self.instance_id} runs") from exc
+        except Exception as exc:
+            raise explain(exc, f"ask whether instance {self.instance_id} runs") from exc
 
     def exit_reason(self) -> str:
         if self.instance_id is None:

@@ -345,7 +345,18 @@ class CloudDriver(Driver):
         raise ConfigError(f"platform {self.name}: {NO_POWER_BUTTON}")
 
     def alive(self) -> bool:
-        return self.instance is not None and self._status() in self.running_states
+        """Whether the instance runs; an API that does not answer is a PlatformError, never
+        "dead" (the lab would boot another machine) nor "alive"."""
+        if self.instance is None:
+            return False
+        try:
+            status = self._status()
+        except LabError:
+            raise
+        except Exception as exc:  # the SDK's own: throttled, unreachable, refused
+            raise PlatformError(f"{self.name}: could not ask whether instance {self.instance} "
+                                f"runs: {type(exc).__name__}: {exc}") from exc
+        return status in self.running_states
 
     def exit_reason(self) -> str:
         status = self._status() if self.instance else None

@@ -659,12 +659,16 @@ class LabgridDriver(Driver):
             return True  # a power driver without a state query: on until we switch it off
         try:
             return bool(get())
-        except Exception:
-            return True
+        except Exception as exc:  # a BMC/PDU that does not answer: neither on nor off
+            raise PlatformError(f"the power driver of place {self._place} could not say "
+                                f"whether the box is on: {type(exc).__name__}: {exc}") from exc
 
     def exit_reason(self) -> str:
-        if self._powered and not self.alive():
-            return f"the box of place {self._place} is powered off (its power driver says so)"
+        try:
+            if self._powered and not self.alive():
+                return f"the box of place {self._place} is powered off (its power driver says so)"
+        except PlatformError as exc:
+            return str(exc)
         return ""
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 from drivers.base import Capabilities, Driver, MachineSpec, lab_kernel_args
 from drivers.qemu import QEMU_BINARY, free_port, make_overlay, probe_kernel, resolve_accel
 from lab import cloudconfig, gc
-from lab.errors import BootError, ConfigError
+from lab.errors import BootError, ConfigError, PlatformError
 from lab.images import DISK, ISO, KERNEL, Image
 
 DEFAULT_URI = "qemu:///system"
@@ -457,13 +457,21 @@ class LibvirtDriver(Driver):
             return False
         try:
             return bool(self.dom.isActive())
-        except libvirt.libvirtError as err:  # transient: gone means not alive
-            self._last_state = err.get_error_message()
-            return False
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # transient: gone = not alive
+                self._last_state = err.get_error_message()
+                return False
+            # libvirtd not answering says nothing about the guest: not "dead"
+            raise PlatformError(f"libvirt could not say whether domain "
+                                f"{self.spec.name if self.spec else '?'} runs: "
+                                f"{err.get_error_message()}") from err
 
     def exit_reason(self) -> str:
-        if self.dom is None or self.alive():
-            return ""
+        try:
+            if self.dom is None or self.alive():
+                return ""
+        except PlatformError as exc:
+            return str(exc)
         return f"libvirt domain {self.spec.name if self.spec else '?'} is gone" + (
             f" ({self._last_state})" if self._last_state else " (shut off or destroyed)")
 
