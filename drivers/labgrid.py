@@ -51,6 +51,9 @@ from lab.redact import redact
 T = TypeVar("T")
 DEFAULT_COORDINATOR = "127.0.0.1:20408"
 PLACE_POLL_SECONDS = 1.0
+# power-on to the box's last netboot request (boot.ipxe, kernel, initrd, user-data); a place
+# option netboot_window=SECONDS changes it. Outside it the netboot server answers no one.
+NETBOOT_WINDOW = 900.0
 SERIAL_RESOURCES = ("NetworkSerialPort", "USBSerialPort", "RawSerialPort", "SerialPort")
 POWER_DRIVERS = {  # resource -> labgrid power driver that drives it
     "IPMIPowerPort": "IPMIPowerDriver", "NetworkPowerPort": "NetworkPowerDriver",
@@ -562,7 +565,13 @@ class LabgridDriver(Driver):
         text = ipxe_script(script.read_text(), url, args)
         files[SCRIPT] = text.encode()
         (spec.workdir / "boot.ipxe").write_text(redact(text))  # evidence
-        self.netboot = NetbootServer(listen, files, self._milestone)
+        client = self.options.get("netboot_client") or self.tags.get("netboot_client")
+        if not client:
+            raise ConfigError(f"place {self._place}: no netboot_client tag (the box's address "
+                              f"as the netboot server sees it: boot.ipxe holds the console "
+                              f"password, so the server answers the box only)")
+        self.netboot = NetbootServer(listen, files, self._milestone,
+                                     {c.strip() for c in str(client).split(",") if c.strip()})
 
     def _write_card(self, spec: MachineSpec, storage: list[Any]) -> None:
         """Write the Pi release's card to the box's SD card through labgrid's
@@ -638,6 +647,9 @@ class LabgridDriver(Driver):
     def start(self) -> float:
         assert self.strategy is not None, "prepare() first"
         self._powered = True
+        if self.netboot is not None:  # the box may fetch its files from power-on
+            self.netboot.open_window(float(self.options.get("netboot_window",
+                                                            NETBOOT_WINDOW)))
         self.strategy.transition("on")
         return time.monotonic()
 
@@ -672,6 +684,8 @@ class LabgridDriver(Driver):
         return ""
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self.netboot is not None:
+            self.netboot.close_window()
         if self._powered and self.strategy is not None:
             self._powered = False
             with contextlib.suppress(Exception):
