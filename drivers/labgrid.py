@@ -393,6 +393,7 @@ class LabgridDriver(Driver):
         self._early: dict[str, float] = {}
         self._powered = False
         self.tags: dict[str, str] = {}
+        self._console_error = ""  # why a write to the box's console failed
 
     # prepare ------------------------------------------------------------------------------
 
@@ -541,8 +542,16 @@ class LabgridDriver(Driver):
                 return
             if not data:
                 return
-            with contextlib.suppress(Exception):
+            try:
                 self.serial._write(data)  # see _from_box
+            except Exception as exc:
+                # a keystroke lost is a console gone: close the lab's stream, so that its
+                # Console fails (EOF, then a failed write) with this as the exit reason
+                self._console_error = (f"could not write to the console of place "
+                                       f"{self._place}: {type(exc).__name__}: {exc}")
+                with contextlib.suppress(OSError):
+                    self._box_end.shutdown(socket.SHUT_RDWR)
+                return
 
     def _serve_netboot(self, spec: MachineSpec) -> None:
         image = spec.image
@@ -676,6 +685,8 @@ class LabgridDriver(Driver):
                                 f"whether the box is on: {type(exc).__name__}: {exc}") from exc
 
     def exit_reason(self) -> str:
+        if self._console_error:
+            return self._console_error
         try:
             if self._powered and not self.alive():
                 return f"the box of place {self._place} is powered off (its power driver says so)"
