@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from drivers.base import Capabilities, Driver, MachineSpec, lab_kernel_args
+from drivers.base import Capabilities, Driver, MachineSpec, kernel_cmdline_args, lab_kernel_args
 from drivers.qemu import QEMU_BINARY, free_port, make_overlay, probe_kernel, resolve_accel
 from lab import cloudconfig, gc
 from lab.errors import BootError, ConfigError, PlatformError
@@ -207,7 +207,8 @@ def domain_xml(name: str, spec: MachineSpec, hw: HwProfile, media: dict[str, Any
     if media.get("kernel"):
         ET.SubElement(os_el, "kernel").text = media["kernel"]
         ET.SubElement(os_el, "initrd").text = media["initrd"]
-        ET.SubElement(os_el, "cmdline").text = media["cmdline"]
+        if media.get("cmdline"):
+            ET.SubElement(os_el, "cmdline").text = media["cmdline"]
     else:
         ET.SubElement(os_el, "boot", dev="cdrom" if media.get("cdrom") else "hd")
     if hw.smbios_vendor:
@@ -242,9 +243,21 @@ def domain_xml(name: str, spec: MachineSpec, hw: HwProfile, media: dict[str, Any
                 # a fixed slot: libvirt assigns the others and does not know this device
                 "-device", f"{hw.nic},netdev=roslabnet0,romfile=,bus=pci.0,addr=0x10"):
         ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
+    if media.get("readconfig"):  # the kernel command line (drivers.base.kernel_cmdline_args)
+        for arg in ("-readconfig", media["readconfig"]):
+            ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
     ET.register_namespace("qemu", QEMU_NS)
     ET.register_namespace("roslab", META_NS)
     return ET.tostring(dom, encoding="unicode")
+
+
+def _readable_by_qemu(conn: Any, path: Path) -> None:
+    """Give the file (mode 0600) to the user libvirt runs QEMU as (its DAC base label,
+    e.g. libvirt-qemu): libvirt relabels only the files its XML names, not a -readconfig."""
+    found = re.search(r"<baselabel type='(?:qemu|kvm)'>\+?(\d+):\+?(\d+)</baselabel>",
+                      conn.getCapabilities())
+    if found and os.geteuid() == 0:
+        os.chown(path, int(found.group(1)), int(found.group(2)))
 
 
 def _backend() -> ET.Element:
@@ -389,7 +402,14 @@ class LibvirtDriver(Driver):
             args = ["console=ttyS0,115200n8", "rancher.autologin=ttyS0",
                     *lab_kernel_args(spec, ds or None, self._media.pop("cmdline_cc", []))]
             cloudconfig.check_cmdline(args)
-            self._media["cmdline"] = " ".join(args)
+            # by a file QEMU reads, as on the qemu platform: the console password is not
+            # for `ps` nor for the domain's XML
+            how, what = kernel_cmdline_args(args, spec.workdir / "kernel.cfg")
+            if how == "-readconfig":
+                _readable_by_qemu(self.conn, Path(what))
+                self._media["readconfig"] = what
+            else:
+                self._media["cmdline"] = what
 
     def _boot_media(self, spec: MachineSpec) -> dict[str, Any]:
         """Copies and overlays in the workdir: libvirt chowns what it is given."""
