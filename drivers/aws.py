@@ -36,7 +36,7 @@ from lab import gc
 from lab.driver import Capabilities, Driver, MachineSpec
 from lab.errors import ConfigError, ImageError, LabError, PlatformError
 from lab.images import CLOUD, DISK
-from lab.redact import keep_secret
+from lab.redact import keep_secret, redact
 
 CATALOG = Path(__file__).with_name("aws_amis.yml")
 INSTANCE_TYPES = {"x86_64": "t3.small", "aarch64": "t4g.small"}
@@ -383,12 +383,13 @@ class AwsDriver(Driver):
                 return
 
     def fetch_console(self) -> str:
-        """Copy the instance's console output (as AWS last captured it) to console.log."""
+        """Copy the instance's console output (as AWS last captured it) to console.log,
+        redacted (it is evidence, and the guest prints what it was given)."""
         if self.instance_id is None or self.spec is None:
             return self._console_text
         with contextlib.suppress(Exception):  # evidence is best effort; the run goes on
             out = self.ec2.get_console_output(InstanceId=self.instance_id, Latest=True)
-            text = out.get("Output") or ""
+            text = redact(out.get("Output") or "")
             if text and text != self._console_text:
                 self._console_text = text
                 (self.spec.workdir / "console.log").write_text(text)
@@ -411,8 +412,13 @@ class AwsDriver(Driver):
             return False
         try:
             return self._describe()["State"]["Name"] in ("pending", "running")
-        except Exception:
-            return False
+        except botocore.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "InvalidInstanceID.NotFound":
+                return False  # gone for good
+            # throttled or refused: "dead" would make the lab boot another machine
+            raise explain(exc, f"ask whether instance {self.instance_id} runs") from exc
+        except Exception as exc:
+            raise explain(exc, f"ask whether instance {self.instance_id} runs") from exc
 
     def exit_reason(self) -> str:
         if self.instance_id is None:

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, TypeVar
 from lab.driver import Capabilities, Driver, MachineSpec, Option
 from lab.errors import BootTimeout, ConfigError, LabError, PlatformError
 from lab.images import CLOUD
-from lab.redact import keep_secret
+from lab.redact import keep_secret, redact
 
 T = TypeVar("T")
 
@@ -278,9 +278,11 @@ class CloudDriver(Driver):
             self._stop_polling.wait(self.console_poll)
 
     def fetch_console(self) -> str:
-        """Copy the instance's console log (as the cloud last captured it) to console.log."""
+        """Copy the instance's console log (as the cloud last captured it) to console.log,
+        redacted: the guest prints what it was given (its cmdline, user-data) and the log is
+        evidence attached to reports."""
         if self.instance is not None and self.spec is not None:
-            text = self.console_text() or ""
+            text = redact(self.console_text() or "")
             if text and text != self._console:
                 self._console = text
                 (self.spec.workdir / "console.log").write_text(text)
@@ -339,7 +341,7 @@ class CloudDriver(Driver):
 
     def _last_lines(self, n: int = 15) -> list[str]:
         text = self.console_text() if self.instance else None
-        return text.splitlines()[-n:] if text else []
+        return redact(text).splitlines()[-n:] if text else []  # quoted in errors: evidence
 
     def console_stream(self) -> socket.socket:
         raise ConfigError(f"platform {self.name}: {NO_CONSOLE}")
@@ -353,7 +355,18 @@ class CloudDriver(Driver):
         raise ConfigError(f"platform {self.name}: {NO_POWER_BUTTON}")
 
     def alive(self) -> bool:
-        return self.instance is not None and self._status() in self.running_states
+        """Whether the instance runs; an API that does not answer is a PlatformError, never
+        "dead" (the lab would boot another machine) nor "alive"."""
+        if self.instance is None:
+            return False
+        try:
+            status = self._status()
+        except LabError:
+            raise
+        except Exception as exc:  # the SDK's own: throttled, unreachable, refused
+            raise PlatformError(f"{self.name}: could not ask whether instance {self.instance} "
+                                f"runs: {type(exc).__name__}: {exc}") from exc
+        return status in self.running_states
 
     def exit_reason(self) -> str:
         status = self._status() if self.instance else None

@@ -31,7 +31,7 @@ from drivers.cloud import (
     wait_for,
 )
 from lab import gc
-from lab.errors import ConfigError, ImageError
+from lab.errors import ConfigError, ImageError, PlatformError
 
 TOKEN_VARS = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN")
 NO_CONSOLE_API = ("DigitalOcean's API has no console output or serial console (its web "
@@ -202,6 +202,9 @@ def _destroy(client: Any, kind: str, ident: str, timeout: float, interval: float
 def _found(reply: Any, key: str) -> dict[str, Any] | None:
     """The object of a `get`, or None when the API answered 404 (pydo returns that answer's
     body, `{"id": "not_found", ...}`, rather than raising)."""
+    if isinstance(reply, dict) and key not in reply and reply.get("id") not in (None, "not_found"):
+        # another error answer (too_many_requests, server_error): not "gone"
+        raise PlatformError(f"DigitalOcean answered {reply.get('id')}: {reply.get('message')}")
     return reply.get(key) if isinstance(reply, dict) else None
 
 

@@ -29,8 +29,16 @@ from typing import Any, ClassVar
 
 from drivers.qemu import QEMU_BINARY, free_port, make_overlay, probe_kernel, resolve_accel
 from lab import cloudconfig, gc
-from lab.driver import Capabilities, Check, Driver, MachineSpec, Option, lab_kernel_args
-from lab.errors import BootError, ConfigError
+from lab.driver import (
+    Capabilities,
+    Check,
+    Driver,
+    MachineSpec,
+    Option,
+    kernel_cmdline_args,
+    lab_kernel_args,
+)
+from lab.errors import BootError, ConfigError, PlatformError
 from lab.images import DISK, ISO, KERNEL, Image
 
 DEFAULT_URI = "qemu:///system"
@@ -207,7 +215,8 @@ def domain_xml(name: str, spec: MachineSpec, hw: HwProfile, media: dict[str, Any
     if media.get("kernel"):
         ET.SubElement(os_el, "kernel").text = media["kernel"]
         ET.SubElement(os_el, "initrd").text = media["initrd"]
-        ET.SubElement(os_el, "cmdline").text = media["cmdline"]
+        if media.get("cmdline"):
+            ET.SubElement(os_el, "cmdline").text = media["cmdline"]
     else:
         ET.SubElement(os_el, "boot", dev="cdrom" if media.get("cdrom") else "hd")
     if hw.smbios_vendor:
@@ -242,9 +251,21 @@ def domain_xml(name: str, spec: MachineSpec, hw: HwProfile, media: dict[str, Any
                 # a fixed slot: libvirt assigns the others and does not know this device
                 "-device", f"{hw.nic},netdev=roslabnet0,romfile=,bus=pci.0,addr=0x10"):
         ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
+    if media.get("readconfig"):  # the kernel command line (lab.driver.kernel_cmdline_args)
+        for arg in ("-readconfig", media["readconfig"]):
+            ET.SubElement(cmd, f"{{{QEMU_NS}}}arg", value=arg)
     ET.register_namespace("qemu", QEMU_NS)
     ET.register_namespace("roslab", META_NS)
     return ET.tostring(dom, encoding="unicode")
+
+
+def _readable_by_qemu(conn: Any, path: Path) -> None:
+    """Give the file (mode 0600) to the user libvirt runs QEMU as (its DAC base label,
+    e.g. libvirt-qemu): libvirt relabels only the files its XML names, not a -readconfig."""
+    found = re.search(r"<baselabel type='(?:qemu|kvm)'>\+?(\d+):\+?(\d+)</baselabel>",
+                      conn.getCapabilities())
+    if found and os.geteuid() == 0:
+        os.chown(path, int(found.group(1)), int(found.group(2)))
 
 
 def _backend() -> ET.Element:
@@ -402,7 +423,14 @@ class LibvirtDriver(Driver):
             args = ["console=ttyS0,115200n8", "rancher.autologin=ttyS0",
                     *lab_kernel_args(spec, ds or None, self._media.pop("cmdline_cc", []))]
             cloudconfig.check_cmdline(args)
-            self._media["cmdline"] = " ".join(args)
+            # by a file QEMU reads, as on the qemu platform: the console password is not
+            # for `ps` nor for the domain's XML
+            how, what = kernel_cmdline_args(args, spec.workdir / "kernel.cfg")
+            if how == "-readconfig":
+                _readable_by_qemu(self.conn, Path(what))
+                self._media["readconfig"] = what
+            else:
+                self._media["cmdline"] = what
 
     def _boot_media(self, spec: MachineSpec) -> dict[str, Any]:
         """Copies and overlays in the workdir: libvirt chowns what it is given."""
@@ -470,13 +498,21 @@ class LibvirtDriver(Driver):
             return False
         try:
             return bool(self.dom.isActive())
-        except libvirt.libvirtError as err:  # transient: gone means not alive
-            self._last_state = err.get_error_message()
-            return False
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # transient: gone = not alive
+                self._last_state = err.get_error_message()
+                return False
+            # libvirtd not answering says nothing about the guest: not "dead"
+            raise PlatformError(f"libvirt could not say whether domain "
+                                f"{self.spec.name if self.spec else '?'} runs: "
+                                f"{err.get_error_message()}") from err
 
     def exit_reason(self) -> str:
-        if self.dom is None or self.alive():
-            return ""
+        try:
+            if self.dom is None or self.alive():
+                return ""
+        except PlatformError as exc:
+            return str(exc)
         return f"libvirt domain {self.spec.name if self.spec else '?'} is gone" + (
             f" ({self._last_state})" if self._last_state else " (shut off or destroyed)")
 

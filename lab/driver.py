@@ -8,6 +8,7 @@ the lab refuses, before anything starts, a request the platform cannot serve.
 
 from __future__ import annotations
 
+import os
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -117,6 +118,30 @@ def lab_kernel_args(spec: MachineSpec, datasource: str | None,
         *([] if datasource is None else [f"rancher.cloud_init.datasources=[{datasource}]"]),
         "panic=-1", *cloud_config_args, *spec.cmdline_extra,
     ]
+
+
+# QEMU's config-file reader takes lines of at most 1023 bytes (`  append = "..."`)
+READCONFIG_VALUE_MAX = 1000
+
+
+def kernel_cmdline_args(args: list[str], path: Path) -> list[str]:
+    """QEMU arguments that give a directly booted kernel the command line `args`.
+
+    The command line holds rancher's console password, and every local user can read a
+    process's arguments (`ps`, /proc/PID/cmdline). So it goes in a file only its owner
+    reads, named by `-readconfig` (its `[machine]` section sets the machine's `append`
+    property, as `-append` does): the guest, RancherOS too, still finds it on its own
+    /proc/cmdline. QEMU's reader takes no `"` and about 1000 bytes in a value, so a
+    command line it cannot hold (a long or quoted `cmdline` cloud-config) falls back to
+    `-append`, visible as before.
+    """
+    text = " ".join(args)
+    if '"' in text or "\n" in text or len(text.encode()) > READCONFIG_VALUE_MAX:
+        return ["-append", text]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(f'[machine]\n  append = "{text}"\n')
+    return ["-readconfig", str(path)]
 
 
 @dataclass(frozen=True)

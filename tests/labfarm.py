@@ -260,7 +260,9 @@ set_working_mc 0x20
             else:
                 self.client("-p", place, "set-tags", f"board={BOARD}", "arch=x86_64",
                             f"netboot_listen={self.netboot_listen}",
-                            f"netboot_url={self.netboot_url}")
+                            f"netboot_url={self.netboot_url}",
+                            # QEMU's slirp fetches from the host's loopback address
+                            "netboot_client=127.0.0.1")
         if self.pi is not None:
             from tests.labfarm_pi import PI_BOARD
 

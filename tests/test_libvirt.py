@@ -282,3 +282,24 @@ def test_a_run_interrupted_mid_boot_leaves_no_domain_file_or_thread(
     assert stopped_in < 30, f"took {stopped_in:.0f} s to stop"
     assert _domains(libvirt_uri) == []
     assert list(scratch.iterdir()) == [], "the run left files behind"
+
+
+def test_the_console_password_is_not_on_libvirts_qemu_command_line(
+        libvirt_uri: str, tiny_guests: dict[str, Path], work: Path) -> None:
+    """libvirt's QEMU boots the tiny guest, which logs rancher in only with the password
+    from its /proc/cmdline; neither QEMU's arguments (`ps`) nor the domain XML hold it."""
+    machine = make_machine("libvirt", tiny_guests["shell"], "x86_64", None, "none", work,
+                           "tcg", cpus=1, memory_mb=512,
+                           platform_options={"libvirt_uri": libvirt_uri})
+    try:
+        machine.boot(timeout=180)  # logs in with the password
+        password = machine.password
+        assert f"rancher.password={password}" in machine.run("cat /proc/cmdline").output
+        ps = subprocess.run(["ps", "-e", "-ww", "-o", "args="], capture_output=True,
+                            text=True, check=True).stdout
+        ours = [line for line in ps.splitlines() if f"guest={machine.name}" in line]
+        assert ours and password not in ps
+        assert "-readconfig" in ours[0]
+        assert password not in (machine.workdir / "domain.xml").read_text()
+    finally:
+        machine.stop()

@@ -12,6 +12,7 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,3 +156,21 @@ def test_cloud_credentials_the_drivers_read_are_kept_secret(
         evidence = redact(f"a console line, an error message: {secret} (end)")
         assert secret not in evidence, f"{platform}: a credential would reach the evidence"
         assert "[redacted:" in evidence
+
+
+def test_the_console_password_is_not_on_qemus_command_line(make_tiny: Any) -> None:
+    """A real QEMU boots the tiny guest, which logs rancher in only with the password it
+    reads from its /proc/cmdline: the login works, and `ps` (any local user may run it)
+    shows QEMU's arguments without the password."""
+    machine = make_tiny("shell").boot(timeout=120)  # boot() logs in with the password
+    password = machine.password
+    assert len(password) >= 8
+    assert f"rancher.password={password}" in machine.run("cat /proc/cmdline").output
+    pid = machine.driver.proc.pid
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode()
+    ps = subprocess.run(["ps", "-ww", "-o", "args=", "-p", str(pid)], capture_output=True,
+                        text=True, check=True).stdout
+    assert "qemu-system" in ps and "-kernel" in cmdline
+    assert password not in cmdline and password not in ps
+    config = machine.workdir / "kernel.cfg"
+    assert config.stat().st_mode & 0o077 == 0  # the file it is in: its owner's only

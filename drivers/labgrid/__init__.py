@@ -51,6 +51,9 @@ from lab.redact import redact
 T = TypeVar("T")
 DEFAULT_COORDINATOR = "127.0.0.1:20408"
 PLACE_POLL_SECONDS = 1.0
+# power-on to the box's last netboot request (boot.ipxe, kernel, initrd, user-data); a place
+# option netboot_window=SECONDS changes it. Outside it the netboot server answers no one.
+NETBOOT_WINDOW = 900.0
 SERIAL_RESOURCES = ("NetworkSerialPort", "USBSerialPort", "RawSerialPort", "SerialPort")
 POWER_DRIVERS = {  # resource -> labgrid power driver that drives it
     "IPMIPowerPort": "IPMIPowerDriver", "NetworkPowerPort": "NetworkPowerDriver",
@@ -406,6 +409,7 @@ class LabgridDriver(Driver):
         self._early: dict[str, float] = {}
         self._powered = False
         self.tags: dict[str, str] = {}
+        self._console_error = ""  # why a write to the box's console failed
 
     # prepare ------------------------------------------------------------------------------
 
@@ -554,8 +558,16 @@ class LabgridDriver(Driver):
                 return
             if not data:
                 return
-            with contextlib.suppress(Exception):
+            try:
                 self.serial._write(data)  # see _from_box
+            except Exception as exc:
+                # a keystroke lost is a console gone: close the lab's stream, so that its
+                # Console fails (EOF, then a failed write) with this as the exit reason
+                self._console_error = (f"could not write to the console of place "
+                                       f"{self._place}: {type(exc).__name__}: {exc}")
+                with contextlib.suppress(OSError):
+                    self._box_end.shutdown(socket.SHUT_RDWR)
+                return
 
     def _serve_netboot(self, spec: MachineSpec) -> None:
         image = spec.image
@@ -578,7 +590,13 @@ class LabgridDriver(Driver):
         text = ipxe_script(script.read_text(), url, args)
         files[SCRIPT] = text.encode()
         (spec.workdir / "boot.ipxe").write_text(redact(text))  # evidence
-        self.netboot = NetbootServer(listen, files, self._milestone)
+        client = self.options.get("netboot_client") or self.tags.get("netboot_client")
+        if not client:
+            raise ConfigError(f"place {self._place}: no netboot_client tag (the box's address "
+                              f"as the netboot server sees it: boot.ipxe holds the console "
+                              f"password, so the server answers the box only)")
+        self.netboot = NetbootServer(listen, files, self._milestone,
+                                     {c.strip() for c in str(client).split(",") if c.strip()})
 
     def _write_card(self, spec: MachineSpec, storage: list[Any]) -> None:
         """Write the Pi release's card to the box's SD card through labgrid's
@@ -654,6 +672,9 @@ class LabgridDriver(Driver):
     def start(self) -> float:
         assert self.strategy is not None, "prepare() first"
         self._powered = True
+        if self.netboot is not None:  # the box may fetch its files from power-on
+            self.netboot.open_window(float(self.options.get("netboot_window",
+                                                            NETBOOT_WINDOW)))
         self.strategy.transition("on")
         return time.monotonic()
 
@@ -675,15 +696,23 @@ class LabgridDriver(Driver):
             return True  # a power driver without a state query: on until we switch it off
         try:
             return bool(get())
-        except Exception:
-            return True
+        except Exception as exc:  # a BMC/PDU that does not answer: neither on nor off
+            raise PlatformError(f"the power driver of place {self._place} could not say "
+                                f"whether the box is on: {type(exc).__name__}: {exc}") from exc
 
     def exit_reason(self) -> str:
-        if self._powered and not self.alive():
-            return f"the box of place {self._place} is powered off (its power driver says so)"
+        if self._console_error:
+            return self._console_error
+        try:
+            if self._powered and not self.alive():
+                return f"the box of place {self._place} is powered off (its power driver says so)"
+        except PlatformError as exc:
+            return str(exc)
         return ""
 
     def stop(self, timeout: float = 10.0) -> None:
+        if self.netboot is not None:
+            self.netboot.close_window()
         if self._powered and self.strategy is not None:
             self._powered = False
             with contextlib.suppress(Exception):

@@ -43,18 +43,32 @@ def ipxe_script(release_script: str, base_url: str, extra_args: list[str]) -> st
 
 
 class NetbootServer:
-    """Serves `files` (URL name -> path or bytes) at http://`listen`/ until `stop()`."""
+    """Serves `files` (URL name -> path or bytes) at http://`listen`/ until `stop()`, to
+    the `clients` addresses only and only while a boot window is open (`open_window`).
+
+    boot.ipxe holds the console password and user-data the run's secrets: any other
+    client, or the box outside its boot, gets 403.
+    """
 
     def __init__(self, listen: str, files: dict[str, Path | bytes],
-                 on_milestone: Callable[[str, float], None]) -> None:
+                 on_milestone: Callable[[str, float], None],
+                 clients: frozenset[str] | set[str]) -> None:
         host, _, port = listen.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"netboot listen address {listen!r}: expected HOST:PORT")
+        if not clients:
+            raise ConfigError("the netboot server needs the box's address (netboot_client): "
+                              "it answers no one else")
         self.files = files
+        self.clients = frozenset(clients)
+        self._closes_at = 0.0  # host-monotonic end of the boot window; closed until opened
         server_self = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 -- name fixed by http.server
+                if not server_self.admits(self.client_address[0]):
+                    self.send_error(403)
+                    return
                 name = self.path.split("?")[0].lstrip("/")
                 item = server_self.files.get(name)
                 if item is None:
@@ -87,6 +101,16 @@ class NetbootServer:
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         name="roslab-netboot", daemon=True)
         self._thread.start()
+
+    def open_window(self, seconds: float) -> None:
+        """Answer the box for `seconds` from now (its boot: power-on to cloud-config read)."""
+        self._closes_at = time.monotonic() + seconds
+
+    def close_window(self) -> None:
+        self._closes_at = 0.0
+
+    def admits(self, address: str) -> bool:
+        return address in self.clients and time.monotonic() < self._closes_at
 
     def stop(self) -> None:
         self._server.shutdown()

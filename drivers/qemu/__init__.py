@@ -34,7 +34,15 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lab import cloudconfig
-from lab.driver import Capabilities, Check, Driver, MachineSpec, Snapshot, lab_kernel_args
+from lab.driver import (
+    Capabilities,
+    Check,
+    Driver,
+    MachineSpec,
+    Snapshot,
+    kernel_cmdline_args,
+    lab_kernel_args,
+)
 from lab.errors import BootError, ConfigError, EmulatorError, ImageError, LabError
 from lab.images import DISK, GCE_TARBALL, ISO, KERNEL, SDCARD, Image, unpack_gce_disk
 
@@ -530,8 +538,8 @@ class QemuDriver(Driver):
                 "-device", "virtio-rng-pci",  # entropy for sshd and dockerd early in boot
             ]
         argv += self._disks
-        if self._kernel_args:
-            argv += ["-append", " ".join(self._kernel_args)]
+        if self._kernel_args:  # by a file: the console password is not for `ps`
+            argv += kernel_cmdline_args(self._kernel_args, work / "kernel.cfg")
         return argv
 
     # run ----------------------------------------------------------------------------------

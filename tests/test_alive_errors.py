@@ -1,0 +1,136 @@
+"""`alive()` on an API that errs: a lab error, never "dead" (the lab would boot another
+machine: on a cloud, another one that costs) and never "alive". Each cloud runs against
+its emulator, whose API answers the state query with a throttling error at the HTTP
+boundary: AWS against moto's server (RequestLimitExceeded answered before the request
+leaves botocore), the others against their stand-ins (HTTP 429 for every GET).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from standins import (
+    aliyun_standin,
+    cloudstack_standin,
+    digitalocean_standin,
+    gce_standin,
+    openstack_standin,
+)
+from standins.base import machine_spec
+
+from drivers import driver_class
+from lab import gc
+from lab.errors import LabError
+
+THROTTLED = 429
+STANDINS: dict[str, tuple[Any, str]] = {
+    "openstack": (openstack_standin, "openstack:rancheros-v1.5.8"),
+    "gce": (gce_standin, "gce:rancheros-v1-5-8"),
+    "aliyun": (aliyun_standin, "aliyun:m-rancheros158"),
+    "digitalocean": (digitalocean_standin,
+                     "digitalocean:https://releases.example.org/v1.5.8/rancheros-digitalocean.img"),
+    "cloudstack": (cloudstack_standin, "cloudstack:rancheros-v1.5.8"),
+}
+
+
+@pytest.mark.parametrize("platform", list(STANDINS))
+def test_a_throttled_cloud_api_makes_alive_a_lab_error(
+        platform: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module, image = STANDINS[platform]
+    standin = module.serve(tmp_path, monkeypatch)
+    driver = driver_class(platform)()
+    monkeypatch.setattr(type(driver), "poll_interval", 0.05)
+    try:
+        if platform == "openstack":
+            standin.seed_image("rancheros-v1.5.8")
+        elif platform == "gce":
+            standin.seed("images", "rancheros-v1-5-8")
+        driver.prepare(machine_spec(image, tmp_path))
+        driver.start()
+        assert driver.alive()
+        for _ in range(20):  # more than any SDK retries
+            for method in ("GET", "POST"):
+                standin.fail(method, r"/.*", THROTTLED)
+        with pytest.raises(LabError, match="could not ask whether|answered"):
+            driver.alive()
+    finally:
+        standin._faults.clear()
+        driver.stop()
+        driver.cleanup()
+        standin.stop()
+
+
+@pytest.fixture
+def moto(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    pytest.importorskip("moto", reason="moto[server] runs the EC2 emulator")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}",
+           "AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
+           "AWS_SECRET_ACCESS_KEY": f"aws-secret-{secrets.token_hex(16)}",
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "none"),
+           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+           "AWS_MAX_ATTEMPTS": "2"}  # botocore retries throttling: keep the test short
+    for name in ("AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(gc.RUN_ID_ENV, f"test-{os.getpid()}-{secrets.token_hex(3)}")
+    try:
+        yield env["AWS_ENDPOINT_URL"]
+    finally:
+        server.stop()
+
+
+def test_a_throttled_ec2_api_makes_alive_a_lab_error(moto: str, tmp_path: Path) -> None:
+    import boto3
+    import botocore.awsrequest
+
+    from drivers.aws import AwsDriver
+
+    ec2 = boto3.client("ec2", region_name="eu-west-1")
+    vpc = ec2.create_vpc(CidrBlock="127.0.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="127.0.0.0/24")["Subnet"]["SubnetId"]
+    volume = ec2.create_volume(Size=8, AvailabilityZone="eu-west-1a")["VolumeId"]
+    snapshot = ec2.create_snapshot(VolumeId=volume)["SnapshotId"]
+    ami = ec2.register_image(
+        Name="rancheros-test", RootDeviceName="/dev/xvda", VirtualizationType="hvm",
+        BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"SnapshotId": snapshot}}],
+    )["ImageId"]
+    spec = machine_spec(ami, tmp_path)
+    spec.options = {"region": "eu-west-1", "subnet": subnet, "address": "private"}
+    driver = AwsDriver()
+    driver.prepare(spec)
+    driver.start()
+
+    def throttled(request: Any, **_: Any) -> Any:
+        body = (b"<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>"
+                b"Request limit exceeded.</Message></Error></Errors><RequestID>s"
+                b"</RequestID></Response>")
+        return botocore.awsrequest.AWSResponse(request.url, 503, {}, _Raw(body))
+
+    try:
+        assert driver.alive()
+        driver.ec2.meta.events.register("before-send.ec2.DescribeInstances", throttled)
+        with pytest.raises(LabError, match="RequestLimitExceeded"):
+            driver.alive()
+    finally:
+        driver.ec2.meta.events.unregister("before-send.ec2.DescribeInstances", throttled)
+        driver.stop()
+        driver.cleanup()
+
+
+class _Raw:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    def stream(self, **_: Any) -> Iterator[bytes]:
+        yield self.body
