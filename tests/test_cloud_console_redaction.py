@@ -22,8 +22,9 @@ import pytest
 import yaml
 from standins import aliyun_standin, gce_standin, openstack_standin
 
+from drivers.machines import make_machine
 from lab import gc
-from lab.machine import RUN_PASSWORD, Machine, make_machine
+from lab.machine import RUN_PASSWORD, Machine
 from lab.ssh import KeyPair
 
 USER_SECRET = f"db-secret-{secrets.token_hex(8)}"
