@@ -36,6 +36,8 @@ GCE_DISK_MEMBER = "disk.raw"
 # catalog), or `<platform>:<name or id>` on the other clouds
 CLOUD = "cloud"
 CLOUD_IMAGE = re.compile(r"ami-[0-9a-f]{8,17}|ami:[a-z0-9-]*")
+# the image reference schemes of images a cloud already holds (`gce:IMAGE`...): part of
+# the image naming users type, like the datasource names, so data here
 CLOUD_PLATFORMS = ("gce", "digitalocean", "openstack", "cloudstack", "aliyun")
 CMDLINE_KINDS = (KERNEL, SDCARD)  # kinds whose kernel command line the lab controls
 DISK_SUFFIXES = {".img": "raw", ".raw": "raw", ".qcow2": "qcow2", ".vhd": "vpc"}

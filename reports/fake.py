@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from drivers import DEFAULT_PLATFORM
 from lab.driver import Capabilities
 from lab.timeline import Timeline
 
@@ -38,7 +39,7 @@ DEFAULT_MILESTONES = {
 class FakeMachine:
     def __init__(
         self,
-        platform: str = "qemu",
+        platform: str = DEFAULT_PLATFORM,
         image: Path | str = "/images/ref",
         arch: str = "x86_64",
         *,
