@@ -397,3 +397,20 @@ def cell_folders(paths: Iterable[Path]) -> list[Path]:
     from reports.matrix import find_cells
 
     return find_cells(paths)
+
+
+def previous_nightly(db: Any, results: Sequence[Path]) -> list[Record]:
+    """The boots of the latest nightly in the database before the cells in `results` (which
+    `roslab matrix run` may have recorded already), as the matrix report's records."""
+    current = set()
+    for folder in cell_folders(results):
+        meta = json.loads((folder / "cell.json").read_text("utf-8"))
+        current.add(str(meta.get("run_id") or ""))
+    runs = [r for r in db.runs(kinds=("cell",), with_tests=False)
+            if r.lab_run_id not in current]
+    if not runs:
+        return []
+    night = max(r.started for r in runs).strftime("%Y-%m-%d")
+    return [{"matrix_cell": r.cell, "ok": b.ok,
+             "milestones": {m.name: m.seconds for m in b.milestones}}
+            for r in runs if r.started.strftime("%Y-%m-%d") == night for b in r.boots]
