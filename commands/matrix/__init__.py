@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -24,7 +25,7 @@ from rich.table import Table
 from commands.history import add_results_db_option
 from commands.matrix import plan as mx
 from lab.errors import ConfigError
-from reports.results_db import resolve_url
+from reports.results_db import ENV, resolve_url
 
 DEFAULT_RESULTS = Path("results/matrix")
 DEFAULT_REPORT = Path("results/matrix-report")
@@ -138,11 +139,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     expected = [c.id for c in mx.load(args.matrix).cells] if args.matrix else []
     previous: Path | list[dict[str, Any]] | None = args.previous
-    if previous is None and args.results_db:
+    named = args.results_db or os.environ.get(ENV)  # only a database named: none by default
+    url = resolve_url(named) if named else None
+    if previous is None and url is not None:
         from reports.results_db import ResultsDB
         from reports.results_record import previous_nightly
 
-        with ResultsDB(resolve_url(args.results_db) or "", create=False) as db:
+        with ResultsDB(url, create=True) as db:  # a first nightly: an empty history
             previous = previous_nightly(db, args.results)
     nightly = report(args.results, args.output, previous, expected)
     print(nightly.summary())
