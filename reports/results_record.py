@@ -240,7 +240,7 @@ class SessionRecorder:
         except (ImportError, KeyError):
             return {}
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         machines = self.booted()
         own = [boot_of(m, i) for i, m in enumerate(machines, 1)]
         if self.worker:
@@ -259,7 +259,7 @@ class SessionRecorder:
                       git_commit=git_commit(), host=socket.gethostname(),
                       hw=getattr(self.config.option, "hw", None),
                       options=" ".join(self.config.invocation_params.args),
-                      interrupted=session.shouldstop is not False and bool(session.shouldstop),
+                      interrupted=exitstatus == pytest.ExitCode.INTERRUPTED,
                       tests=list(self.tests.values()), boots=boots, **context)
         run.image_checksum = image_checksum(run.image)
         record(self.url, run, self.messages.append)
