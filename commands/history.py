@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from lab.errors import ConfigError
@@ -117,7 +118,8 @@ def cmd_test(args: argparse.Namespace) -> int:
                 "last_pass": _side(change.last_pass), "first_fail": _side(change.first_fail),
                 "failing_runs_since": change.failing_since}})
     console = Console(width=max(Console().width, 160))
-    table = Table(title=f"{ids[0]}: the last {len(series)} runs")
+    # escape: a parametrized id's "[acpid]" is no rich markup
+    table = Table(title=escape(f"{ids[0]}: the last {len(series)} runs"))
     for col in ("run", "when (UTC)", "cell", "commit", "image", "outcome", "s", "cause"):
         table.add_column(col, overflow="fold")
     colour = {"passed": "green", "failed": "red", "error": "red", "skipped": "dim"}
@@ -125,7 +127,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         table.add_row(str(o.run.id), o.run.started.strftime("%Y-%m-%d %H:%M"), rh.cell_of(o.run),
                       o.run.git_commit or "-", o.run.image_version or "-",
                       f"[{colour.get(o.final.outcome, 'yellow')}]{o.label}[/]",
-                      f"{o.final.duration:.1f}", o.cause[:120])
+                      f"{o.final.duration:.1f}", escape(o.cause[:120]))
     console.print(table)
     if change is None:
         console.print("no run where it went from passing to failing")
@@ -138,7 +140,8 @@ def cmd_test(args: argparse.Namespace) -> int:
             f"[green]last passing run[/]:  #{before.run.id} {before.run.started:%Y-%m-%d %H:%M} "
             f"commit {before.run.git_commit} image {before.run.image_version} "
             f"({before.run.image_checksum or 'no checksum'})\n"
-            f"failing in {change.failing_since} run(s) from then on; cause: {after.cause}")
+            f"failing in {change.failing_since} run(s) from then on; cause: "
+            f"{escape(after.cause)}")
     return 0
 
 
@@ -155,7 +158,7 @@ def cmd_cell(args: argparse.Namespace) -> int:
                      "failed_boots": sum(not b.ok for b in run.boots), "medians": medians})
     if args.json:
         return _print_json({"cell": args.cell, "runs": rows})
-    table = Table(title=f"cell {args.cell}: the last {len(rows)} runs")
+    table = Table(title=escape(f"cell {args.cell}: the last {len(rows)} runs"))
     for col in ("run", "when (UTC)", "kind", "commit", "image", "tests", "boots", "kernel",
                 "ssh", "user-docker"):
         table.add_column(col)
@@ -212,7 +215,7 @@ def cmd_flakes(args: argparse.Namespace) -> int:
                 "fail rate"):
         table.add_column(col, justify="left" if col == "test" else "right", overflow="fold")
     for f in table_rows:
-        table.add_row(f.nodeid, str(f.runs), str(f.passed), str(f.failed),
+        table.add_row(escape(f.nodeid), str(f.runs), str(f.passed), str(f.failed),
                       str(f.passed_on_rerun), str(f.flips), f"{f.rate:.0%}", f"{f.fail_rate:.0%}")
     Console(width=max(Console().width, 140)).print(table)
     return 0
