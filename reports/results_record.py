@@ -204,13 +204,16 @@ class SessionRecorder:
             test.attempt += 1
             return
         test.duration = round(test.duration + report.duration, 3)
-        if report.failed:
-            if test.outcome not in FAILING:
-                test.outcome = "failed" if report.when == "call" else "error"
-                test.cause = _cause(report)
+        if report.failed and test.outcome not in FAILING:
+            test.outcome = "failed" if report.when == "call" else "error"
+            test.cause = _cause(report)
+        if test.outcome in FAILING:
+            # reports.plugin adds it to the item as the failing phase's report is made:
+            # the reports of the phases after it carry it
             for name, value in report.user_properties:
-                if str(name).endswith("last_milestone"):
+                if str(name).endswith("last_milestone") and test.last_milestone is None:
                     test.last_milestone = str(value)
+        if report.failed:
             for _, content in report.sections:
                 found = EVIDENCE.search(content)
                 if found and test.evidence is None:
