@@ -16,10 +16,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from commands.history import add_results_db_option
 from drivers import DEFAULT_PLATFORM, PLATFORMS, add_platform_options, platform_option_values
 from lab.errors import ConfigError
 from reports import history
 from reports.bench import BenchOptions, fmt_s, print_summary, run_bench
+from reports.results_db import resolve_url
 from reports.stats import Criteria, Verdict, compare, describe, failure_counts
 
 DEFAULT_HISTORY = Path("results/bench/history.jsonl")
@@ -137,6 +139,7 @@ def _run_options(parser: argparse.ArgumentParser, runs: int) -> None:
     parser.add_argument(
         "--workdir", type=Path, help="where boots keep console logs (default: beside the history)"
     )
+    add_results_db_option(parser)
     add_platform_options(parser.add_argument_group("platform options").add_argument)
 
 
@@ -151,6 +154,7 @@ def _bench_options(args: argparse.Namespace) -> BenchOptions:
         timeout=args.timeout,
         workdir=args.workdir,
         platform_options=platform_option_values(args),
+        results_db=resolve_url(args.results_db),
     )
 
 

@@ -13,7 +13,8 @@ from lab.errors import LabError
 DESCRIPTION = ("roslab boots RancherOS-style images on QEMU, libvirt, clouds and "
                "physical boxes, and measures and checks them. Build the reference image, "
                "boot an image and attach its console, check this host, bench boot times, "
-               "sweep what dead runs left, and run the nightly matrix.")
+               "sweep what dead runs left, run the nightly matrix, and read every run's "
+               "results back (history, dashboard).")
 
 # Modules that add subcommands; each defines register(subparsers) and sets `func` on its parser.
 COMMAND_MODULES = [
@@ -24,6 +25,8 @@ COMMAND_MODULES = [
     "commands.gc",  # roslab gc
     "commands.mutants",  # roslab mutants
     "commands.matrix",  # roslab matrix plan, emit, run, report
+    "commands.history",  # roslab history test, cell, milestone, flakes, import
+    "commands.dashboard",  # roslab dashboard
 ]
 
 

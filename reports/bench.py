@@ -16,6 +16,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from rich.table import Table
 from lab.errors import ConfigError, LabError
 from reports import history
 from reports.history import Record
+from reports.results_db import utc
 from reports.stats import failure_counts, milestone_samples, phase_durations, summarize
 
 MachineFactory = Callable[..., Any]  # drivers.machines.make_machine's signature
@@ -54,6 +56,7 @@ class BenchOptions:
     check: Callable[[Any], None] | None = None
     kind: str = "bench"
     platform_options: dict[str, Any] = field(default_factory=dict)  # --place, ...
+    results_db: str | None = None  # the results database's URL (None: not recorded)
 
 
 @dataclass
@@ -277,6 +280,7 @@ def run_bench(
     opts: BenchOptions, console: Console | None = None, factory: MachineFactory | None = None
 ) -> BenchResult:
     console = console or Console(stderr=True)
+    started = utc()
     image, run_id, run_dir = start_run(opts, console)
     if factory is None:
         from drivers.machines import make_machine  # lazy: lab core loads drivers and paramiko
@@ -308,7 +312,18 @@ def run_bench(
             progress.console.print(f"[yellow]interrupted during boot {boot}[/]")
     print_summary(result.records, console, title=f"{opts.kind} run {run_id}")
     console.print(f"history: {opts.history}")
+    record_bench(opts, result.records, run_id, started, result.interrupted, console)
     return result
+
+
+def record_bench(opts: BenchOptions, records: list[Record], run_id: str, started: datetime,
+                 interrupted: bool, console: Console) -> None:
+    """Into the results database too (a bench, soak or restore bench)."""
+    from reports.results_record import record_bench as record
+
+    record(opts.results_db, records, kind=opts.kind, lab_run_id=run_id, started=started,
+           interrupted=interrupted, hw=opts.platform_options.get("hw"),
+           say=lambda message: console.print(f"roslab: {message}", highlight=False))
 
 
 def fmt_s(value: float) -> str:

@@ -389,10 +389,13 @@ def boot_medians(records: Iterable[history.Record]) -> dict[str, dict[str, float
     return {cell: {k: float(np.median(v)) for k, v in ms.items()} for cell, ms in samples.items()}
 
 
-def read_previous(path: Path | None) -> list[history.Record]:
-    """The previous nightly's boots: its report folder or its bench.jsonl."""
+def read_previous(path: Path | Sequence[history.Record] | None) -> list[history.Record]:
+    """The previous nightly's boots: its report folder or its bench.jsonl (or its records,
+    read from the results database)."""
     if path is None:
         return []
+    if not isinstance(path, Path):
+        return list(path)
     file = path / "bench.jsonl" if path.is_dir() else path
     return history.read(file)
 
@@ -543,7 +546,8 @@ def render(nightly: Nightly, records: Sequence[history.Record],
             "<h1>roslab nightly matrix</h1>" + "".join(body) + "</body></html>")
 
 
-def report(paths: Sequence[Path], out: Path, previous: Path | None = None,
+def report(paths: Sequence[Path], out: Path,
+           previous: Path | Sequence[history.Record] | None = None,
            expected: Sequence[str] = ()) -> Nightly:
     nightly = merge(paths, expected)
     out.mkdir(parents=True, exist_ok=True)

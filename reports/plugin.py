@@ -44,18 +44,36 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--roslab-bench-history", default=None, type=Path, metavar="FILE",
         help="append a bench record (its boot timeline) for every machine the run booted "
              "(roslab matrix run keeps one per cell)")
+    parser.getgroup("roslab").addoption(
+        "--results-db", default=None, metavar="URL",
+        help="record the run in this results database: sqlite:///FILE or "
+             "postgresql://... (default: $ROSLAB_RESULTS_DB, else results/roslab.db when "
+             "--platform is given); 'off' records nothing")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from reports.results_record import SessionRecorder, session_url
+
+    url = session_url(config)
+    if url is not None:
+        config.pluginmanager.register(
+            SessionRecorder(config, url, lambda: booted_machines(config)), "roslab-results")
+
+
+def booted_machines(config: pytest.Config) -> list[Any]:
+    """The machines the run booted; a restored machine's timeline is a restore, not a
+    boot (roslab bench restore times it)."""
+    return [m for m in config.stash.get(_BOOTED, {}).values()
+            if (getattr(m, "info", None) or {}).get("started") != "restored"]
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """One bench record per machine, so a scenario run's boots feed the boot-time history."""
     path = session.config.getoption("--roslab-bench-history", None)
-    machines = session.config.stash.get(_BOOTED, {})
-    if path is None or not machines:
+    booted = booted_machines(session.config)
+    if path is None or not booted:
         return
     run = run_id()
-    # a restored machine's timeline is a restore, not a boot (roslab bench restore times it)
-    booted = [m for m in machines.values()
-              if (getattr(m, "info", None) or {}).get("started") != "restored"]
     for boot, machine in enumerate(booted, 1):
         timeline = getattr(machine, "timeline", None)
         marks = timeline.to_dict() if timeline is not None else {}

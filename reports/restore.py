@@ -13,6 +13,7 @@ import contextlib
 import functools
 import shutil
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,8 +24,9 @@ from lab import gc
 from lab import timeline as tl
 from lab.errors import LabError
 from reports import history
-from reports.bench import BenchOptions, _sigterm_as_interrupt, fmt_s, start_run
+from reports.bench import BenchOptions, _sigterm_as_interrupt, fmt_s, record_bench, start_run
 from reports.history import Record
+from reports.results_db import utc
 
 
 def run_restore_bench(opts: BenchOptions, console: Console | None = None) -> list[Record]:
@@ -33,10 +35,12 @@ def run_restore_bench(opts: BenchOptions, console: Console | None = None) -> lis
     from reports.soak import contract_check
 
     console = console or Console(stderr=True)
+    started = utc()
     image, run_id, run_dir = start_run(opts, console)
     make = functools.partial(make_machine, opts.platform, image, opts.arch, None, "default",
                              run_dir, opts.accel, ssh_key=KeyPair.generate(run_dir / "key"))
     records: list[Record] = []
+    interrupted = False
     with _sigterm_as_interrupt(), contextlib.ExitStack() as keep:
         template = keep.enter_context(make(name="template"))
         console.print("booting the template machine ...")
@@ -58,9 +62,11 @@ def run_restore_bench(opts: BenchOptions, console: Console | None = None) -> lis
                 console.print(f"restore {n}/{opts.runs}: "
                               f"{r['milestones'].get(tl.RESTORED, float('nan')):.3f} s {status}")
         except KeyboardInterrupt:
+            interrupted = True
             console.print(f"[yellow]interrupted after {len(records)} restores[/]")
     console.print(restore_table(records, saved, snapshot.size))
     console.print(f"history: {opts.history}")
+    record_bench(replace(opts, kind="restore"), records, run_id, started, interrupted, console)
     return records
 
 

@@ -3,23 +3,29 @@
 roslab matrix plan [--file matrix.yml] [--json]
 roslab matrix emit github|gitlab [--file matrix.yml] [-o FILE]
 roslab matrix run [--cell ID ...|--where KEY=VALUE ...] [--results results/matrix]
+                  [--results-db URL]
 roslab matrix report RESULTS... [-o results/matrix-report] [--previous DIR|bench.jsonl]
+                  [--results-db URL]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from commands.history import add_results_db_option
 from commands.matrix import plan as mx
 from lab.errors import ConfigError
+from reports.results_db import ENV, resolve_url
 
 DEFAULT_RESULTS = Path("results/matrix")
 DEFAULT_REPORT = Path("results/matrix-report")
@@ -52,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="cells whose field matches, e.g. platform=qemu arch=aarch64")
     run.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                      help=f"a folder per cell under it (default: {DEFAULT_RESULTS})")
+    add_results_db_option(run)
     run.set_defaults(func=cmd_run)
 
     rep = actions.add_parser("report", help="merge cells' results: HTML, JUnit, allure, "
@@ -60,7 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="cell results folders, or folders holding them")
     rep.add_argument("-o", "--output", type=Path, default=DEFAULT_REPORT)
     rep.add_argument("--previous", type=Path,
-                     help="the previous nightly's report folder or bench.jsonl (boot medians)")
+                     help="the previous nightly's report folder or bench.jsonl (boot medians); "
+                          "default: the latest nightly in --results-db, when given")
+    rep.add_argument("--results-db", metavar="URL",
+                     help="the results database to read the previous nightly from")
     rep.add_argument("--matrix", type=Path,
                      help="the matrix: its cells without results are named as missing")
     rep.set_defaults(func=cmd_report)
@@ -116,7 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not cells:
         raise ConfigError("no cell matches: see `roslab matrix plan`")
     started = time.monotonic()
-    green = [run_cell(matrix, cell, args.results) for cell in cells]
+    url = resolve_url(args.results_db)
+    green = [run_cell(matrix, cell, args.results, url) for cell in cells]
     minutes = (time.monotonic() - started) / 60
     print(f"roslab matrix: {sum(green)} of {len(cells)} cells green in {minutes:.1f} min; "
           f"results in {args.results}")
@@ -127,7 +138,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     from reports.matrix import report
 
     expected = [c.id for c in mx.load(args.matrix).cells] if args.matrix else []
-    nightly = report(args.results, args.output, args.previous, expected)
+    previous: Path | list[dict[str, Any]] | None = args.previous
+    named = args.results_db or os.environ.get(ENV)  # only a database named: none by default
+    url = resolve_url(named) if named else None
+    if previous is None and url is not None:
+        from reports.results_db import ResultsDB
+        from reports.results_record import previous_nightly
+
+        with ResultsDB(url, create=True) as db:  # a first nightly: an empty history
+            previous = previous_nightly(db, args.results)
+    nightly = report(args.results, args.output, previous, expected)
     print(nightly.summary())
     print(f"report: {args.output / 'report.html'}", file=sys.stderr)
     return 0 if nightly.green else 1

@@ -115,8 +115,9 @@ def _attempt(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict[
     return record
 
 
-def run_cell(matrix: Matrix, cell: Cell, results: Path) -> bool:
-    """Run one cell into results/<cell id>; True when its verdict is green."""
+def run_cell(matrix: Matrix, cell: Cell, results: Path, results_db: str | None = None) -> bool:
+    """Run one cell into results/<cell id>; True when its verdict is green. The cell (both
+    attempts and its boots) is recorded in the results database at `results_db`."""
     root = matrix.path.resolve().parent
     missing = [name for name in cell.secrets if not os.environ.get(name)]
     if missing:
@@ -130,6 +131,7 @@ def run_cell(matrix: Matrix, cell: Cell, results: Path) -> bool:
     env = dict(os.environ)
     env.setdefault("ROSLAB_RUN_ID", f"{utc_now().replace(':', '')}-{cell.id}")
     env["PYTHONUNBUFFERED"] = "1"  # pytest's progress shows as it happens, not at the end
+    env["ROSLAB_RESULTS_DB"] = "off"  # the cell is recorded once, whole, below
     meta: dict[str, object] = {
         "cell": asdict(cell), "policy": matrix.policy(cell.id), "matrix": str(matrix.path),
         "host": socket.gethostname(), "run_id": env["ROSLAB_RUN_ID"], "started": utc_now(),
@@ -163,4 +165,9 @@ def run_cell(matrix: Matrix, cell: Cell, results: Path) -> bool:
         save()
     verdict = cell_verdict(out)
     print(f"roslab matrix: cell {cell.id}: {verdict.summary()}", flush=True)
+    if results_db is not None:
+        from reports.results_db import record
+        from reports.results_record import run_from_cell
+
+        record(results_db, run_from_cell(out), lambda m: print(f"roslab matrix: {m}", flush=True))
     return verdict.green
