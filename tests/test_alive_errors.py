@@ -7,13 +7,12 @@ leaves botocore), the others against their stand-ins (HTTP 429 for every GET).
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from moto_env import moto_server
 from standins import (
     aliyun_standin,
     cloudstack_standin,
@@ -24,7 +23,6 @@ from standins import (
 from standins.base import machine_spec
 
 from drivers import driver_class
-from lab import gc
 from lab.errors import LabError
 
 THROTTLED = 429
@@ -67,27 +65,9 @@ def test_a_throttled_cloud_api_makes_alive_a_lab_error(
 
 @pytest.fixture
 def moto(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    pytest.importorskip("moto", reason="moto[server] runs the EC2 emulator")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}",
-           "AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
-           "AWS_SECRET_ACCESS_KEY": f"aws-secret-{secrets.token_hex(16)}",
-           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "none"),
-           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-           "AWS_MAX_ATTEMPTS": "2"}  # botocore retries throttling: keep the test short
-    for name in ("AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv(gc.RUN_ID_ENV, f"test-{os.getpid()}-{secrets.token_hex(3)}")
-    try:
+    # botocore retries throttling: keep the test short
+    with moto_server(monkeypatch, tmp_path, AWS_MAX_ATTEMPTS="2") as env:
         yield env["AWS_ENDPOINT_URL"]
-    finally:
-        server.stop()
 
 
 def test_a_throttled_ec2_api_makes_alive_a_lab_error(moto: str, tmp_path: Path) -> None:

@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 import yaml
+from moto_env import moto_server
 from standins import aliyun_standin, gce_standin, openstack_standin
 
 from drivers.machines import make_machine
-from lab import gc
 from lab.machine import RUN_PASSWORD, Machine
 from lab.ssh import KeyPair
 
@@ -45,27 +45,9 @@ def _private_key_lines(key: KeyPair) -> list[str]:
 
 @pytest.fixture
 def moto(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    pytest.importorskip("moto", reason="moto[server] runs the EC2 emulator")
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}",
-           "AWS_ACCESS_KEY_ID": "AKIA" + secrets.token_hex(8).upper(),
-           "AWS_SECRET_ACCESS_KEY": f"aws-secret-{secrets.token_hex(16)}",
-           "AWS_SESSION_TOKEN": f"aws-token-{secrets.token_hex(16)}",
-           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": str(tmp_path / "none"),
-           "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
-    for name in ("AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv(gc.RUN_ID_ENV, f"test-{os.getpid()}-{secrets.token_hex(3)}")
-    try:
+    token = f"aws-token-{secrets.token_hex(16)}"
+    with moto_server(monkeypatch, tmp_path, AWS_SESSION_TOKEN=token) as env:
         yield env["AWS_ENDPOINT_URL"]
-    finally:
-        server.stop()
 
 
 def _aws_machine(tmp_path: Path, key: KeyPair, monkeypatch: pytest.MonkeyPatch) -> Machine:
