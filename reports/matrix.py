@@ -310,8 +310,9 @@ class Nightly:
         red = [c.cell for c in self.cells if not c.green and not c.not_configured] \
             + self.missing
         counts = ", ".join(f"{total[s]} {s}" for s in STATUSES)
-        verdict = "PASSED" if self.green else f"FAILED ({', '.join(red)})"
         neutral = [c.cell for c in self.cells if c.not_configured]
+        verdict = f"FAILED ({', '.join(red)})" if not self.green else \
+            "NOTHING RAN" if len(neutral) == len(self.cells) else "PASSED"
         rehearsed = [c.cell for c in self.cells if c.rehearsed]
         return (f"roslab nightly: {verdict}: {len(self.cells)} cells"
                 + (f" ({len(neutral)} not configured: {', '.join(neutral)})" if neutral else "")
