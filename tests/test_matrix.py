@@ -5,6 +5,7 @@ built-in vendor schemas, offline), and say what the nightly needs."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import subprocess
 import sys
@@ -249,3 +250,13 @@ def test_every_scenario_module_datasource_and_cloud_disk_has_a_cell() -> None:
     assert set(METADATA_DATASOURCES) <= datasources
     assert {c.image.split(":", 1)[1] for c in qemu if c.image.startswith("reference:")} \
         >= set(NAMES)
+
+
+def test_a_cloud_without_a_stand_in_is_not_configured_when_rehearsed(tmp_path: Path) -> None:
+    from commands.matrix.run import run_cell
+
+    matrix = mx.load(MATRIX)
+    verdict = run_cell(matrix, matrix.cell("gce-x86_64"), tmp_path, rehearse=True)
+    assert verdict.not_configured == "platform gce has no stand-in to rehearse against yet"
+    assert not verdict.green and not verdict.broken
+    assert json.loads((tmp_path / "gce-x86_64" / "cell.json").read_text())["attempts"] == []
