@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import copy
+import logging
 import os
 import secrets
 import shutil
@@ -326,6 +327,10 @@ def rehearsal() -> Iterator[Rehearsal]:
         return wrapper
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    # werkzeug logs every request (hundreds of PutSnapshotBlock a machine) to the run's output
+    quiet = logging.getLogger("werkzeug")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
     try:
         with contextlib.ExitStack() as patches:
             patches.enter_context(_wrapped(AmisResponse, "register_image", register_image))
@@ -356,6 +361,7 @@ def rehearsal() -> Iterator[Rehearsal]:
                 standin.close()
                 server.stop()
     finally:
+        quiet.setLevel(level)
         _active.remove(standin)
         shutil.rmtree(standin.workdir, ignore_errors=True)
 
