@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--refresh", action="store_true", help="update the package lists first")
     build.add_argument("--disks", action="store_true",
                        help="also the clouds' disk images (rancheros-openstack.img, "
-                            "-digitalocean.img, -gce.tar.gz, -aliyun.vhd, -cloudstack.img; "
+                            "-digitalocean.img, -gce.tar.gz, -aliyun.vhd, -cloudstack.img, "
+                            "-aws.img; "
                             "x86_64), made with the guest's ros install")
     build.set_defaults(func=_build)
 

@@ -24,6 +24,7 @@ import itertools
 import threading
 import time
 import urllib.request
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import yaml
 
 from drivers.cloud import CLOUD_OPTIONS
 from lab import gc
-from lab.driver import Capabilities, Driver, MachineSpec
+from lab.driver import Capabilities, Driver, MachineSpec, Rehearsal
 from lab.errors import ConfigError, ImageError, LabError, PlatformError
 from lab.images import CLOUD, DISK
 from lab.redact import keep_secret, redact
@@ -488,6 +489,19 @@ class AwsDriver(Driver):
                                 "removes it once expired)")
 
     # -- roslab gc ------------------------------------------------------------------------
+
+    @classmethod
+    def rehearsal(cls) -> AbstractContextManager[Rehearsal]:
+        """moto's EC2/EBS server whose instances boot under QEMU (drivers/rehearsal/aws.py)."""
+        from drivers.rehearsal.aws import rehearsal
+
+        return rehearsal()
+
+    @classmethod
+    def reference_artifact(cls, options: dict[str, Any]) -> str | None:
+        """The reference build's AWS disk (`roslab image build --disks`): uploaded with the
+        EBS direct APIs and registered as an AMI for the run."""
+        return "rancheros-aws.img"
 
     @classmethod
     def not_ready(cls, options: dict[str, Any]) -> str | None:

@@ -81,6 +81,10 @@ def resolve_image(image: Path | str | None, arch: str,
                              f"unavailable ({exc})") from exc
         folder = ensure_image(arch, progress=progress)
         member = driver_class(platform).reference_artifact(options or {})
+        from refimage.disks import NAMES, ensure_disks
+
+        if member in NAMES:  # a cloud's disk: an opt-in part of the build, made on first use
+            ensure_disks(folder, progress=progress)
         image = folder / member if member else folder
         if not image.exists():
             raise ImageError(f"the {arch} reference image has no {member} (in {folder})")

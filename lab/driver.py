@@ -12,6 +12,7 @@ import os
 import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -158,6 +159,24 @@ class Snapshot:
     data: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Rehearsal:
+    """A cloud's API stand-in running on this host, for a rehearsal: the driver's SDK is
+    pointed at it by that SDK's own settings (`env`), and it does the cloud's work, booting
+    a real guest under QEMU for each instance. The driver's code is the same as for the
+    real cloud."""
+
+    what: str  # one line for reports: which stand-in, booting what
+    env: dict[str, str]  # the SDK's standard settings that point it at the stand-in
+    # platform options a run needs against it (where SSH comes from: the loopback range)
+    options: dict[str, str] = field(default_factory=dict)
+    # what it still holds (instances, images, keys, firewall rules, buckets, guests,
+    # listening ports), one line each; empty once a run and its gc cleaned up
+    leftovers: Callable[[], list[str]] = list
+    # the guests it booted: {"instance", "accel", "accel_reason", "address", "outcome"}
+    guests: Callable[[], list[dict[str, str]]] = list
+
+
 class Driver(ABC):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
@@ -183,6 +202,13 @@ class Driver(ABC):
     def not_ready(cls, options: dict[str, Any]) -> str | None:
         """Why this platform cannot be used from here (an SDK, credentials or a place
         missing), said before anything starts; None when it can."""
+        return None
+
+    @classmethod
+    def rehearsal(cls) -> AbstractContextManager[Rehearsal] | None:
+        """The stand-in of this platform's cloud API to rehearse against on this host
+        (started on enter; on exit it stops every guest and port it made); None when the
+        platform has none (or needs none: its machines already run here)."""
         return None
 
     @classmethod

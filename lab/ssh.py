@@ -140,8 +140,10 @@ class SSH:
                 time.sleep(0.01)
         rc = chan.recv_exit_status()
         chan.close()
-        result = Result(cmd=cmd, rc=rc, stdout=out.decode(errors="replace"),
-                        stderr=err.decode(errors="replace"))
+        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+        # `output` as a console would show it: what Machine.run's callers read on a
+        # platform driven over SSH (a cloud) as on one with a console
+        result = Result(cmd=cmd, rc=rc, output=stdout + stderr, stdout=stdout, stderr=stderr)
         return result.check() if check else result
 
     def close(self) -> None:

@@ -58,6 +58,9 @@ CLOUD_DISKS = (
               "printk.devkmsg=on rancher.cloud_init.datasources=[aliyun]"),
     CloudDisk("rancheros-cloudstack.img", "qcow2",
               "printk.devkmsg=on rancher.cloud_init.datasources=[cloudstack]"),
+    # raw, as the AWS driver uploads it (EBS direct APIs) and registers it as an AMI
+    CloudDisk("rancheros-aws.img", "raw",
+              "printk.devkmsg=on rancher.cloud_init.datasources=[ec2]"),
 )
 NAMES = [d.name for d in CLOUD_DISKS]
 

@@ -13,7 +13,10 @@ and prints one summary line; the exit code is 0 only when every cell is green.
 
 Policy: a scenario that failed and passed on its rerun counts as passed only when the
 matrix allows it to flake; a scenario that failed on both attempts and is a known failure
-of the cell (unexpired, with a tracker link) is a known failure, not red.
+of the cell (unexpired, with a tracker link) is a known failure, not red. A cell that was
+not configured (its secrets unset) is neutral: shown with the variables it needs, neither
+red nor green. A rehearsed cell (a cloud's stand-in on one host) is labelled rehearsed,
+and is red when the stand-in still held anything after the cell's gc.
 """
 
 from __future__ import annotations
@@ -144,10 +147,23 @@ class CellVerdict:
         return [o for o in self.outcomes if o.rerun is not None]
 
     @property
+    def not_configured(self) -> str:
+        """Why the cell did not run here ("" when it ran): neutral, never red or green."""
+        found = self.meta.get("not_configured")
+        return str(found.get("why", "not configured")) if isinstance(found, dict) else ""
+
+    @property
+    def rehearsed(self) -> dict[str, Any] | None:
+        """What the cell was rehearsed against (None: it ran on its platform itself)."""
+        return self.meta.get("rehearsed") or None
+
+    @property
     def green(self) -> bool:
-        return not self.broken and not self.counts[FAILED]
+        return not self.not_configured and not self.broken and not self.counts[FAILED]
 
     def summary(self) -> str:
+        if self.not_configured:
+            return f"NOT CONFIGURED: {self.not_configured}"
         if self.broken:
             return f"BROKEN: {self.broken}"
         c = self.counts
@@ -172,6 +188,8 @@ def cell_verdict(folder: Path) -> CellVerdict:
         raise ConfigError(f"{folder} is no cell results folder (no cell.json)")
     meta = json.loads(meta_path.read_text("utf-8"))
     verdict = CellVerdict(cell=meta["cell"]["id"], folder=folder, meta=meta)
+    if verdict.not_configured:
+        return verdict
     attempts = meta.get("attempts") or []
     if not attempts or not (folder / "junit.xml").is_file():
         log = folder / "pytest.log"
@@ -189,6 +207,10 @@ def cell_verdict(folder: Path) -> CellVerdict:
         verdict.broken = (f"pytest exit code {attempts[0].get('exit_code')}: the run was "
                           "interrupted or refused its input")
         verdict.meta["log_tail"] = _tail(folder / "pytest.log")
+    left = (verdict.rehearsed or {}).get("leftovers")
+    if left and not verdict.broken:
+        verdict.broken = ("the rehearsal left behind (after the cell's gc): "
+                          + "; ".join(map(str, left)))
     rerun_path = folder / "rerun-junit.xml"
     reruns = {c.nodeid: c for c in read_junit(rerun_path)} if rerun_path.is_file() else {}
     policy = meta.get("policy") or {}
@@ -277,7 +299,7 @@ class Nightly:
 
     @property
     def green(self) -> bool:
-        return not self.missing and all(c.green for c in self.cells)
+        return not self.missing and all(c.green or c.not_configured for c in self.cells)
 
     def summary(self) -> str:
         total: Counter[str] = Counter()
@@ -285,11 +307,18 @@ class Nightly:
             total.update(c.counts)
         reruns = sum(len(c.reruns) for c in self.cells)
         flaky = sum(o.flaky for c in self.cells for o in c.outcomes)
-        red = [c.cell for c in self.cells if not c.green] + self.missing
+        red = [c.cell for c in self.cells if not c.green and not c.not_configured] \
+            + self.missing
         counts = ", ".join(f"{total[s]} {s}" for s in STATUSES)
-        verdict = "PASSED" if self.green else f"FAILED ({', '.join(red)})"
-        return (f"roslab nightly: {verdict}: {len(self.cells)} cells; {counts}; "
-                f"{reruns} reruns, {flaky} passed on rerun")
+        neutral = [c.cell for c in self.cells if c.not_configured]
+        verdict = f"FAILED ({', '.join(red)})" if not self.green else \
+            "NOTHING RAN" if len(neutral) == len(self.cells) else "PASSED"
+        rehearsed = [c.cell for c in self.cells if c.rehearsed]
+        return (f"roslab nightly: {verdict}: {len(self.cells)} cells"
+                + (f" ({len(neutral)} not configured: {', '.join(neutral)})" if neutral else "")
+                + (f" ({len(rehearsed)} rehearsed on stand-ins, not on their clouds: "
+                   f"{', '.join(rehearsed)})" if rehearsed else "")
+                + f"; {counts}; {reruns} reruns, {flaky} passed on rerun")
 
 
 def merge(paths: Sequence[Path], expected: Sequence[str] = ()) -> Nightly:
@@ -305,6 +334,12 @@ def write_junit(nightly: Nightly, path: Path) -> None:
     for cell in nightly.cells:
         suite = ET.SubElement(root, "testsuite", name=cell.cell)
         counts = Counter[str]()
+        if cell.rehearsed:
+            suite.set("rehearsed", str(cell.rehearsed.get("what", "yes")))
+        if cell.not_configured:  # neutral: a skip, never a failure or a pass
+            tc = ET.SubElement(suite, "testcase", classname=cell.cell, name="cell")
+            ET.SubElement(tc, "skipped", message=f"not configured: {cell.not_configured}")
+            counts["skipped"] += 1
         if cell.broken:
             tc = ET.SubElement(suite, "testcase", classname=cell.cell, name="cell")
             ET.SubElement(tc, "error", message=cell.broken).text = cell.meta.get("log_tail", "")
@@ -427,7 +462,10 @@ def _grid(nightly: Nightly) -> str:
         flag = f"<br><span class='bad'>{escape(cell.broken)}</span>" if cell.broken else ""
         cells = [f"<td><b>{escape(cell.cell)}</b><br><span class='meta'>"
                  f"{escape(_describe(cell.meta))}</span>{flag}</td>"]
-        if cell.broken and not cell.outcomes:
+        if cell.not_configured:
+            cells.append(f"<td class='st-na' colspan='{max(len(families), 1)}'>not "
+                         f"configured: {escape(cell.not_configured)}</td>")
+        elif cell.broken and not cell.outcomes:
             cells.append(f"<td class='broken' colspan='{max(len(families), 1)}'>"
                          f"{escape(cell.broken)}</td>")
         else:
@@ -454,7 +492,16 @@ def _grid(nightly: Nightly) -> str:
 def _describe(meta: dict[str, Any]) -> str:
     c = meta.get("cell", {})
     hw = f" hw {c['hw']}" if c.get("hw") else ""
-    return f"{c.get('platform')} {c.get('arch')} {c.get('image')}{hw}"
+    text = f"{c.get('platform')} {c.get('arch')} {c.get('image')}{hw}"
+    rehearsed = meta.get("rehearsed")
+    if rehearsed:  # never to be read as a run on the cloud
+        text += f"; REHEARSED against {rehearsed.get('what')}"
+        if rehearsed.get("accelerator"):
+            text += f"; its guests' accel: {rehearsed['accelerator']}"
+    accel = meta.get("accelerator") or {}
+    if accel.get("accel"):
+        text += f"; accel {accel['accel']} ({accel.get('why', '')})"
+    return text
 
 
 def _failures(nightly: Nightly) -> str:

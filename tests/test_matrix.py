@@ -5,6 +5,7 @@ built-in vendor schemas, offline), and say what the nightly needs."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import shutil
 import subprocess
 import sys
@@ -144,12 +145,10 @@ def validate(system: str, path: Path) -> subprocess.CompletedProcess[str]:
 
 
 def cloud_matrix() -> mx.Matrix:
-    """The repository's cells plus a cloud cell with secrets (no cloud driver on this
-    branch yet: the cell is made directly, as the loader would for one)."""
+    """The repository's cells, a cloud cell with secrets among them."""
     matrix = mx.load(MATRIX)
-    cloud = mx.Cell(id="aws-x86_64", platform="aws", arch="x86_64", timeout_minutes=45,
-                    secrets=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), cloud=True)
-    return mx.Matrix(matrix.path, (*matrix.cells, cloud))
+    assert any(c.platform == "aws" and c.secrets for c in matrix.cells)
+    return matrix
 
 
 @pytest.mark.parametrize("system", ["github", "gitlab"])
@@ -179,7 +178,7 @@ def test_github_workflow_semantics() -> None:
     assert cell["timeout-minutes"] == "${{ matrix.timeout }}"
     include = cell["strategy"]["matrix"]["include"]
     assert [i["cell"] for i in include] == [c.id for c in cloud_matrix().cells]
-    assert {i["cell"]: i["timeout"] for i in include}["aws-x86_64"] == 45
+    assert {i["cell"]: i["timeout"] for i in include}["aws-x86_64"] == 90
     steps = {s.get("name", s.get("uses")): s for s in cell["steps"]}
     assert "--cell ${{ matrix.cell }}" in steps["Run the cell"]["run"]
     upload = steps["Upload the cell's results"]
@@ -188,8 +187,19 @@ def test_github_workflow_semantics() -> None:
     gc = steps["Remove what the cell left on its platform"]
     assert gc["if"] == "${{ always() && matrix.cloud }}" and "roslab gc --platform" in gc["run"]
     # gc for every platform whose machines can outlive the job (libvirt domains too)
+    clouds = {"aws", "gce", "digitalocean", "openstack", "cloudstack", "aliyun"}
     assert {i["cell"]: i["cloud"] for i in include} == {
-        **{c.id: c.platform == "libvirt" for c in mx.load(MATRIX).cells}, "aws-x86_64": True}
+        c.id: c.platform in clouds | {"libvirt"} for c in mx.load(MATRIX).cells}
+    # every cloud has a cell, and each cloud cell names its secrets
+    assert {i["platform"] for i in include if i["secrets"]} == clouds
+    # /dev/kvm opened to the job by the udev rule GitHub documents, before the cell runs
+    names = [s.get("name", s.get("uses")) for s in cell["steps"]]
+    assert names.index("Open /dev/kvm to the job") < names.index("Run the cell")
+    kvm = steps["Open /dev/kvm to the job"]["run"]
+    assert ('KERNEL=="kvm", GROUP="kvm", MODE="0666", OPTIONS+="static_node=kvm"' in kvm
+            and "/etc/udev/rules.d/99-kvm4all.rules" in kvm
+            and "udevadm control --reload-rules" in kvm
+            and "udevadm trigger --name-match=kvm" in kvm)
     start = steps["Start the platform's services"]
     assert start["if"] == "${{ matrix.setup != '' }}"
     assert start["env"]["SETUP"] == "${{ matrix.setup }}"
@@ -220,3 +230,33 @@ def test_gitlab_pipeline_semantics() -> None:
     assert job["artifacts"]["when"] == "always" and job["artifacts"]["name"] == "results-$CELL"
     assert doc["report"]["when"] == "always"
     assert {n["job"] for n in doc["report"]["needs"]} == set(jobs)
+
+
+def test_every_scenario_module_datasource_and_cloud_disk_has_a_cell() -> None:
+    """Every scenario module runs in some cell; each metadata datasource and each cloud
+    disk of the reference build has a QEMU cell (the disk booted with its datasource)."""
+    from lab.cloudconfig import METADATA_DATASOURCES
+    from refimage.disks import NAMES
+
+    cells = mx.load(MATRIX).cells
+    selected = {Path(s.split("::")[0]) for c in cells for s in c.scenarios}
+    modules = {p.relative_to(ROOT) for p in (ROOT / "scenarios").glob("test_*.py")}
+    covered = {m for m in modules if m in selected or any(
+        m.is_relative_to(s) for s in selected if not s.suffix)}
+    assert covered == modules
+    qemu = [c for c in cells if c.platform == "qemu"]
+    datasources = {c.options[c.options.index("--datasource") + 1] for c in qemu
+                   if "--datasource" in c.options}
+    assert set(METADATA_DATASOURCES) <= datasources
+    assert {c.image.split(":", 1)[1] for c in qemu if c.image.startswith("reference:")} \
+        >= set(NAMES)
+
+
+def test_a_cloud_without_a_stand_in_is_not_configured_when_rehearsed(tmp_path: Path) -> None:
+    from commands.matrix.run import run_cell
+
+    matrix = mx.load(MATRIX)
+    verdict = run_cell(matrix, matrix.cell("gce-x86_64"), tmp_path, rehearse=True)
+    assert verdict.not_configured == "platform gce has no stand-in to rehearse against yet"
+    assert not verdict.green and not verdict.broken
+    assert json.loads((tmp_path / "gce-x86_64" / "cell.json").read_text())["attempts"] == []

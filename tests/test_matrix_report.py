@@ -237,6 +237,50 @@ def test_report_of_a_green_nightly_exits_0(tmp_path: Path,
     assert "no previous nightly given" in (tmp_path / "r" / "report.html").read_text()
 
 
+def test_not_configured_cells_are_neutral_and_named(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A cloud cell whose secrets are unset: in the report, naming the variables; the
+    nightly is neither failed by it nor does it count as passed."""
+    make_cell(tmp_path, "only", [case_xml(BOOT)], exit_code=0)
+    cloud = tmp_path / "aws-x86_64"
+    cloud.mkdir()
+    (cloud / "cell.json").write_text(json.dumps({
+        "cell": {"id": "aws-x86_64", "platform": "aws", "arch": "x86_64", "image": "x"},
+        "policy": {}, "attempts": [], "not_configured": {
+            "missing": ["AWS_ACCESS_KEY_ID"], "why": "secret(s) not set: AWS_ACCESS_KEY_ID"}}))
+    out = tmp_path / "r"
+    assert main(["matrix", "report", str(tmp_path), "-o", str(out)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("roslab nightly: PASSED: 2 cells (1 not configured: aws-x86_64)")
+    verdict = cell_verdict(cloud)
+    assert not verdict.green and verdict.not_configured and not verdict.broken
+    assert verdict.summary() == "NOT CONFIGURED: secret(s) not set: AWS_ACCESS_KEY_ID"
+    page = (out / "report.html").read_text()
+    assert "not configured: secret(s) not set: AWS_ACCESS_KEY_ID" in page
+    suite = next(s for s in ET.parse(out / "junit.xml").getroot()
+                 if s.get("name") == "aws-x86_64")
+    assert suite.get("skipped") == "1" and suite.get("failures") == suite.get("errors") == "0"
+
+
+def test_a_rehearsed_cell_says_so_and_is_red_when_the_stand_in_kept_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = make_cell(tmp_path, "aws-x86_64", [case_xml(BOOT)], exit_code=0)
+    meta = json.loads((folder / "cell.json").read_text())
+    meta["rehearsed"] = {"what": "moto's EC2 API, instances booted under QEMU",
+                         "accelerator": "tcg (no kernel to probe KVM with)", "leftovers": []}
+    (folder / "cell.json").write_text(json.dumps(meta))
+    assert main(["matrix", "report", str(tmp_path), "-o", str(tmp_path / "r")]) == 0
+    assert "1 rehearsed on stand-ins, not on their clouds: aws-x86_64" in capsys.readouterr().out
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "REHEARSED against moto&#x27;s EC2 API" in page and "tcg (no kernel" in page
+    meta["rehearsed"]["leftovers"] = ["instance i-1 (running)", "guest 127.0.2.7:22"]
+    (folder / "cell.json").write_text(json.dumps(meta))
+    verdict = cell_verdict(folder)
+    assert not verdict.green
+    assert verdict.broken == ("the rehearsal left behind (after the cell's gc): instance i-1 "
+                              "(running); guest 127.0.2.7:22")
+
+
 def test_report_refuses_what_is_no_results(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["matrix", "report", str(tmp_path / "nope")]) == 2

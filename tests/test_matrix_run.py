@@ -119,10 +119,19 @@ def test_run_reruns_failures_once_and_judges_by_the_policy(
 
     again = roslab("matrix", "run", "--cell", "fake-cell", "--results", "out", cwd=tmp_path)
     assert again.returncode == 2 and "is not empty" in again.stderr
+    # a cell whose secret is unset is not configured: named, neutral, nothing run
     keyless = roslab("matrix", "run", "--cell", "needs-key", "--results", "out", cwd=tmp_path)
-    assert keyless.returncode == 2
-    assert "cell 'needs-key' needs the secret(s) ROSLAB_TEST_NEVER_SET" in keyless.stderr
-    assert not (tmp_path / "out" / "needs-key").exists()
+    assert keyless.returncode == 0, keyless.stdout + keyless.stderr
+    assert ("cell needs-key: NOT CONFIGURED: secret(s) not set: ROSLAB_TEST_NEVER_SET"
+            in keyless.stdout)
+    assert "1 not configured (needs-key)" in keyless.stdout
+    keyless_meta = json.loads((tmp_path / "out" / "needs-key" / "cell.json").read_text())
+    assert keyless_meta["not_configured"]["missing"] == ["ROSLAB_TEST_NEVER_SET"]
+    assert keyless_meta["attempts"] == []
+    assert meta["accelerator"]["accel"] == "tcg"  # from pytest's header, with its reason
+    report = roslab("matrix", "report", "out", "-o", "report", cwd=tmp_path)
+    assert "(1 not configured: needs-key)" in report.stdout
+    assert "FAILED (fake-cell)" in report.stdout  # red only because of fake-cell
 
 
 @pytest.mark.refimage

@@ -2,7 +2,7 @@
 
 roslab matrix plan [--file matrix.yml] [--json]
 roslab matrix emit github|gitlab [--file matrix.yml] [-o FILE]
-roslab matrix run [--cell ID ...|--where KEY=VALUE ...] [--results results/matrix]
+roslab matrix run [--cell ID ...|--where KEY=VALUE ...] [--results results/matrix] [--rehearse]
                   [--results-db URL]
 roslab matrix report RESULTS... [-o results/matrix-report] [--previous DIR|bench.jsonl]
                   [--results-db URL]
@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="cells whose field matches, e.g. platform=qemu arch=aarch64")
     run.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
                      help=f"a folder per cell under it (default: {DEFAULT_RESULTS})")
+    run.add_argument("--rehearse", action="store_true",
+                     help="run the cloud cells against their drivers' stand-ins on this host "
+                          "(real QEMU guests), not the clouds: no secrets needed")
     add_results_db_option(run)
     run.set_defaults(func=cmd_run)
 
@@ -127,11 +130,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("no cell matches: see `roslab matrix plan`")
     started = time.monotonic()
     url = resolve_url(args.results_db)
-    green = [run_cell(matrix, cell, args.results, url) for cell in cells]
+    verdicts = [run_cell(matrix, cell, args.results, args.rehearse, url) for cell in cells]
     minutes = (time.monotonic() - started) / 60
-    print(f"roslab matrix: {sum(green)} of {len(cells)} cells green in {minutes:.1f} min; "
-          f"results in {args.results}")
-    return 0 if all(green) else 1
+    neutral = [v.cell for v in verdicts if v.not_configured]
+    green = sum(v.green for v in verdicts)
+    print(f"roslab matrix: {green} of {len(cells)} cells green in {minutes:.1f} min"
+          + (f", {len(neutral)} not configured ({', '.join(neutral)})" if neutral else "")
+          + f"; results in {args.results}")
+    return 0 if all(v.green or v.not_configured for v in verdicts) else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:

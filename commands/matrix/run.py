@@ -11,25 +11,40 @@ Each cell writes its own results folder:
 
 Flake policy: the scenarios that failed are run once more in a new pytest session, so on
 fresh machines; the report decides what a pass on the rerun counts as.
+
+A cell whose secrets are not all set is *not configured*: its cell.json names the missing
+variables and nothing runs; the report shows it neutral (neither red nor green).
+
+`--rehearse` runs a cloud cell against its driver's stand-in on this host (the stand-in
+boots a real QEMU guest for every instance the unchanged driver creates) instead of the
+cloud: no secrets needed. The stand-in lives in this process for the whole cell, so the
+cell's `roslab gc --platform P` (as its CI job runs it) sweeps the same stand-in; what the
+stand-in still holds after that (instances, images, keys, guests, ports) makes the cell
+red. cell.json says the cell was rehearsed, never that it ran on the cloud.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO
 
 from commands.matrix.plan import REFERENCE, Cell, Matrix
+from drivers import driver_class
+from lab.driver import Rehearsal
 from lab.errors import ConfigError
 from reports.history import utc_now
-from reports.matrix import cell_verdict, read_junit
+from reports.matrix import CellVerdict, cell_verdict, read_junit
 
 RERUN = "rerun-"  # prefix of the rerun's files in a cell folder
 
@@ -44,6 +59,10 @@ def resolve_image(cell: Cell, say: IO[str]) -> str | None:
 
         name = cell.image.split(":", 1)[1]
         folder = ensure_image(cell.arch, progress=lambda m: print(f"roslab: {m}", file=say))
+        from refimage.disks import NAMES, ensure_disks
+
+        if name in NAMES:  # a cloud's disk: an opt-in part of the build
+            ensure_disks(folder, progress=lambda m: print(f"roslab: {m}", file=say))
         path = folder / name
         if not path.exists():
             raise ConfigError(f"cell {cell.id!r}: the {cell.arch} reference image has no "
@@ -53,7 +72,7 @@ def resolve_image(cell: Cell, say: IO[str]) -> str | None:
 
 
 def pytest_command(cell: Cell, root: Path, out: Path, image: str | None, selection: list[str],
-                   prefix: str = "") -> list[str]:
+                   prefix: str = "", rehearsal: Rehearsal | None = None) -> list[str]:
     """The pytest run of one attempt; what a CI job runs, through `roslab matrix run`.
 
     The rootdir is the matrix file's folder, so node ids (in JUnit, in the rerun's
@@ -69,6 +88,8 @@ def pytest_command(cell: Cell, root: Path, out: Path, image: str | None, selecti
         cmd += ["--budgets", cell.budgets]
     if cell.keyword and not prefix:  # a rerun names its node ids exactly
         cmd += ["-k", cell.keyword]
+    for key, value in (rehearsal.options if rehearsal else {}).items():
+        cmd += ["--platform-option", f"{key}={value}"]
     cmd += [*cell.options,
             f"--junitxml={out / f'{prefix}junit.xml'}",
             "-o", f"junit_suite_name={cell.id}",
@@ -115,18 +136,41 @@ def _attempt(cmd: list[str], cwd: Path, log: Path, env: dict[str, str]) -> dict[
     return record
 
 
-def run_cell(matrix: Matrix, cell: Cell, results: Path, results_db: str | None = None) -> bool:
-    """Run one cell into results/<cell id>; True when its verdict is green. The cell (both
-    attempts and its boots) is recorded in the results database at `results_db`."""
+ACCEL_LINE = re.compile(r"^roslab: accel (\S+) \((.*)\)$", re.M)  # pytest's report header
+
+
+def accelerator(log: Path) -> dict[str, str]:
+    """The accelerator the cell's pytest used and why, as its report header says."""
+    text = log.read_text("utf-8", errors="replace") if log.is_file() else ""
+    found = ACCEL_LINE.search(text)
+    return {"accel": found[1], "why": found[2]} if found else {}
+
+
+def missing_secrets(cell: Cell) -> list[str]:
+    return [name for name in cell.secrets if not os.environ.get(name)]
+
+
+def run_cell(matrix: Matrix, cell: Cell, results: Path, rehearse: bool = False,
+             results_db: str | None = None) -> CellVerdict:
+    """Run one cell into results/<cell id> and judge it. A cell that cannot run here (its
+    secrets unset; with `rehearse`, a cloud without a stand-in) is recorded as not
+    configured, naming why. The cell (both attempts and its boots) is recorded in the
+    results database at `results_db`."""
     root = matrix.path.resolve().parent
-    missing = [name for name in cell.secrets if not os.environ.get(name)]
-    if missing:
-        raise ConfigError(f"cell {cell.id!r} needs the secret(s) {', '.join(missing)} in its "
-                          "environment (CI: the repository's secrets or CI/CD variables)")
     out = (results / cell.id).resolve()
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty: results of a cell are never mixed "
                           "(remove it or give another --results)")
+    cls = driver_class(cell.platform)
+    standin = cls.rehearsal() if rehearse and cls.in_cloud else None
+    not_configured: dict[str, object] | None = None
+    if rehearse and cls.in_cloud and standin is None:
+        not_configured = {"missing": [], "why": f"platform {cell.platform} has no stand-in "
+                          "to rehearse against yet"}
+    elif standin is None and (missing := missing_secrets(cell)):
+        not_configured = {"missing": missing, "why": "secret(s) not set: "
+                          f"{', '.join(missing)} (CI: the repository's secrets or CI/CD "
+                          "variables)"}
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("ROSLAB_RUN_ID", f"{utc_now().replace(':', '')}-{cell.id}")
@@ -137,24 +181,60 @@ def run_cell(matrix: Matrix, cell: Cell, results: Path, results_db: str | None =
         "host": socket.gethostname(), "run_id": env["ROSLAB_RUN_ID"], "started": utc_now(),
         "attempts": [],
     }
-    attempts: list[dict[str, object]] = meta["attempts"]  # type: ignore[assignment]
 
     def save() -> None:
         (out / "cell.json").write_text(json.dumps(meta, indent=1, default=str), "utf-8")
 
+    if not_configured is not None:
+        meta.update(not_configured=not_configured, finished=utc_now())
+        save()
+        return _judged(cell, out, results_db)
     save()
+    with standin if standin is not None else contextlib.nullcontext() as rehearsal:
+        if rehearsal is not None:
+            env.update(rehearsal.env)
+            meta["rehearsed"] = {"what": rehearsal.what}
+            print(f"roslab matrix: cell {cell.id}: rehearsed against {rehearsal.what}",
+                  flush=True)
+        try:
+            _attempts(cell, root, out, env, meta, save, rehearsal)
+        finally:
+            if rehearsal is not None:
+                meta["rehearsed"] = _after_rehearsal(cell, root, out, env, rehearsal)
+            save()
+    return _judged(cell, out, results_db)
+
+
+def _judged(cell: Cell, out: Path, results_db: str | None) -> CellVerdict:
+    """The cell's verdict, said, and recorded in the results database when one is given."""
+    verdict = cell_verdict(out)
+    print(f"roslab matrix: cell {cell.id}: {verdict.summary()}", flush=True)
+    if results_db is not None:
+        from reports.results_db import record
+        from reports.results_record import run_from_cell
+
+        record(results_db, run_from_cell(out), lambda m: print(f"roslab matrix: {m}", flush=True))
+    return verdict
+
+
+def _attempts(cell: Cell, root: Path, out: Path, env: dict[str, str], meta: dict[str, object],
+              save: Callable[[], None], rehearsal: Rehearsal | None) -> None:
+    """The run, then the rerun of its failures, each recorded in meta as it ends."""
+    attempts: list[dict[str, object]] = meta["attempts"]  # type: ignore[assignment]
     try:
         image = resolve_image(cell, sys.stdout)
         print(f"roslab matrix: cell {cell.id} ({cell.describe()}) -> {out}", flush=True)
-        cmd = pytest_command(cell, root, out, image, list(cell.scenarios))
+        cmd = pytest_command(cell, root, out, image, list(cell.scenarios), rehearsal=rehearsal)
         attempts.append(_attempt(cmd, root, out / "pytest.log", env))
+        meta["accelerator"] = accelerator(out / "pytest.log")
         save()
         failed = [c.nodeid for c in read_junit(out / "junit.xml") if c.outcome == "failed"] \
             if (out / "junit.xml").is_file() else []
         if failed:
             print(f"roslab matrix: cell {cell.id}: rerunning {len(failed)} failed "
                   "scenario(s) once, on fresh machines", flush=True)
-            cmd = pytest_command(cell, root, out, image, failed, prefix=RERUN)
+            cmd = pytest_command(cell, root, out, image, failed, prefix=RERUN,
+                                 rehearsal=rehearsal)
             attempts.append({**_attempt(cmd, root, out / f"{RERUN}pytest.log", env),
                              "rerun": failed})
     except KeyboardInterrupt:
@@ -163,11 +243,18 @@ def run_cell(matrix: Matrix, cell: Cell, results: Path, results_db: str | None =
     finally:
         meta["finished"] = utc_now()
         save()
-    verdict = cell_verdict(out)
-    print(f"roslab matrix: cell {cell.id}: {verdict.summary()}", flush=True)
-    if results_db is not None:
-        from reports.results_db import record
-        from reports.results_record import run_from_cell
 
-        record(results_db, run_from_cell(out), lambda m: print(f"roslab matrix: {m}", flush=True))
-    return verdict.green
+
+def _after_rehearsal(cell: Cell, root: Path, out: Path, env: dict[str, str],
+                     rehearsal: Rehearsal) -> dict[str, object]:
+    """The cell's gc against the stand-in, as its CI job runs it, then what is left."""
+    gc = subprocess.run([sys.executable, "-m", "commands.cli", "gc", "--platform",
+                         cell.platform], cwd=root, env=env, capture_output=True, text=True,
+                        timeout=600)
+    (out / "gc.log").write_text(gc.stdout + gc.stderr, "utf-8")
+    guests = rehearsal.guests()
+    accels = sorted({f"{g.get('accel')} ({g.get('accel_reason')})" for g in guests})
+    return {"what": rehearsal.what, "gc_exit_code": gc.returncode,
+            "gc": gc.stdout.strip().splitlines()[-1:], "guests": guests,
+            "accelerator": "; ".join(accels) or "no guest booted",
+            "leftovers": rehearsal.leftovers()}

@@ -332,6 +332,9 @@ class QemuDriver(Driver):
         self.sockdir: Path | None = None
         self._net_options = ""  # slirp options of a cloud metadata stand-in
         self.metadata: Any = None  # that stand-in (drivers.qemu.metadata.MetadataServer)
+        # where the guest's port 22 is forwarded on the host (default: 127.0.0.1 and a free
+        # port); a cloud stand-in gives its instance an address of its own, port 22
+        self.ssh_bind: tuple[str, int] | None = None
 
     @classmethod
     def host_threads_for(cls, image: Image, arch: str, accel: str, cpus: int) -> int:
@@ -530,7 +533,7 @@ class QemuDriver(Driver):
         if board.caps.network:
             argv += [
                 # QEMU's DHCP offers the machine's name, as clouds' DHCP servers do
-                "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22,"
+                "-netdev", f"user,id=net0,hostfwd=tcp:{self.ssh_endpoint()[0]}:{self.ssh_port}-:22,"
                            f"hostname={self.dhcp_hostname()}"
                            + (f",{self._net_options}" if self._net_options else ""),
                 # no option ROM: nothing here netboots, and iPXE's probe costs a second of TCG
@@ -553,7 +556,7 @@ class QemuDriver(Driver):
         """Run QEMU paused, with a free SSH port, and connect console and QMP."""
         assert self.spec is not None, "prepare() first"
         for attempt in range(3):
-            self.ssh_port = free_port()
+            self.ssh_port = self.ssh_bind[1] if self.ssh_bind else free_port()
             self.argv = [*self._argv(), *extra]
             stderr = (self.spec.workdir / "qemu.stderr").open("wb")
             self.proc = popen(self.argv, keep=self.spec.keep_on_exit, stdin=subprocess.DEVNULL,
@@ -706,7 +709,7 @@ class QemuDriver(Driver):
         return self._console
 
     def ssh_endpoint(self) -> tuple[str, int]:
-        return "127.0.0.1", self.ssh_port
+        return (self.ssh_bind[0] if self.ssh_bind else "127.0.0.1"), self.ssh_port
 
     def dhcp_hostname(self) -> str | None:
         if self.spec is None or not self.board.caps.network:
