@@ -203,6 +203,17 @@ def test_proxies_reach_the_user_docker(machine: Machine) -> None:
                          f"{want}")
 
 
+def test_proxies_are_in_the_docker_system_containers_environment(machine: Machine) -> None:
+    env = json.loads(_inspect(machine, "docker", "{{json .Config.Env}}"))
+    want = [f"{var}={PROXY[key]}" for key, var in
+            (("http_proxy", "HTTP_PROXY"), ("https_proxy", "HTTPS_PROXY"),
+             ("no_proxy", "NO_PROXY"))]
+    missing = [w for w in want if w not in env]
+    assert not missing, (
+        f"`system-docker inspect docker`: the docker system container's environment lacks "
+        f"{missing} (rancher.network's proxies, as RancherOS puts them there)")
+
+
 def test_preloaded_image_is_in_the_user_docker(machine: Machine) -> None:
     got = machine.run(f"docker image inspect --format '{{{{.RepoTags}}}}' {PRELOADED}")
     assert got.ok and f"[{PRELOADED}]" in got.output, (

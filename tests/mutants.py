@@ -132,6 +132,22 @@ def _user_container_named_like_a_service(services: dict) -> None:
                           "--name syslog busybox:latest sleep 86400'")
 
 
+def _docker_container_gets_no_proxies(services: dict) -> None:
+    del services["docker"]["environment"]
+
+
+def _console_without_user_tools(services: dict) -> None:
+    # the console's own copy of the image loses them; the host root keeps them
+    services["console"]["command"] = (
+        "sh -c 'rm -f /usr/sbin/parted /usr/sbin/blkid /usr/bin/lsblk /usr/bin/printenv "
+        "/usr/bin/nohup /usr/bin/install /usr/bin/split; exec ros console-init'"
+    )
+
+
+def _network_without_bash(services: dict) -> None:
+    services["network"]["command"] = "sh -c 'rm -f /usr/bin/bash; exec ros netconf'"
+
+
 MOUNT_STATE = "usr/lib/ros/mount-state"
 INSTALL_PY = "usr/lib/ros/ros/install.py"
 SERVICES_PY = "usr/lib/ros/ros/services.py"
@@ -343,6 +359,8 @@ MUTANTS: tuple[Mutant, ...] = (
                 Edit(CLOUDINIT_PY, '    _commands(config.get(cfg, "bootcmd"), "bootcmd")\n', ""),)),
             Breakage("the user Docker gets no proxies", edits=(
                 Edit(COMMANDS_PY, "    env.update(proxy_environment(cfg))\n", ""),)),
+            Breakage("the docker system container gets no proxies in its environment",
+                     services=_docker_container_gets_no_proxies),
             Breakage("only .tgz tarballs are preloaded", edits=(
                 Edit(COMMANDS_PY, 'if name.endswith((".tar", ".tar.gz", ".tgz")):',
                      'if name.endswith((".tgz",)):'),)),
@@ -375,6 +393,10 @@ MUTANTS: tuple[Mutant, ...] = (
                   ("bootcmd and runcmd ran as ['runcmd']",)),
             Fails("scenarios/test_cloud_config_apply.py::test_proxies_reach_the_user_docker",
                   ("the user Docker's proxies are []",)),
+            Fails("scenarios/test_cloud_config_apply.py::"
+                  "test_proxies_are_in_the_docker_system_containers_environment",
+                  ("the docker system container's environment lacks "
+                   "['HTTP_PROXY=http://10.0.2.2:3128'",)),
             Fails("scenarios/test_cloud_config_apply.py::"
                   "test_preloaded_image_is_in_the_user_docker",
                   ("roslab/preloaded:1 from /var/lib/rancher/preload/docker is not in",)),
@@ -571,6 +593,39 @@ MUTANTS: tuple[Mutant, ...] = (
                   ("`ros console list` does not mark 'default' current",)),
             Fails(ROS_CLI + "test_tls_gen_makes_the_user_docker_serve_tls_on_2376",
                   ("a TLS client with ~/.docker's certificates got no answer on 2376",)),
+        ),
+    ),
+    Mutant(
+        "console-tools-missing",
+        (
+            Breakage("the network container has no bash", services=_network_without_bash),
+            Breakage("the console has no parted, blkid, lsblk, printenv, nohup, install, "
+                     "split", services=_console_without_user_tools),
+            Breakage("the console never runs /etc/rc.local", edits=(
+                Edit(COMMANDS_PY, "    cloudinit.runcmd(cfg)\n    rc_local()\n",
+                     "    cloudinit.runcmd(cfg)\n"),)),
+            Breakage("write_files leaves a path that is a symlink as it is", edits=(
+                Edit(CLOUDINIT_PY, "        os.replace(tmp, path)\n",
+                     "        os.replace(tmp, path) if not os.path.islink(path) "
+                     "else os.unlink(tmp)\n"),)),
+            Breakage("the btrfs module is missing (btrfs.ko emptied)",
+                     emptied_modules=("btrfs",)),
+        ),
+        (
+            Fails("scenarios/test_console_tools.py::"
+                  "test_bash_runs_scripts_in_the_console_and_the_network_container",
+                  ("the network container's #!/bin/bash pre_up hook",)),
+            Fails("scenarios/test_console_tools.py::test_console_has_the_tools_users_expect",
+                  ("parted: `sudo parted --version` exited", "blkid: ", "; printenv: ",
+                   "ros env printenv: ", "split: ")),
+            Fails("scenarios/test_console_tools.py::test_rc_local_starts_a_container",
+                  ("/etc/rc.local did not start roslab-rc-local",
+                   "/var/log/boot/rc.local.log: ''")),
+            Fails("scenarios/test_console_tools.py::"
+                  "test_write_files_replacing_usr_bin_test_leaves_the_console_usable",
+                  ("/usr/bin/test is not the user's file",)),
+            Fails("scenarios/test_console_tools.py::test_rancher_modules_loads_btrfs",
+                  ("rancher.modules: [btrfs]: btrfs is not loaded",)),
         ),
     ),
     Mutant(

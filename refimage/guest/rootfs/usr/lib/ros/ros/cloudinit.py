@@ -11,6 +11,7 @@ this image does not apply, are logged and shown on the console, and boot goes on
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import grp
 import gzip
@@ -20,6 +21,7 @@ import os
 import pwd
 import subprocess
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -602,6 +604,8 @@ def _network_follows(cfg: dict) -> None:
 def pre_console() -> int:
     meta = save()
     cfg = config.load()
+    # before the network service restarts: a pre_up hook may be one of these files
+    _files_into_running_containers(cfg)
     _network_follows(cfg)
     _commands(config.get(cfg, "bootcmd"), "bootcmd")
     user = config.merge(config.cloud_config_layers(), {})
@@ -615,7 +619,6 @@ def pre_console() -> int:
     if keys:
         _authorized_keys([str(k) for k in keys])
     mounts(cfg)
-    _files_into_running_containers(cfg)
     return 0
 
 
@@ -657,15 +660,30 @@ def _entry_failed(entry: dict, exc: Exception) -> None:
     _say(f"cloud-init: write_files entry {entry!r} failed: {exc}")
 
 
+def replace_file(path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+    """Write `path` as a new file renamed over the old one, as RancherOS's cloud-init does:
+    an entry for /usr/bin/test replaces that link to busybox, not busybox itself (writing
+    through it would turn every applet, the console's shell among them, into the file)."""
+    folder = os.path.dirname(path) or "/"
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write_files-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        os.chown(tmp, uid, gid)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def write_files(cfg: dict) -> None:
     for entry in _file_entries(cfg, "console"):
         try:
             path, data, mode, uid, gid, what = _file(entry)
-            os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
-            with open(path, "wb") as fh:
-                fh.write(data)
-            os.chmod(path, mode)
-            os.chown(path, uid, gid)
+            replace_file(path, data, mode, uid, gid)
             log(f"wrote {path} ({what})")
         except (KeyError, OSError, ValueError, TypeError) as exc:
             _entry_failed(entry, exc)

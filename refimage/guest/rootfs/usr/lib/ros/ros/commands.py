@@ -196,8 +196,25 @@ def console_init() -> int:
             target=_respawn, args=([*argv, "115200", tty, "vt100"],), daemon=True
         ).start()
     cloudinit.runcmd(cfg)
+    rc_local()
     while True:
         time.sleep(3600)
+
+
+RC_LOCAL = "/etc/rc.local"
+
+
+def rc_local() -> None:
+    """/etc/rc.local, when executable, after runcmd, as RancherOS's console runs it (users
+    start containers there: it comes before the user Docker answers, so it waits itself)."""
+    if not os.access(RC_LOCAL, os.X_OK) or not os.path.isfile(RC_LOCAL):
+        return
+    try:
+        proc = subprocess.run([RC_LOCAL], capture_output=True, text=True)
+    except OSError as exc:  # e.g. its #! names an interpreter that is not there
+        config.console_print(f"console: {RC_LOCAL} could not run: {exc}")
+        return
+    config.boot_log("rc.local", f"{RC_LOCAL} -> {proc.returncode}\n{proc.stdout}{proc.stderr}")
 
 
 def proxy_environment(cfg: dict) -> dict[str, str]:
