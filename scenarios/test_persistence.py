@@ -6,7 +6,8 @@ same, images preloaded for the system Docker are loaded, and both Dockers use th
 
 A kernel+initrd image is booted as RancherOS's iPXE docs show it, with a blank disk and
 `rancher.state.dev=LABEL=RANCHER_STATE rancher.state.autoformat=[/dev/sda,/dev/vda]` (only
-a blank disk is formatted); an installed disk image (`ros install`, the cloud disks)
+a blank disk is formatted) and `rancher.state.directory=roslab-state` (the state lives in
+that folder of the partition); an installed disk image (`ros install`, the cloud disks)
 carries its state partition and command line already. An ISO runs from RAM with its
 command line baked in: not applicable there.
 """
@@ -22,8 +23,10 @@ from fixtures.profiles import Profile
 from lab.images import CMDLINE_KINDS, DISK, GCE_TARBALL, ISO
 from lab.machine import Machine
 
+STATE_DIRECTORY = "roslab-state"
 STATE_CMDLINE = ["rancher.state.dev=LABEL=RANCHER_STATE",
-                 "rancher.state.autoformat=[/dev/sda,/dev/vda]", "rancher.state.wait"]
+                 "rancher.state.autoformat=[/dev/sda,/dev/vda]", "rancher.state.wait",
+                 f"rancher.state.directory={STATE_DIRECTORY}"]
 BLANK_DISK = 2 << 30
 KEPT = ("/home/rancher/kept.txt", "/opt/kept.txt", "/var/lib/rancher/kept.txt")
 GONE = ("/tmp/gone.txt", "/etc/gone.txt")
@@ -83,6 +86,29 @@ def _settings_lost(machine: Machine, profile: Profile, mark: str,
     return problems
 
 
+def _state_directory_problems(machine: Machine, mark: str) -> list[str]:
+    """rancher.state.directory: the partition's root holds that folder, the state in it
+    (the partition is looked at read-only, by its label)."""
+    where = "/tmp/roslab-state"
+    mounted = machine.run(f"d=$(sudo blkid -L RANCHER_STATE) && sudo mkdir -p {where} "
+                          f"&& sudo mount -o ro \"$d\" {where}")
+    if not mounted.ok:
+        return [f"could not look at the RANCHER_STATE partition: {mounted.output.strip()}"]
+    try:
+        root = sorted(set(machine.run(f"sudo ls -A {where}").output.split()) - {"lost+found"})
+        kept = machine.run(f"sudo cat {where}/{STATE_DIRECTORY}{KEPT[0]}").output.strip()
+    finally:
+        machine.run(f"sudo umount {where}")
+    problems = []
+    if root != [STATE_DIRECTORY]:
+        problems.append(f"rancher.state.directory={STATE_DIRECTORY}: the state partition's root "
+                        f"holds {root}, not only {STATE_DIRECTORY}")
+    if kept != mark:
+        problems.append(f"rancher.state.directory={STATE_DIRECTORY}: {KEPT[0]} is not in "
+                        f"{STATE_DIRECTORY}/ on the partition ({kept[-120:]!r})")
+    return problems
+
+
 def test_state_persists_across_a_power_cycle(boot_machine, lab_config,  # type: ignore[no-untyped-def]
                                              profile: Profile) -> None:
     mark = f"kept-{secrets.token_hex(4)}"
@@ -110,6 +136,8 @@ def test_state_persists_across_a_power_cycle(boot_machine, lab_config,  # type: 
     if kept_wrongly:
         problems.append(f"kept though they live in RAM: {', '.join(kept_wrongly)}")
     problems += _settings_lost(machine, profile, mark, before)
+    if lab_config.resolved_image().kind in CMDLINE_KINDS:  # the lab gave the state arguments
+        problems += _state_directory_problems(machine, mark)
     if problems:
         log = machine.run("cat /var/log/boot/autoformat.log 2>&1").output.strip()[-600:]
         pytest.fail("after a power cycle " + "; ".join(problems)

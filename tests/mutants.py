@@ -136,6 +136,12 @@ def _docker_container_gets_no_proxies(services: dict) -> None:
     del services["docker"]["environment"]
 
 
+def _home_and_opt_not_shared(services: dict) -> None:
+    volumes = services["user-volumes"]["volumes"]
+    for folder in ("/home", "/opt"):
+        volumes[volumes.index(f"{folder}:{folder}:rslave")] = f"{folder}:{folder}"
+
+
 def _console_without_user_tools(services: dict) -> None:
     # the console's own copy of the image loses them; the host root keeps them
     services["console"]["command"] = (
@@ -355,6 +361,10 @@ MUTANTS: tuple[Mutant, ...] = (
             )),
             Breakage("mounts are made in cloud-init's own mount namespace", edits=(
                 Edit(CLOUDINIT_PY, 'host = ["nsenter", "-t", "1", "-m", "--"]', "host = []"),)),
+            Breakage("mounts under /home and /opt do not reach the console",
+                     services=_home_and_opt_not_shared),
+            Breakage("`cloud-init-execute` run by hand applies nothing", edits=(
+                Edit(CLI_PY, "else cloudinit.execute())", "else 0)"),)),
             Breakage("bootcmd does not run", edits=(
                 Edit(CLOUDINIT_PY, '    _commands(config.get(cfg, "bootcmd"), "bootcmd")\n', ""),)),
             Breakage("the user Docker gets no proxies", edits=(
@@ -389,6 +399,14 @@ MUTANTS: tuple[Mutant, ...] = (
             Fails("scenarios/test_cloud_config_apply.py::"
                   "test_mount_is_made_and_seen_in_the_console",
                   ("the console sees nothing mounted there",)),
+            Fails("scenarios/test_cloud_config_apply.py::"
+                  "test_four_field_mounts_reach_the_console",
+                  ("the console sees nothing mounted at /home/rancher/roslab-mnt (tmpfs), "
+                   "/mnt/roslab-defaults (tmpfs), /opt/roslab-bind",)),
+            Fails("scenarios/test_cloud_config_apply.py::"
+                  "test_cloud_init_execute_makes_the_mounts_again",
+                  ("after `sudo cloud-init-execute` (exit 0) the console sees nothing mounted "
+                   "at /home/rancher/roslab-mnt",)),
             Fails("scenarios/test_cloud_config_apply.py::test_bootcmd_runs_before_runcmd",
                   ("bootcmd and runcmd ran as ['runcmd']",)),
             Fails("scenarios/test_cloud_config_apply.py::test_proxies_reach_the_user_docker",
@@ -463,6 +481,10 @@ MUTANTS: tuple[Mutant, ...] = (
                 Edit(MOUNT_STATE, '  mount --bind "$STATE/$d" "/$d"',
                      '  chmod 1777 "$STATE/tmp" 2>/dev/null\n  mount --bind "$STATE/$d" "/$d"'),
             ), services=_console_shares_host_tmp),
+            Breakage("rancher.state.directory is ignored (the state is kept at the "
+                     "partition's root)", edits=(
+                Edit(MOUNT_STATE, '    *) STATE="$STATE/$directory"; mkdir -p "$STATE" ;;',
+                     "    *) ;;"),)),
             Breakage("`ros service enable` is ignored at boot (rancher.services_include)",
                      edits=(Edit(SERVICES_PY, "services = {**catalogue.included(cfg), ",
                                  "services = {"),)),
@@ -483,7 +505,8 @@ MUTANTS: tuple[Mutant, ...] = (
                    "the user Docker lost the image", "kept though they live in RAM: /tmp",
                    "roslab-httpd, enabled with `ros service enable` before the reboot, is not "
                    "running after it", "the SSH host keys changed",
-                   "the system Docker did not load", "`sudo system-docker info` shows proxy")),
+                   "the system Docker did not load", "`sudo system-docker info` shows proxy",
+                   "rancher.state.directory=roslab-state: the state partition's root holds")),
             Fails("scenarios/test_cloud_config.py::test_metadata_ssh_keys_join_the_user_datas",
                   ("`ros config get ssh_authorized_keys` lacks the user-data's key",
                    "~rancher/.ssh/authorized_keys lacks the user-data's key")),

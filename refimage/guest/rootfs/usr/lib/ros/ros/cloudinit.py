@@ -532,18 +532,44 @@ def modules(cfg: dict) -> None:
             log(f"module {name} loaded")
 
 
+def _host_mount_points() -> set[str]:
+    try:
+        with open("/proc/1/mounts") as fh:  # the host's namespace (its PIDs are ours)
+            return {line.split()[1] for line in fh if len(line.split()) > 1}
+    except OSError:
+        return set()
+
+
+def _device(dev: str) -> str:
+    """LABEL=.. and UUID=.. as the device they name (RancherOS resolves them too)."""
+    if not dev.startswith(("LABEL=", "UUID=")):
+        return dev
+    proc = subprocess.run(["blkid", "-l", "-o", "device", "-t", dev], capture_output=True,
+                          text=True)
+    return proc.stdout.strip() or dev
+
+
 def mounts(cfg: dict) -> None:
-    """mounts: [device, mount point, fstype, options] (swap: [device, none, swap, ...]),
-    made in the host's mount namespace; /mnt and /media reach the console and the user
-    Docker (shared mounts, as RancherOS's)."""
+    """mounts: [device, mount point, fstype, options] as RancherOS takes them (an empty
+    fstype or `auto` lets mount find it, empty options are the defaults; a bind mount is
+    [dir, dir, "", bind]; swap: [device, none, swap, ...]), made in the host's mount
+    namespace; /mnt, /media, /home and /opt reach the console and the user Docker (shared
+    mounts). A mount point already mounted is left alone: `cloud-init-execute` runs again."""
     host = ["nsenter", "-t", "1", "-m", "--"]
+    mounted = _host_mount_points()
     for entry in config.get(cfg, "mounts") or []:
-        fields = [str(f) for f in entry] if isinstance(entry, list) else []
+        fields = ["" if f is None else str(f) for f in entry] if isinstance(entry, list) else []
         if len(fields) != 4:
             _say(f"cloud-init: mounts entry {entry!r} is not [device, mount point, "
                  "fstype, options]; ignored")
             continue
         dev, where, fstype, opts = fields
+        dev = _device(dev)
+        if fstype == "auto":
+            fstype = ""
+        if fstype != "swap" and os.path.normpath(where) in mounted:
+            log(f"{where} is mounted already; left alone")
+            continue
         if fstype == "swap":
             argv = [*host, "swapon", dev]
         else:
@@ -615,6 +641,20 @@ def pre_console() -> int:
     name = _hostname_choice(cfg, meta)
     if name:
         _hostname(name)
+    keys = config.get(cfg, "ssh_authorized_keys") or []
+    if keys:
+        _authorized_keys([str(k) for k in keys])
+    mounts(cfg)
+    return 0
+
+
+def execute() -> int:
+    """`cloud-init-execute` run by hand (`sudo cloud-init-execute`): apply the saved
+    cloud-config again without fetching it or rerunning bootcmd (the boot's cloud-init did
+    both): sysctl, modules, SSH keys, mounts (a disk formatted since boot mounts now)."""
+    cfg = config.load()
+    sysctl(cfg)
+    modules(cfg)
     keys = config.get(cfg, "ssh_authorized_keys") or []
     if keys:
         _authorized_keys([str(k) for k in keys])
