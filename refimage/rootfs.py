@@ -184,6 +184,8 @@ MODULE_DIRS = [
     "kernel/net/core/failover.ko",
     "kernel/drivers/net/veth.ko",
     "kernel/drivers/net/dummy.ko",  # rancher.network pre_cmds may make dummy links
+    "kernel/drivers/net/bonding",  # rancher.network: bond, vlans (bridge is below)
+    "kernel/net/8021q",
     "kernel/drivers/net/vmxnet3",
     "kernel/drivers/char/hw_random",
     "kernel/drivers/input",

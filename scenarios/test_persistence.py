@@ -7,8 +7,9 @@ same, images preloaded for the system Docker are loaded, and both Dockers use th
 A kernel+initrd image is booted as RancherOS's iPXE docs show it, with a blank disk and
 `rancher.state.dev=LABEL=RANCHER_STATE rancher.state.autoformat=[/dev/sda,/dev/vda]` (only
 a blank disk is formatted) and `rancher.state.directory=roslab-state` (the state lives in
-that folder of the partition); an installed disk image (`ros install`, the cloud disks)
-carries its state partition and command line already. An ISO runs from RAM with its
+that folder of the partition), then `-- cc.hostname=...` (arguments after `--` are hidden
+from /proc/cmdline, kept for root and applied); an installed disk image (`ros install`,
+the cloud disks) carries its state partition and command line already. An ISO runs from RAM with its
 command line baked in: not applicable there.
 """
 
@@ -24,9 +25,12 @@ from lab.images import CMDLINE_KINDS, DISK, GCE_TARBALL, ISO
 from lab.machine import Machine
 
 STATE_DIRECTORY = "roslab-state"
+HIDDEN_HOSTNAME = "roslab-hidden"
+# after `--`: hidden from /proc/cmdline, kept for root, applied (RancherOS's PXE docs)
+HIDDEN = ["--", f"cc.hostname={HIDDEN_HOSTNAME}", "rancher.environment.ROSLAB_HIDDEN=hush"]
 STATE_CMDLINE = ["rancher.state.dev=LABEL=RANCHER_STATE",
                  "rancher.state.autoformat=[/dev/sda,/dev/vda]", "rancher.state.wait",
-                 f"rancher.state.directory={STATE_DIRECTORY}"]
+                 f"rancher.state.directory={STATE_DIRECTORY}", *HIDDEN]
 BLANK_DISK = 2 << 30
 KEPT = ("/home/rancher/kept.txt", "/opt/kept.txt", "/var/lib/rancher/kept.txt")
 GONE = ("/tmp/gone.txt", "/etc/gone.txt")
@@ -109,6 +113,24 @@ def _state_directory_problems(machine: Machine, mark: str) -> list[str]:
     return problems
 
 
+def _hidden_args_problems(machine: Machine) -> list[str]:
+    """The kernel arguments after `--`, as RancherOS handles them."""
+    problems = []
+    cmdline = machine.run("cat /proc/cmdline", check=True).output.strip()
+    if any(arg in cmdline.split() for arg in HIDDEN):
+        problems.append(f"after `--`: /proc/cmdline shows them: {cmdline[-200:]!r}")
+    extra = machine.run("sudo ros config get rancher.environment.EXTRA_CMDLINE").output.strip()
+    if " ".join(HIDDEN[1:]) not in extra:
+        problems.append(f"after `--`: rancher.environment.EXTRA_CMDLINE is {extra!r}")
+    if machine.run("cat /var/lib/rancher/conf/cloud-config.d/init.yml").ok:
+        problems.append("after `--`: cloud-config.d/init.yml is readable by rancher")
+    hostname = machine.run("hostname", check=True).output.strip()
+    if hostname != HIDDEN_HOSTNAME:
+        problems.append(f"after `--`: cc.hostname={HIDDEN_HOSTNAME} was not applied "
+                        f"(hostname {hostname!r})")
+    return problems
+
+
 def test_state_persists_across_a_power_cycle(boot_machine, lab_config,  # type: ignore[no-untyped-def]
                                              profile: Profile) -> None:
     mark = f"kept-{secrets.token_hex(4)}"
@@ -137,7 +159,7 @@ def test_state_persists_across_a_power_cycle(boot_machine, lab_config,  # type: 
         problems.append(f"kept though they live in RAM: {', '.join(kept_wrongly)}")
     problems += _settings_lost(machine, profile, mark, before)
     if lab_config.resolved_image().kind in CMDLINE_KINDS:  # the lab gave the state arguments
-        problems += _state_directory_problems(machine, mark)
+        problems += _state_directory_problems(machine, mark) + _hidden_args_problems(machine)
     if problems:
         log = machine.run("cat /var/log/boot/autoformat.log 2>&1").output.strip()[-600:]
         pytest.fail("after a power cycle " + "; ".join(problems)

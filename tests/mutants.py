@@ -299,8 +299,8 @@ MUTANTS: tuple[Mutant, ...] = (
                 Edit(CLOUDINIT_PY, 'if enc in ("b64", "base64",', 'if enc in ("base64",'),
                 Edit(CLOUDINIT_PY, 'if enc.startswith(("gz", "gzip")):',
                      'if enc.startswith("never"):'),
-                Edit(CLOUDINIT_PY, "os.chmod(path, mode)", "os.chmod(path, 0o644)"),
-                Edit(CLOUDINIT_PY, "os.chown(path, uid, gid)", "os.chown(path, 0, 0)"),
+                Edit(CLOUDINIT_PY, "os.chmod(tmp, mode)", "os.chmod(tmp, 0o644)"),
+                Edit(CLOUDINIT_PY, "os.chown(tmp, uid, gid)", "os.chown(tmp, 0, 0)"),
             )),
             Breakage("runcmd runs backwards", edits=(
                 Edit(CLOUDINIT_PY, '_commands(config.get(cfg, "runcmd"), "runcmd")',
@@ -433,6 +433,16 @@ MUTANTS: tuple[Mutant, ...] = (
                      '[conf.get("address")]'),
                 Edit(COMMANDS_PY, '    if conf.get("mtu"):\n', '    if False:\n'),
             )),
+            Breakage("bond members are not enslaved", edits=(
+                Edit(COMMANDS_PY, '            bonds.add(str(conf["bond"]))\n'
+                                  '            members.append((link, str(conf["bond"])))\n',
+                     "            pass\n"),)),
+            Breakage("a port's `bridge:` is ignored", edits=(
+                Edit(COMMANDS_PY, '        if isinstance(conf.get("bridge"), str):',
+                     "        if False:"),)),
+            Breakage("vlans are ignored", edits=(
+                Edit(COMMANDS_PY, '        for vid, name in _vlans(conf.get("vlans")):',
+                     "        for vid, name in []:"),)),
             Breakage("the gateway is ignored", edits=(
                 Edit(COMMANDS_PY, '    if conf.get("gateway"):\n', '    if False:\n'),)),
             Breakage("DNS search domains are dropped", edits=(
@@ -458,6 +468,13 @@ MUTANTS: tuple[Mutant, ...] = (
             Fails("scenarios/test_network.py::test_interface_gets_its_static_addresses_and_mtu"
                   "[by-mac]",
                   ("rl-mac: got {'addresses': ['203.0.113.99/24'], 'mtu': '1500'}",)),
+            Fails("scenarios/test_network.py::test_bond_bridge_and_vlans_are_made[bond]",
+                  ("rancher.network bond: rl-bond0 has members [], expected",)),
+            Fails("scenarios/test_network.py::test_bond_bridge_and_vlans_are_made[bridge]",
+                  ("rancher.network bridge: rl-br0 is not a bridge",)),
+            Fails("scenarios/test_network.py::test_bond_bridge_and_vlans_are_made[vlans]",
+                  ("rancher.network vlans: rl-trunk.100 is not VLAN 100 on rl-trunk",
+                   "rl-vlan200 is not VLAN 200")),
             Fails("scenarios/test_network.py::test_gateway_is_the_default_route",
                   ("gateway 192.0.2.1 is not the default route",)),
             Fails("scenarios/test_network.py::test_dns_nameservers_and_search",
@@ -485,6 +502,8 @@ MUTANTS: tuple[Mutant, ...] = (
                      "partition's root)", edits=(
                 Edit(MOUNT_STATE, '    *) STATE="$STATE/$directory"; mkdir -p "$STATE" ;;',
                      "    *) ;;"),)),
+            Breakage("kernel arguments after `--` are neither kept nor hidden", edits=(
+                Edit("init", 'case " $(cat /proc/cmdline) " in', 'case "" in'),)),
             Breakage("`ros service enable` is ignored at boot (rancher.services_include)",
                      edits=(Edit(SERVICES_PY, "services = {**catalogue.included(cfg), ",
                                  "services = {"),)),
@@ -506,7 +525,9 @@ MUTANTS: tuple[Mutant, ...] = (
                    "roslab-httpd, enabled with `ros service enable` before the reboot, is not "
                    "running after it", "the SSH host keys changed",
                    "the system Docker did not load", "`sudo system-docker info` shows proxy",
-                   "rancher.state.directory=roslab-state: the state partition's root holds")),
+                   "rancher.state.directory=roslab-state: the state partition's root holds",
+                   "after `--`: /proc/cmdline shows them",
+                   "after `--`: cc.hostname=roslab-hidden was not applied")),
             Fails("scenarios/test_cloud_config.py::test_metadata_ssh_keys_join_the_user_datas",
                   ("`ros config get ssh_authorized_keys` lacks the user-data's key",
                    "~rancher/.ssh/authorized_keys lacks the user-data's key")),
