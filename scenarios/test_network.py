@@ -81,10 +81,6 @@ def test_interface_gets_its_static_addresses_and_mtu(machine: Machine, link: str
     assert got == want, f"rancher.network.interfaces for {link}: got {got}, expected {want}"
 
 
-def _details(machine: Machine, name: str) -> str:
-    return machine.run(f"ip -o -d link show dev {name}").output
-
-
 def _bond(machine: Machine) -> list[str]:
     problems = []
     slaves = machine.run("cat /sys/class/net/rl-bond0/bonding/slaves").output.split()
@@ -106,9 +102,10 @@ def _bridge(machine: Machine) -> list[str]:
 def _vlan_links(machine: Machine) -> list[str]:
     problems = []
     for name, vid in (("rl-trunk.100", 100), ("rl-vlan200", 200)):
-        details = _details(machine, name)
-        if f"vlan protocol 802.1Q id {vid} " not in details or "rl-trunk" not in details:
-            problems.append(f"{name} is not VLAN {vid} on rl-trunk: {details.strip()[-160:]!r}")
+        # the kernel's own account of a VLAN link: "VID: 100 ..." and "Device: rl-trunk"
+        details = machine.run(f"sudo cat /proc/net/vlan/{name}").output
+        if f"VID: {vid}\t" not in details or "Device: rl-trunk" not in details:
+            problems.append(f"{name} is not VLAN {vid} on rl-trunk: {details.strip()[:160]!r}")
     return problems
 
 

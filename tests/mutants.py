@@ -525,7 +525,7 @@ MUTANTS: tuple[Mutant, ...] = (
                    "roslab-httpd, enabled with `ros service enable` before the reboot, is not "
                    "running after it", "the SSH host keys changed",
                    "the system Docker did not load", "`sudo system-docker info` shows proxy",
-                   "rancher.state.directory=roslab-state: the state partition's root holds",
+                   "rancher.state.directory=roslab-state: /home is '/home' of its filesystem",
                    "after `--`: /proc/cmdline shows them",
                    "after `--`: cc.hostname=roslab-hidden was not applied")),
             Fails("scenarios/test_cloud_config.py::test_metadata_ssh_keys_join_the_user_datas",
