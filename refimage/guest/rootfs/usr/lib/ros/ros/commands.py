@@ -105,7 +105,7 @@ def _static(link: str, conf: dict) -> None:
         _ip("-6", "route", "replace", "default", "via", str(conf["gateway_ipv6"]), "dev", link)
 
 
-def _vlans(spec) -> list[tuple[int, str | None]]:
+def _vlans(spec: object) -> list[tuple[int, str | None]]:
     """`vlans: 100,200:foobar` (or a list): (id, name); no name means LINK.ID."""
     items = spec if isinstance(spec, list) else str(spec or "").split(",")
     out = []
