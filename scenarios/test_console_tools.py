@@ -1,7 +1,8 @@
 """What users' scripts expect of the console, as RancherOS's own test cases use it: bash
 (`sudo bash script`, a `#!/bin/bash` /etc/rc.local that starts a container, a `#!/bin/bash`
 network pre_up hook in the network container), parted, blkid and GNU coreutils
-(`ros env printenv NAME`); a write_files entry that replaces /usr/bin/test leaves the
+(`ros env printenv NAME`); write_files entries that replace /usr/bin/test and a busybox
+applet link (vi) leave the
 console and SSH working; rancher.modules loads btrfs. One cloud-config carries all of
 them: the module costs one boot."""
 
@@ -21,6 +22,9 @@ PRE_UP_LOG = "/var/log/roslab-pre-up.log"  # /var/log is shared by every system 
 RC_LOCAL_CONTAINER = "roslab-rc-local"
 # the replacement RancherOS's case writes: anything the OS still ran through it would fail
 USER_TEST = "#!/bin/bash\necho user-test-was-run\nexit 3\n"
+# a busybox applet link too (coreutils' test is a file of its own here): the user's file
+# replaces the link, where writing through it would replace busybox, the console's shell
+USER_VI = "#!/bin/sh\necho user-vi-was-run\n"
 ENV_NAME, ENV_VALUE = "ROSLAB_PRINTENV", "seen-by-printenv"
 MODULE = "btrfs"
 
@@ -47,6 +51,7 @@ docker run -d --name {RC_LOCAL_CONTAINER} {image} sleep 86400
              "content": f"#!/bin/bash\nwords=(pre_up ran in bash)\n"
                         f"echo \"${{words[*]}}\" >> {PRE_UP_LOG}\n"},
             {"path": "/usr/bin/test", "content": USER_TEST, "permissions": "0755"},
+            {"path": "/usr/bin/vi", "content": USER_VI, "permissions": "0755"},
         ],
         "rancher": {
             "environment": {ENV_NAME: ENV_VALUE},
@@ -107,9 +112,10 @@ def test_rc_local_starts_a_container(machine: Machine) -> None:
 def test_write_files_replacing_usr_bin_test_leaves_the_console_usable(
         machine: Machine) -> None:
     problems = []
-    got = machine.run("cat /usr/bin/test").output
-    if "user-test-was-run" not in got:
-        problems.append(f"/usr/bin/test is not the user's file: it holds {got[:80]!r}")
+    for path, mark in (("/usr/bin/test", "user-test-was-run"), ("/usr/bin/vi", "user-vi-was-run")):
+        got = machine.run(f"cat {path}").output
+        if mark not in got:
+            problems.append(f"{path} is not the user's file: it holds {got[:80]!r}")
     shell = machine.run("sh -c 'echo $((6 * 7))'")
     if shell.output.strip() != "42":
         problems.append(f"the console's shell is broken: {shell.output.strip()[:120]!r}")
@@ -117,7 +123,7 @@ def test_write_files_replacing_usr_bin_test_leaves_the_console_usable(
         ssh = machine.ssh.run("echo ssh-$((6 * 7))", timeout=60)
         if ssh.stdout.strip() != "ssh-42":
             problems.append(f"SSH answers {(ssh.stdout + ssh.stderr).strip()[:120]!r}")
-    assert not problems, "write_files replaced /usr/bin/test: " + "; ".join(problems)
+    assert not problems, "write_files replaced /usr/bin/test and vi: " + "; ".join(problems)
 
 
 def test_rancher_modules_loads_btrfs(machine: Machine) -> None:

@@ -664,10 +664,10 @@ MUTANTS: tuple[Mutant, ...] = (
                    "ros env printenv: ", "split: ")),
             Fails("scenarios/test_console_tools.py::test_rc_local_starts_a_container",
                   ("/etc/rc.local did not start roslab-rc-local",
-                   "/var/log/boot/rc.local.log: ''")),
+                   "rc.local.log: 'cat: /var/log/boot/rc.local.log: No such file")),
             Fails("scenarios/test_console_tools.py::"
                   "test_write_files_replacing_usr_bin_test_leaves_the_console_usable",
-                  ("/usr/bin/test is not the user's file",)),
+                  ("/usr/bin/vi is not the user's file",)),
             Fails("scenarios/test_console_tools.py::test_rancher_modules_loads_btrfs",
                   ("rancher.modules: [btrfs]: btrfs is not loaded",)),
         ),
