@@ -2,9 +2,8 @@
 (`sudo bash script`, a `#!/bin/bash` /etc/rc.local that starts a container, a `#!/bin/bash`
 network pre_up hook in the network container), parted, blkid and GNU coreutils
 (`ros env printenv NAME`); write_files entries that replace /usr/bin/test and a busybox
-applet link (vi) leave the
-console and SSH working; rancher.modules loads btrfs. One cloud-config carries all of
-them: the module costs one boot."""
+applet link (vi) leave the console and SSH working; rancher.modules loads btrfs. One
+cloud-config carries all of them: the module costs one boot."""
 
 from __future__ import annotations
 
