@@ -37,6 +37,13 @@ USERLAND = [
     "e2fsprogs",
     "dosfstools",
     "mtools",
+    # what users' scripts and RancherOS's own test cases expect in the console (and in
+    # the network container, the same image): `#!/bin/bash`, `parted -s DEV print`,
+    # `blkid`, and GNU coreutils (printenv, nohup, install, ...: busybox has none of them)
+    "bash",
+    "parted",
+    "util-linux",  # blkid, lsblk, wipefs
+    "coreutils",
 ]
 # `ros install`'s boot loader: BIOS machines only
 INSTALLER = {"x86_64": ["syslinux"], "aarch64": []}
@@ -67,7 +74,6 @@ SKIP = {
     "runit-helper",
     "lsb-base",
     "tar",
-    "coreutils",
     "cpio",
     "logsave",
     "libfile-find-rule-perl",
@@ -168,6 +174,9 @@ MODULE_DIRS = [
     "kernel/drivers/ata",
     "kernel/drivers/mmc",  # the Pi's SD card (sdhost, sdhci-iproc)
     "kernel/fs/ext4",  # the Pi image's root partition
+    # what rancher.modules can name, as on RancherOS (its docs' example: btrfs)
+    "kernel/fs/btrfs",
+    "kernel/fs/xfs",
     "kernel/drivers/block",
     "kernel/drivers/virtio",
     "kernel/drivers/net/virtio_net.ko",
@@ -175,6 +184,8 @@ MODULE_DIRS = [
     "kernel/net/core/failover.ko",
     "kernel/drivers/net/veth.ko",
     "kernel/drivers/net/dummy.ko",  # rancher.network pre_cmds may make dummy links
+    "kernel/drivers/net/bonding",  # rancher.network: bond, vlans (bridge is below)
+    "kernel/net/8021q",
     "kernel/drivers/net/vmxnet3",
     "kernel/drivers/char/hw_random",
     "kernel/drivers/input",

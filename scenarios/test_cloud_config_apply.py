@@ -28,6 +28,12 @@ IN_SERVICE = ("/etc/roslab/in-service.txt", "written into the custom service\n",
 IN_NTP = ("/etc/roslab/in-ntp.txt", "written into ntp\n", "600")
 PRELOADED = "roslab/preloaded:1"
 MOUNT_POINT = "/mnt/roslab-tmp"
+# RancherOS's four-field forms: empty options, `defaults`, an empty type (a bind mount),
+# outside /mnt too
+HOME_MOUNT = "/home/rancher/roslab-mnt"
+FOUR_FIELD_MOUNTS = [["tmpfs", HOME_MOUNT, "tmpfs", ""],
+                     ["tmpfs", "/mnt/roslab-defaults", "tmpfs", "defaults"],
+                     ["/usr/share/ros", "/opt/roslab-bind", "", "bind"]]
 SYSCTL = {"net.ipv4.tcp_keepalive_time": "4321", "vm.swappiness": "17"}
 MODULE = "sch_prio"  # a qdisc module nothing loads by itself
 UNKNOWN_KEY = "packages"  # Ubuntu cloud-init's, not RancherOS's
@@ -83,7 +89,7 @@ def cloud_config_for(profile: Profile) -> dict:
             {"path": "/var/lib/rancher/preload/docker/roslab-preloaded.tar",
              "content": base64.b64encode(_image_tarball(PRELOADED)).decode(), "encoding": "b64"},
         ],
-        "mounts": [["tmpfs", MOUNT_POINT, "tmpfs", "size=4m"]],
+        "mounts": [["tmpfs", MOUNT_POINT, "tmpfs", "size=4m"], *FOUR_FIELD_MOUNTS],
         UNKNOWN_KEY: ["vim"],
         "rancher": {
             "environment": {"ROSLAB_GREETING": GREETING, "ROSLAB_TAG": TAG},
@@ -189,6 +195,32 @@ def test_mount_is_made_and_seen_in_the_console(machine: Machine) -> None:
         f"{fstypes or 'nothing'} mounted there")
 
 
+def _unseen_mounts(machine: Machine) -> list[str]:
+    """The FOUR_FIELD_MOUNTS the console does not see."""
+    mounts = machine.run("cat /proc/mounts", check=True).output
+    points = {f[1]: f[2] for f in (line.split() for line in mounts.splitlines()) if len(f) > 2}
+    unseen = [f"{where} ({fstype or 'bind'})" for _, where, fstype, _ in FOUR_FIELD_MOUNTS
+              if fstype and points.get(where) != fstype]
+    if not machine.run("test -f /opt/roslab-bind/os-config.yml").ok:
+        unseen.append("/opt/roslab-bind (bind of /usr/share/ros)")
+    return unseen
+
+
+def test_four_field_mounts_reach_the_console(machine: Machine) -> None:
+    unseen = _unseen_mounts(machine)
+    assert not unseen, (f"mounts {FOUR_FIELD_MOUNTS}: the console sees nothing mounted at "
+                        f"{', '.join(unseen)}")
+
+
+def test_cloud_init_execute_makes_the_mounts_again(machine: Machine) -> None:
+    # as after formatting a disk named in `mounts`: it is mounted when cloud-init runs again
+    machine.run(f"sudo nsenter -t 1 -m umount {HOME_MOUNT}")
+    ran = machine.run("sudo cloud-init-execute", timeout=120)
+    unseen = _unseen_mounts(machine)
+    assert not unseen, (f"after `sudo cloud-init-execute` (exit {ran.rc}) the console sees "
+                        f"nothing mounted at {', '.join(unseen)}: {ran.output.strip()[-300:]}")
+
+
 def test_bootcmd_runs_before_runcmd(machine: Machine) -> None:
     lines = machine.run("cat /home/rancher/order.log", check=True).output.split()
     assert lines == ["bootcmd", "runcmd"], (
@@ -201,6 +233,17 @@ def test_proxies_reach_the_user_docker(machine: Machine) -> None:
     want = [PROXY["http_proxy"], PROXY["https_proxy"], PROXY["no_proxy"]]
     assert got == want, (f"the user Docker's proxies are {got}, rancher.network asked for "
                          f"{want}")
+
+
+def test_proxies_are_in_the_docker_system_containers_environment(machine: Machine) -> None:
+    env = json.loads(_inspect(machine, "docker", "{{json .Config.Env}}"))
+    want = [f"{var}={PROXY[key]}" for key, var in
+            (("http_proxy", "HTTP_PROXY"), ("https_proxy", "HTTPS_PROXY"),
+             ("no_proxy", "NO_PROXY"))]
+    missing = [w for w in want if w not in env]
+    assert not missing, (
+        f"`system-docker inspect docker`: the docker system container's environment lacks "
+        f"{missing} (rancher.network's proxies, as RancherOS puts them there)")
 
 
 def test_preloaded_image_is_in_the_user_docker(machine: Machine) -> None:

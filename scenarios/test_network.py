@@ -1,13 +1,17 @@
 """rancher.network as RancherOS applies it: interfaces chosen by exact name, by glob and by
 `mac=` (a MAC match wins over the name), static addresses, MTU, the gateway, DNS
-nameservers and search domains, pre_cmds and post_cmds; and the host name a DHCP server
-offers when the cloud-config names none. pre_cmds make the links (dummy interfaces with
-chosen MACs), so one boot checks every way of matching; eth0 keeps its DHCP lease.
+nameservers and search domains, a bond (`bond:` on its members, `bond_opts`), a bridge
+(`bridge:` on its port), VLANs (`vlans: 100,200:NAME`), pre_cmds and post_cmds; and the
+host name a DHCP server offers when the cloud-config names none. pre_cmds make the links
+(dummy interfaces with chosen MACs), so one boot checks every way of matching; eth0 keeps
+its DHCP lease.
 
 The cloud-config comes by URL: that datasource has no metadata, so only DHCP can name
 the machine."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 
@@ -18,6 +22,7 @@ MAC = "02:00:00:00:00:42"
 POST_FILE = "/var/lib/rancher/roslab-post-cmds.txt"
 NAMESERVERS = ["10.0.2.3", "192.0.2.53"]
 SEARCH = ["roslab.test", "lab.example"]
+BOND_MEMBERS = ["rl-bond-a", "rl-bond-b"]
 cloud_config = {
     "rancher": {
         "network": {
@@ -26,6 +31,10 @@ cloud_config = {
                 "ip link add rl-static type dummy",
                 "ip link add rl-glob0 type dummy",
                 f"ip link add rl-mac address {MAC} type dummy",
+                # members of a bond and a bridge, and a trunk for VLANs
+                *[f"ip link add {name} type dummy" for name in BOND_MEMBERS],
+                "ip link add rl-brport type dummy",
+                "ip link add rl-trunk type dummy",
             ],
             # runs once the interfaces are configured: it sees rl-static's address
             "post_cmds": [f"ip -4 -o addr show dev rl-static > {POST_FILE}"],
@@ -36,6 +45,14 @@ cloud_config = {
                              "mtu": 1300},
                 f"mac={MAC}": {"address": "203.0.113.10/24", "mtu": 1280},
                 "rl-mac": {"address": "203.0.113.99/24"},  # the MAC match wins over this
+                **{name: {"bond": "rl-bond0"} for name in BOND_MEMBERS},
+                "rl-bond0": {"address": "10.99.1.10/24",
+                             "bond_opts": {"mode": "1", "miimon": "100"}},
+                "rl-brport": {"bridge": "rl-br0"},
+                "rl-br0": {"address": "10.99.2.10/24"},
+                "rl-trunk": {"vlans": "100,200:rl-vlan200"},
+                "rl-trunk.100": {"address": "10.99.3.10/24"},
+                "rl-vlan200": {"address": "10.99.4.10/24"},
             },
         },
     },
@@ -62,6 +79,50 @@ def test_interface_gets_its_static_addresses_and_mtu(machine: Machine, link: str
     got = {"addresses": sorted(got_addrs), "mtu": got_mtu}
     want = {"addresses": addresses, "mtu": mtu}
     assert got == want, f"rancher.network.interfaces for {link}: got {got}, expected {want}"
+
+
+def _bond(machine: Machine) -> list[str]:
+    problems = []
+    slaves = machine.run("cat /sys/class/net/rl-bond0/bonding/slaves").output.split()
+    if sorted(slaves) != BOND_MEMBERS:
+        problems.append(f"rl-bond0 has members {slaves}, expected {BOND_MEMBERS}")
+    mode = machine.run("cat /sys/class/net/rl-bond0/bonding/mode").output.strip()
+    if mode != "active-backup 1":
+        problems.append(f"bond_opts mode 1: rl-bond0's mode is {mode!r}")
+    return problems
+
+
+def _bridge(machine: Machine) -> list[str]:
+    if not machine.run("test -d /sys/class/net/rl-br0/bridge").ok:
+        return ["rl-br0 is not a bridge (or does not exist)"]
+    master = machine.run("basename $(readlink /sys/class/net/rl-brport/master)").output.strip()
+    return [] if master == "rl-br0" else [f"rl-brport's master is {master!r}, not rl-br0"]
+
+
+def _vlan_links(machine: Machine) -> list[str]:
+    problems = []
+    for name, vid in (("rl-trunk.100", 100), ("rl-vlan200", 200)):
+        # the kernel's own account of a VLAN link: "VID: 100 ..." and "Device: rl-trunk"
+        details = machine.run(f"sudo cat /proc/net/vlan/{name}").output
+        if f"VID: {vid}\t" not in details or "Device: rl-trunk" not in details:
+            problems.append(f"{name} is not VLAN {vid} on rl-trunk: {details.strip()[:160]!r}")
+    return problems
+
+
+@pytest.mark.parametrize(("kind", "check", "addresses"), [
+    ("bond", _bond, {"rl-bond0": "10.99.1.10/24"}),
+    ("bridge", _bridge, {"rl-br0": "10.99.2.10/24"}),
+    ("vlans", _vlan_links, {"rl-trunk.100": "10.99.3.10/24", "rl-vlan200": "10.99.4.10/24"}),
+], ids=["bond", "bridge", "vlans"])
+def test_bond_bridge_and_vlans_are_made(machine: Machine, kind: str,
+                                        check: Callable[[Machine], list[str]],
+                                        addresses: dict[str, str]) -> None:
+    problems = check(machine)
+    for link, address in addresses.items():
+        got = _link(machine, link)[0]
+        if got != [address]:
+            problems.append(f"{link} has addresses {got}, expected [{address!r}]")
+    assert not problems, f"rancher.network {kind}: " + "; ".join(problems)
 
 
 def test_gateway_is_the_default_route(machine: Machine) -> None:

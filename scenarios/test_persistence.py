@@ -6,8 +6,10 @@ same, images preloaded for the system Docker are loaded, and both Dockers use th
 
 A kernel+initrd image is booted as RancherOS's iPXE docs show it, with a blank disk and
 `rancher.state.dev=LABEL=RANCHER_STATE rancher.state.autoformat=[/dev/sda,/dev/vda]` (only
-a blank disk is formatted); an installed disk image (`ros install`, the cloud disks)
-carries its state partition and command line already. An ISO runs from RAM with its
+a blank disk is formatted) and `rancher.state.directory=roslab-state` (the state lives in
+that folder of the partition), then `-- cc.hostname=...` (arguments after `--` are hidden
+from /proc/cmdline, kept for root and applied); an installed disk image (`ros install`,
+the cloud disks) carries its state partition and command line already. An ISO runs from RAM with its
 command line baked in: not applicable there.
 """
 
@@ -22,8 +24,13 @@ from fixtures.profiles import Profile
 from lab.images import CMDLINE_KINDS, DISK, GCE_TARBALL, ISO
 from lab.machine import Machine
 
+STATE_DIRECTORY = "roslab-state"
+HIDDEN_HOSTNAME = "roslab-hidden"
+# after `--`: hidden from /proc/cmdline, kept for root, applied (RancherOS's PXE docs)
+HIDDEN = ["--", f"cc.hostname={HIDDEN_HOSTNAME}", "rancher.environment.ROSLAB_HIDDEN=hush"]
 STATE_CMDLINE = ["rancher.state.dev=LABEL=RANCHER_STATE",
-                 "rancher.state.autoformat=[/dev/sda,/dev/vda]", "rancher.state.wait"]
+                 "rancher.state.autoformat=[/dev/sda,/dev/vda]", "rancher.state.wait",
+                 f"rancher.state.directory={STATE_DIRECTORY}", *HIDDEN]
 BLANK_DISK = 2 << 30
 KEPT = ("/home/rancher/kept.txt", "/opt/kept.txt", "/var/lib/rancher/kept.txt")
 GONE = ("/tmp/gone.txt", "/etc/gone.txt")
@@ -83,6 +90,37 @@ def _settings_lost(machine: Machine, profile: Profile, mark: str,
     return problems
 
 
+def _state_directory_problems(machine: Machine) -> list[str]:
+    """rancher.state.directory: /home is that folder's home on the state partition (the
+    mount's root within its filesystem, as /proc/self/mountinfo gives it)."""
+    info = machine.run("cat /proc/self/mountinfo", check=True).output
+    roots = [f[3] for f in (line.split() for line in info.splitlines())
+             if len(f) > 4 and f[4] == "/home"]
+    want = f"/{STATE_DIRECTORY}/home"
+    if roots and roots[-1] == want:
+        return []
+    return [f"rancher.state.directory={STATE_DIRECTORY}: /home is {roots[-1] if roots else None!r}"
+            f" of its filesystem, not {want} of the state partition"]
+
+
+def _hidden_args_problems(machine: Machine) -> list[str]:
+    """The kernel arguments after `--`, as RancherOS handles them."""
+    problems = []
+    cmdline = machine.run("cat /proc/cmdline", check=True).output.strip()
+    if any(arg in cmdline.split() for arg in HIDDEN):
+        problems.append(f"after `--`: /proc/cmdline shows them: {cmdline[-200:]!r}")
+    extra = machine.run("sudo ros config get rancher.environment.EXTRA_CMDLINE").output.strip()
+    if " ".join(HIDDEN[1:]) not in extra:
+        problems.append(f"after `--`: rancher.environment.EXTRA_CMDLINE is {extra!r}")
+    if machine.run("cat /var/lib/rancher/conf/cloud-config.d/init.yml").ok:
+        problems.append("after `--`: cloud-config.d/init.yml is readable by rancher")
+    hostname = machine.run("hostname", check=True).output.strip()
+    if hostname != HIDDEN_HOSTNAME:
+        problems.append(f"after `--`: cc.hostname={HIDDEN_HOSTNAME} was not applied "
+                        f"(hostname {hostname!r})")
+    return problems
+
+
 def test_state_persists_across_a_power_cycle(boot_machine, lab_config,  # type: ignore[no-untyped-def]
                                              profile: Profile) -> None:
     mark = f"kept-{secrets.token_hex(4)}"
@@ -110,6 +148,8 @@ def test_state_persists_across_a_power_cycle(boot_machine, lab_config,  # type: 
     if kept_wrongly:
         problems.append(f"kept though they live in RAM: {', '.join(kept_wrongly)}")
     problems += _settings_lost(machine, profile, mark, before)
+    if lab_config.resolved_image().kind in CMDLINE_KINDS:  # the lab gave the state arguments
+        problems += _state_directory_problems(machine) + _hidden_args_problems(machine)
     if problems:
         log = machine.run("cat /var/log/boot/autoformat.log 2>&1").output.strip()[-600:]
         pytest.fail("after a power cycle " + "; ".join(problems)

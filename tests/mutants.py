@@ -174,6 +174,28 @@ def _cloud_init_renamed(services: dict) -> None:
     _renamed(services, "cloud-init-execute", "cloud-init")
 
 
+def _docker_container_gets_no_proxies(services: dict) -> None:
+    del services["docker"]["environment"]
+
+
+def _home_and_opt_not_shared(services: dict) -> None:
+    volumes = services["user-volumes"]["volumes"]
+    for folder in ("/home", "/opt"):
+        volumes[volumes.index(f"{folder}:{folder}:rslave")] = f"{folder}:{folder}"
+
+
+def _console_without_user_tools(services: dict) -> None:
+    # the console's own copy of the image loses them; the host root keeps them
+    services["console"]["command"] = (
+        "sh -c 'rm -f /usr/sbin/parted /usr/sbin/blkid /usr/bin/lsblk /usr/bin/printenv "
+        "/usr/bin/nohup /usr/bin/install /usr/bin/split; exec ros console-init'"
+    )
+
+
+def _network_without_bash(services: dict) -> None:
+    services["network"]["command"] = "sh -c 'rm -f /usr/bin/bash; exec ros netconf'"
+
+
 MOUNT_STATE = "usr/lib/ros/mount-state"
 INSTALL_PY = "usr/lib/ros/ros/install.py"
 SERVICES_PY = "usr/lib/ros/ros/services.py"
@@ -363,8 +385,8 @@ MUTANTS: tuple[Mutant, ...] = (
                 Edit(CLOUDINIT_PY, 'if enc in ("b64", "base64",', 'if enc in ("base64",'),
                 Edit(CLOUDINIT_PY, 'if enc.startswith(("gz", "gzip")):',
                      'if enc.startswith("never"):'),
-                Edit(CLOUDINIT_PY, "os.chmod(path, mode)", "os.chmod(path, 0o644)"),
-                Edit(CLOUDINIT_PY, "os.chown(path, uid, gid)", "os.chown(path, 0, 0)"),
+                Edit(CLOUDINIT_PY, "os.chmod(tmp, mode)", "os.chmod(tmp, 0o644)"),
+                Edit(CLOUDINIT_PY, "os.chown(tmp, uid, gid)", "os.chown(tmp, 0, 0)"),
             )),
             Breakage("runcmd runs backwards", edits=(
                 Edit(CLOUDINIT_PY, '_commands(config.get(cfg, "runcmd"), "runcmd")',
@@ -425,10 +447,16 @@ MUTANTS: tuple[Mutant, ...] = (
             )),
             Breakage("mounts are made in cloud-init's own mount namespace", edits=(
                 Edit(CLOUDINIT_PY, 'host = ["nsenter", "-t", "1", "-m", "--"]', "host = []"),)),
+            Breakage("mounts under /home and /opt do not reach the console",
+                     services=_home_and_opt_not_shared),
+            Breakage("`cloud-init-execute` run by hand applies nothing", edits=(
+                Edit(CLI_PY, "else cloudinit.execute())", "else 0)"),)),
             Breakage("bootcmd does not run", edits=(
                 Edit(CLOUDINIT_PY, '    _commands(config.get(cfg, "bootcmd"), "bootcmd")\n', ""),)),
             Breakage("the user Docker gets no proxies", edits=(
                 Edit(COMMANDS_PY, "    env.update(proxy_environment(cfg))\n", ""),)),
+            Breakage("the docker system container gets no proxies in its environment",
+                     services=_docker_container_gets_no_proxies),
             Breakage("only .tgz tarballs are preloaded", edits=(
                 Edit(COMMANDS_PY, 'if name.endswith((".tar", ".tar.gz", ".tgz")):',
                      'if name.endswith((".tgz",)):'),)),
@@ -457,10 +485,22 @@ MUTANTS: tuple[Mutant, ...] = (
             Fails("scenarios/test_cloud_config_apply.py::"
                   "test_mount_is_made_and_seen_in_the_console",
                   ("the console sees nothing mounted there",)),
+            Fails("scenarios/test_cloud_config_apply.py::"
+                  "test_four_field_mounts_reach_the_console",
+                  ("the console sees nothing mounted at /home/rancher/roslab-mnt (tmpfs), "
+                   "/mnt/roslab-defaults (tmpfs), /opt/roslab-bind",)),
+            Fails("scenarios/test_cloud_config_apply.py::"
+                  "test_cloud_init_execute_makes_the_mounts_again",
+                  ("after `sudo cloud-init-execute` (exit 0) the console sees nothing mounted "
+                   "at /home/rancher/roslab-mnt",)),
             Fails("scenarios/test_cloud_config_apply.py::test_bootcmd_runs_before_runcmd",
                   ("bootcmd and runcmd ran as ['runcmd']",)),
             Fails("scenarios/test_cloud_config_apply.py::test_proxies_reach_the_user_docker",
                   ("the user Docker's proxies are []",)),
+            Fails("scenarios/test_cloud_config_apply.py::"
+                  "test_proxies_are_in_the_docker_system_containers_environment",
+                  ("the docker system container's environment lacks "
+                   "['HTTP_PROXY=http://10.0.2.2:3128'",)),
             Fails("scenarios/test_cloud_config_apply.py::"
                   "test_preloaded_image_is_in_the_user_docker",
                   ("roslab/preloaded:1 from /var/lib/rancher/preload/docker is not in",)),
@@ -479,6 +519,16 @@ MUTANTS: tuple[Mutant, ...] = (
                      '[conf.get("address")]'),
                 Edit(COMMANDS_PY, '    if conf.get("mtu"):\n', '    if False:\n'),
             )),
+            Breakage("bond members are not enslaved", edits=(
+                Edit(COMMANDS_PY, '            bonds.add(str(conf["bond"]))\n'
+                                  '            members.append((link, str(conf["bond"])))\n',
+                     "            pass\n"),)),
+            Breakage("a port's `bridge:` is ignored", edits=(
+                Edit(COMMANDS_PY, '        if isinstance(conf.get("bridge"), str):',
+                     "        if False:"),)),
+            Breakage("vlans are ignored", edits=(
+                Edit(COMMANDS_PY, '        for vid, name in _vlans(conf.get("vlans")):',
+                     "        for vid, name in []:"),)),
             Breakage("the gateway is ignored", edits=(
                 Edit(COMMANDS_PY, '    if conf.get("gateway"):\n', '    if False:\n'),)),
             Breakage("DNS search domains are dropped", edits=(
@@ -504,6 +554,13 @@ MUTANTS: tuple[Mutant, ...] = (
             Fails("scenarios/test_network.py::test_interface_gets_its_static_addresses_and_mtu"
                   "[by-mac]",
                   ("rl-mac: got {'addresses': ['203.0.113.99/24'], 'mtu': '1500'}",)),
+            Fails("scenarios/test_network.py::test_bond_bridge_and_vlans_are_made[bond]",
+                  ("rancher.network bond: rl-bond0 has members [], expected",)),
+            Fails("scenarios/test_network.py::test_bond_bridge_and_vlans_are_made[bridge]",
+                  ("rancher.network bridge: rl-br0 is not a bridge",)),
+            Fails("scenarios/test_network.py::test_bond_bridge_and_vlans_are_made[vlans]",
+                  ("rancher.network vlans: rl-trunk.100 is not VLAN 100 on rl-trunk",
+                   "rl-vlan200 is not VLAN 200")),
             Fails("scenarios/test_network.py::test_gateway_is_the_default_route",
                   ("gateway 192.0.2.1 is not the default route",)),
             Fails("scenarios/test_network.py::test_dns_nameservers_and_search",
@@ -527,6 +584,12 @@ MUTANTS: tuple[Mutant, ...] = (
                 Edit(MOUNT_STATE, '  mount --bind "$STATE/$d" "/$d"',
                      '  chmod 1777 "$STATE/tmp" 2>/dev/null\n  mount --bind "$STATE/$d" "/$d"'),
             ), services=_console_shares_host_tmp),
+            Breakage("rancher.state.directory is ignored (the state is kept at the "
+                     "partition's root)", edits=(
+                Edit(MOUNT_STATE, '    *) STATE="$STATE/$directory"; mkdir -p "$STATE" ;;',
+                     "    *) ;;"),)),
+            Breakage("kernel arguments after `--` are neither kept nor hidden", edits=(
+                Edit("init", 'case " $(cat /proc/cmdline) " in', 'case "" in'),)),
             Breakage("`ros service enable` is ignored at boot (rancher.services_include)",
                      edits=(Edit(SERVICES_PY, "services = {**catalogue.included(cfg), ",
                                  "services = {"),)),
@@ -547,7 +610,10 @@ MUTANTS: tuple[Mutant, ...] = (
                    "the user Docker lost the image", "kept though they live in RAM: /tmp",
                    "roslab-httpd, enabled with `ros service enable` before the reboot, is not "
                    "running after it", "the SSH host keys changed",
-                   "the system Docker did not load", "`sudo system-docker info` shows proxy")),
+                   "the system Docker did not load", "`sudo system-docker info` shows proxy",
+                   "rancher.state.directory=roslab-state: /home is '/home' of its filesystem",
+                   "after `--`: /proc/cmdline shows them",
+                   "after `--`: cc.hostname=roslab-hidden was not applied")),
             Fails("scenarios/test_cloud_config.py::test_metadata_ssh_keys_join_the_user_datas",
                   ("`ros config get ssh_authorized_keys` lacks the user-data's key",
                    "~rancher/.ssh/authorized_keys lacks the user-data's key")),
@@ -666,6 +732,39 @@ MUTANTS: tuple[Mutant, ...] = (
                   ("`ros console list` does not mark 'default' current",)),
             Fails(ROS_CLI + "test_tls_gen_makes_the_user_docker_serve_tls_on_2376",
                   ("a TLS client with ~/.docker's certificates got no answer on 2376",)),
+        ),
+    ),
+    Mutant(
+        "console-tools-missing",
+        (
+            Breakage("the network container has no bash", services=_network_without_bash),
+            Breakage("the console has no parted, blkid, lsblk, printenv, nohup, install, "
+                     "split", services=_console_without_user_tools),
+            Breakage("the console never runs /etc/rc.local", edits=(
+                Edit(COMMANDS_PY, "    cloudinit.runcmd(cfg)\n    rc_local()\n",
+                     "    cloudinit.runcmd(cfg)\n"),)),
+            Breakage("write_files skips a path that is a link (busybox's applets)", edits=(
+                Edit(CLOUDINIT_PY, '"console") == container]',
+                     '"console") == container\n'
+                     '            and not os.path.islink(str(e.get("path")))]'),)),
+            Breakage("the btrfs module is missing (btrfs.ko emptied)",
+                     emptied_modules=("btrfs",)),
+        ),
+        (
+            Fails("scenarios/test_console_tools.py::"
+                  "test_bash_runs_scripts_in_the_console_and_the_network_container",
+                  ("the network container's #!/bin/bash pre_up hook",)),
+            Fails("scenarios/test_console_tools.py::test_console_has_the_tools_users_expect",
+                  ("parted: `sudo parted --version` exited", "blkid: ", "; printenv: ",
+                   "ros env printenv: ", "split: ")),
+            Fails("scenarios/test_console_tools.py::test_rc_local_starts_a_container",
+                  ("/etc/rc.local did not start roslab-rc-local",
+                   "rc.local.log: 'cat: /var/log/boot/rc.local.log: No such file")),
+            Fails("scenarios/test_console_tools.py::"
+                  "test_write_files_replacing_usr_bin_test_leaves_the_console_usable",
+                  ("/usr/bin/vi is not the user's file",)),
+            Fails("scenarios/test_console_tools.py::test_rancher_modules_loads_btrfs",
+                  ("rancher.modules: [btrfs]: btrfs is not loaded",)),
         ),
     ),
     Mutant(

@@ -1,10 +1,12 @@
 """The guest's cloud-config rules, run here on the guest's own code: the config files'
 merge order with the metadata's SSH keys, rancher.environment (proxies included) in
-services, and how rancher.network picks an interface's entry. The scenarios check the
+services, how rancher.network picks an interface's entry and reads `vlans`, the kernel
+arguments after `--`, and write_files over a link. The scenarios check the
 same on a booted image; these name the rule that broke in a second."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -81,3 +83,44 @@ def test_interface_entry_mac_then_name_then_glob(ros: dict[str, ModuleType],
               for link in ("eth0", "eth1", "eth2", "eth3", "wlan0")}
     assert picked == {"eth0": "name", "eth1": "mac", "eth2": "match", "eth3": "glob",
                       "wlan0": None}
+
+
+def test_vlans_spec_as_rancheros_writes_it(ros: dict[str, ModuleType]) -> None:
+    vlans = ros["commands"]._vlans
+    assert vlans("100,200:foobar") == [(100, None), (200, "foobar")]
+    assert vlans([300, "400:vl"]) == [(300, None), (400, "vl")]
+    assert vlans(None) == []
+
+
+def test_arguments_after_double_dash_are_kept_for_root_and_hidden(
+        ros: dict[str, ModuleType], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = ros["config"]
+    monkeypatch.setattr(config, "CLOUD_CONFIG_D", str(tmp_path / "cloud-config.d"))
+    monkeypatch.setattr(config, "INIT_YML", str(tmp_path / "cloud-config.d/init.yml"))
+    monkeypatch.setattr(config, "VISIBLE_CMDLINE", str(tmp_path / "run/cmdline"))
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text("console=ttyS0 rancher.state.wait -- cc.hostname=hid "
+                       "rancher.environment.SECRET=s3\n")
+    config.save_hidden_cmdline(str(cmdline))
+    saved = yaml.safe_load((tmp_path / "cloud-config.d/init.yml").read_text())
+    assert saved == {"hostname": "hid", "rancher": {"environment": {
+        "SECRET": "s3", "EXTRA_CMDLINE": "/init cc.hostname=hid rancher.environment.SECRET=s3"}}}
+    assert (tmp_path / "cloud-config.d/init.yml").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "run/cmdline").read_text() == "console=ttyS0 rancher.state.wait\n"
+
+
+def test_write_files_replaces_a_link_not_its_target(ros: dict[str, ModuleType],
+                                                    tmp_path: Path) -> None:
+    sys.path.insert(0, str(GUEST))
+    try:
+        from ros import cloudinit
+    finally:
+        sys.path.pop(0)
+    (tmp_path / "busybox").write_text("the real busybox")
+    (tmp_path / "test").symlink_to("busybox")
+    cloudinit.replace_file(str(tmp_path / "test"), b"#!/bin/bash\n", 0o755, os.getuid(),
+                           os.getgid())
+    assert (tmp_path / "busybox").read_text() == "the real busybox"
+    assert not (tmp_path / "test").is_symlink()
+    assert (tmp_path / "test").read_bytes() == b"#!/bin/bash\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busybox", "test"]

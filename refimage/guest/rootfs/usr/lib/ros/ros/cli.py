@@ -262,7 +262,8 @@ def main(argv: list[str]) -> int:
             func=lambda a, module=module, function=function: getattr(module, function)())
     ci = sub.add_parser("cloud-init-execute")
     ci.add_argument("-pre-console", dest="pre_console", action="store_true")
-    ci.set_defaults(func=lambda a: cloudinit.pre_console())
+    ci.set_defaults(func=lambda a: cloudinit.pre_console() if a.pre_console
+                    else cloudinit.execute())
     args = parser.parse_args(argv)
     if args.version:
         print(f"ros version {_version()}")

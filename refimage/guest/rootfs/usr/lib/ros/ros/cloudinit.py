@@ -11,6 +11,7 @@ this image does not apply, are logged and shown on the console, and boot goes on
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import grp
 import gzip
@@ -20,6 +21,7 @@ import os
 import pwd
 import subprocess
 import tarfile
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -530,18 +532,44 @@ def modules(cfg: dict) -> None:
             log(f"module {name} loaded")
 
 
+def _host_mount_points() -> set[str]:
+    try:
+        with open("/proc/1/mounts") as fh:  # the host's namespace (its PIDs are ours)
+            return {line.split()[1] for line in fh if len(line.split()) > 1}
+    except OSError:
+        return set()
+
+
+def _device(dev: str) -> str:
+    """LABEL=.. and UUID=.. as the device they name (RancherOS resolves them too)."""
+    if not dev.startswith(("LABEL=", "UUID=")):
+        return dev
+    proc = subprocess.run(["blkid", "-l", "-o", "device", "-t", dev], capture_output=True,
+                          text=True)
+    return proc.stdout.strip() or dev
+
+
 def mounts(cfg: dict) -> None:
-    """mounts: [device, mount point, fstype, options] (swap: [device, none, swap, ...]),
-    made in the host's mount namespace; /mnt and /media reach the console and the user
-    Docker (shared mounts, as RancherOS's)."""
+    """mounts: [device, mount point, fstype, options] as RancherOS takes them (an empty
+    fstype or `auto` lets mount find it, empty options are the defaults; a bind mount is
+    [dir, dir, "", bind]; swap: [device, none, swap, ...]), made in the host's mount
+    namespace; /mnt, /media, /home and /opt reach the console and the user Docker (shared
+    mounts). A mount point already mounted is left alone: `cloud-init-execute` runs again."""
     host = ["nsenter", "-t", "1", "-m", "--"]
+    mounted = _host_mount_points()
     for entry in config.get(cfg, "mounts") or []:
-        fields = [str(f) for f in entry] if isinstance(entry, list) else []
+        fields = ["" if f is None else str(f) for f in entry] if isinstance(entry, list) else []
         if len(fields) != 4:
             _say(f"cloud-init: mounts entry {entry!r} is not [device, mount point, "
                  "fstype, options]; ignored")
             continue
         dev, where, fstype, opts = fields
+        dev = _device(dev)
+        if fstype == "auto":
+            fstype = ""
+        if fstype != "swap" and os.path.normpath(where) in mounted:
+            log(f"{where} is mounted already; left alone")
+            continue
         if fstype == "swap":
             argv = [*host, "swapon", dev]
         else:
@@ -602,6 +630,8 @@ def _network_follows(cfg: dict) -> None:
 def pre_console() -> int:
     meta = save()
     cfg = config.load()
+    # before the network service restarts: a pre_up hook may be one of these files
+    _files_into_running_containers(cfg)
     _network_follows(cfg)
     _commands(config.get(cfg, "bootcmd"), "bootcmd")
     user = config.merge(config.cloud_config_layers(), {})
@@ -615,7 +645,20 @@ def pre_console() -> int:
     if keys:
         _authorized_keys([str(k) for k in keys])
     mounts(cfg)
-    _files_into_running_containers(cfg)
+    return 0
+
+
+def execute() -> int:
+    """`cloud-init-execute` run by hand (`sudo cloud-init-execute`): apply the saved
+    cloud-config again without fetching it or rerunning bootcmd (the boot's cloud-init did
+    both): sysctl, modules, SSH keys, mounts (a disk formatted since boot mounts now)."""
+    cfg = config.load()
+    sysctl(cfg)
+    modules(cfg)
+    keys = config.get(cfg, "ssh_authorized_keys") or []
+    if keys:
+        _authorized_keys([str(k) for k in keys])
+    mounts(cfg)
     return 0
 
 
@@ -657,15 +700,30 @@ def _entry_failed(entry: dict, exc: Exception) -> None:
     _say(f"cloud-init: write_files entry {entry!r} failed: {exc}")
 
 
+def replace_file(path: str, data: bytes, mode: int, uid: int, gid: int) -> None:
+    """Write `path` as a new file renamed over the old one, as RancherOS's cloud-init does:
+    an entry for /usr/bin/test replaces that link to busybox, not busybox itself (writing
+    through it would turn every applet, the console's shell among them, into the file)."""
+    folder = os.path.dirname(path) or "/"
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write_files-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, mode)
+        os.chown(tmp, uid, gid)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def write_files(cfg: dict) -> None:
     for entry in _file_entries(cfg, "console"):
         try:
             path, data, mode, uid, gid, what = _file(entry)
-            os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
-            with open(path, "wb") as fh:
-                fh.write(data)
-            os.chmod(path, mode)
-            os.chown(path, uid, gid)
+            replace_file(path, data, mode, uid, gid)
             log(f"wrote {path} ({what})")
         except (KeyError, OSError, ValueError, TypeError) as exc:
             _entry_failed(entry, exc)

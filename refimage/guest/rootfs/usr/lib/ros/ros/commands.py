@@ -105,6 +105,70 @@ def _static(link: str, conf: dict) -> None:
         _ip("-6", "route", "replace", "default", "via", str(conf["gateway_ipv6"]), "dev", link)
 
 
+def _vlans(spec: object) -> list[tuple[int, str | None]]:
+    """`vlans: 100,200:foobar` (or a list): (id, name); no name means LINK.ID."""
+    items = spec if isinstance(spec, list) else str(spec or "").split(",")
+    out = []
+    for item in items:
+        vid, _, name = str(item).strip().partition(":")
+        if vid.strip().isdigit():
+            out.append((int(vid), name.strip() or None))
+        elif vid.strip():
+            config.console_print(f"network: vlans entry {item!r} is not ID[:NAME]; ignored")
+    return out
+
+
+def _links() -> list[str]:
+    return sorted(os.listdir("/sys/class/net"))
+
+
+def virtual_links(ifaces: dict) -> None:
+    """The links rancher.network asks for, before any is configured (RancherOS's netconf):
+    a bond or bridge named by a member's `bond:`/`bridge:` (or `bridge: true` on itself),
+    with `bond_opts` from its own entry; members enslaved; `vlans` on a link as LINK.ID or
+    their names. The new links are then configured like any other, by name."""
+    have = set(_links())
+    confs = {link: interface_config(link, ifaces) or {} for link in have if link != "lo"}
+    bonds, bridges, members = set(), set(), []
+    for link, conf in confs.items():
+        if conf.get("bond"):
+            bonds.add(str(conf["bond"]))
+            members.append((link, str(conf["bond"])))
+        if isinstance(conf.get("bridge"), str):
+            bridges.add(conf["bridge"])
+            members.append((link, conf["bridge"]))
+    for key, conf in ifaces.items():
+        if isinstance(conf, dict) and conf.get("bridge") is True and "*" not in str(key):
+            bridges.add(str(key))
+        if isinstance(conf, dict) and conf.get("bond_opts") and "*" not in str(key):
+            bonds.add(str(key))
+    for module, wanted in (("bonding", bonds), ("bridge", bridges),
+                           ("8021q", any(c.get("vlans") for c in confs.values()))):
+        if wanted:  # max_bonds=0: no bond0 of the module's own
+            subprocess.run(["modprobe", "-q", module, *(["max_bonds=0"] if module == "bonding"
+                                                         else [])])
+    for bond in sorted(bonds - have):
+        _ip("link", "add", bond, "type", "bond")
+        opts = (ifaces.get(bond) or {}).get("bond_opts") or {}
+        # mode and friends only change while the bond is down and has no members
+        for opt, value in opts.items() if isinstance(opts, dict) else []:
+            try:
+                with open(f"/sys/class/net/{bond}/bonding/{opt}", "w") as fh:
+                    fh.write(str(value))
+            except OSError as exc:
+                config.console_print(f"network: {bond} bond_opts {opt}={value}: {exc}")
+    for bridge in sorted(bridges - have):
+        _ip("link", "add", bridge, "type", "bridge")
+    for link, master in members:
+        _ip("link", "set", link, "down")  # a bond takes only members that are down
+        _ip("link", "set", link, "master", master)
+        _ip("link", "set", link, "up")
+    for link, conf in confs.items():
+        for vid, name in _vlans(conf.get("vlans")):
+            _ip("link", "add", "link", link, "name", name or f"{link}.{vid}", "type", "vlan",
+                "id", str(vid))
+
+
 def netconf() -> int:
     """network: pre_cmds, each interface as rancher.network.interfaces says (static
     addresses, gateway, MTU; DHCP by default), DNS, post_cmds; then stay up."""
@@ -118,7 +182,8 @@ def netconf() -> int:
     ifaces = net.get("interfaces") or {}
     timeout = str(net.get("dhcp_timeout") or 10)
     children, leases = [], []
-    for link in sorted(os.listdir("/sys/class/net")):
+    virtual_links(ifaces)
+    for link in _links():
         conf = interface_config(link, ifaces) if link != "lo" else None
         if conf is None:
             continue
@@ -168,6 +233,8 @@ def _serial_ttys() -> list[str]:
 
 def console_init() -> int:
     """console: sshd, gettys (autologin when asked), write_files and runcmd."""
+    if os.path.exists(config.VISIBLE_CMDLINE):  # this container's own /proc shows them all
+        subprocess.run(["mount", "--bind", config.VISIBLE_CMDLINE, "/proc/cmdline"])
     cfg = config.load()
     password = config.get(cfg, "rancher.password")
     if password is not None:
@@ -196,8 +263,25 @@ def console_init() -> int:
             target=_respawn, args=([*argv, "115200", tty, "vt100"],), daemon=True
         ).start()
     cloudinit.runcmd(cfg)
+    rc_local()
     while True:
         time.sleep(3600)
+
+
+RC_LOCAL = "/etc/rc.local"
+
+
+def rc_local() -> None:
+    """/etc/rc.local, when executable, after runcmd, as RancherOS's console runs it (users
+    start containers there: it comes before the user Docker answers, so it waits itself)."""
+    if not os.access(RC_LOCAL, os.X_OK) or not os.path.isfile(RC_LOCAL):
+        return
+    try:
+        proc = subprocess.run([RC_LOCAL], capture_output=True, text=True)
+    except OSError as exc:  # e.g. its #! names an interpreter that is not there
+        config.console_print(f"console: {RC_LOCAL} could not run: {exc}")
+        return
+    config.boot_log("rc.local", f"{RC_LOCAL} -> {proc.returncode}\n{proc.stdout}{proc.stderr}")
 
 
 def proxy_environment(cfg: dict) -> dict[str, str]:

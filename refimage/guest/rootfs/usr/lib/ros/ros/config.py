@@ -109,6 +109,38 @@ def cmdline_config(tokens: list[str] | None = None) -> dict:
     return out
 
 
+INIT_YML = f"{CLOUD_CONFIG_D}/init.yml"  # the kernel arguments after `--` (RancherOS's name)
+VISIBLE_CMDLINE = "/run/ros/cmdline"  # /proc/cmdline without them, mounted over it
+
+
+def hidden_args(tokens: list[str]) -> list[str]:
+    """The kernel arguments after `--`: the kernel hands them to init, and RancherOS keeps
+    them out of /proc/cmdline (secrets may be among them)."""
+    return tokens[tokens.index("--") + 1:] if "--" in tokens else []
+
+
+def save_hidden_cmdline(path: str = "/proc/cmdline") -> int:
+    """PID 1, before any service: the arguments after `--` as root's cloud-config.d/init.yml
+    (their rancher.*/cc.* keys, and rancher.environment.EXTRA_CMDLINE: init's command line,
+    as RancherOS sets it), and the command line without them in VISIBLE_CMDLINE."""
+    with open(path) as fh:
+        text = fh.read().strip()
+    hidden = hidden_args(cmdline_tokens(path))
+    if not hidden:
+        return 0
+    cfg = merge(cmdline_config(hidden),
+                {"rancher": {"environment": {"EXTRA_CMDLINE": " ".join(["/init", *hidden])}}})
+    os.makedirs(CLOUD_CONFIG_D, exist_ok=True)
+    fd = os.open(INIT_YML, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        dump_yaml(cfg, fh, default_flow_style=False)
+    visible = text.split(" -- ", 1)[0] if " -- " in f" {text} " else text
+    os.makedirs(os.path.dirname(VISIBLE_CMDLINE), exist_ok=True)
+    with open(VISIBLE_CMDLINE, "w") as fh:
+        fh.write(("" if visible == "--" else visible) + "\n")
+    return 0
+
+
 def cloud_config_layers() -> dict:
     merged: dict = {}
     for path in sorted(glob.glob(f"{CLOUD_CONFIG_D}/*.yml")):
