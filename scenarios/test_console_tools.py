@@ -120,7 +120,7 @@ def test_write_files_replacing_usr_bin_test_leaves_the_console_usable(
     if shell.output.strip() != "42":
         problems.append(f"the console's shell is broken: {shell.output.strip()[:120]!r}")
     if machine.capabilities.ssh:
-        ssh = machine.ssh.run("echo ssh-$((6 * 7))", timeout=60)
+        ssh = machine.ssh().run("echo ssh-$((6 * 7))", timeout=60)
         if ssh.stdout.strip() != "ssh-42":
             problems.append(f"SSH answers {(ssh.stdout + ssh.stderr).strip()[:120]!r}")
     assert not problems, "write_files replaced /usr/bin/test and vi: " + "; ".join(problems)
