@@ -36,7 +36,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from drivers.aws import EBS_BLOCK
 from drivers.rehearsal import Guest, listening
 from lab.driver import Rehearsal
 from lab.errors import LabError
@@ -131,7 +130,9 @@ class Ec2StandIn:
         with open(path, "wb") as disk:
             disk.truncate(int(snapshot.volume_size) * 2**30)
             for index, block in sorted(snapshot.blocks.items()):
-                disk.seek(int(index) * EBS_BLOCK)
+                # EBS blocks are all one size (the driver pads the last): the block's own
+                # length places it, so the stand-in need not import its driver
+                disk.seek(int(index) * len(block.block_data))
                 disk.write(block.block_data)
         return path
 
