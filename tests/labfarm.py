@@ -34,7 +34,7 @@ import time
 import tty
 from pathlib import Path
 
-from drivers.qemu import free_port
+from drivers.qemu import free_port, free_ports
 
 EXPORTER = "roslab-farm"
 BOARD = "x86-ipmi-box"
@@ -127,7 +127,7 @@ class Farm:
         self.password = secrets.token_hex(8)
         names = ("coordinator", "netboot", "dead_bmc", "dead_console", *BOX_PORTS,
                  *(f"disk_{n}" for n in BOX_PORTS), *(f"pi_{n}" for n in PI_PORTS))
-        self.ports = {n: free_port() for n in names}
+        self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.pi = PiBox(workdir, {n: self.ports[f"pi_{n}"] for n in PI_PORTS}) if pi else None
         self.coordinator = f"127.0.0.1:{self.ports['coordinator']}"
         self.netboot_url = f"http://10.0.2.2:{self.ports['netboot']}"  # the host, to slirp
@@ -148,6 +148,9 @@ class Farm:
     def start(self) -> Farm:
         self.dir.mkdir(parents=True, exist_ok=True)
         try:
+            # first: the boxes' QEMU connect out from ephemeral ports, which could take
+            # the coordinator's
+            self._start_coordinator()
             self._start_box("box", self.ports, f"-netdev user,id=n0,bootfile="
                             f"{self.netboot_url}/boot.ipxe,hostfwd=tcp:127.0.0.1:"
                             f"{self.ports['ssh']}-:22 -device virtio-net-pci,netdev=n0 -boot n")
@@ -225,12 +228,27 @@ set_working_mc 0x20
                                         str(self.dir / f"{name}-ser2net.yaml")])
         _wait_port(console_port)
 
+    def _start_coordinator(self, attempts: int = 3) -> None:
+        """labgrid-coordinator on a free port; a port taken between choosing it and the
+        coordinator's bind (another process's connection) is chosen again."""
+        for attempt in range(attempts):
+            proc, log = self._spawn("coordinator", [
+                str(Path(sys.executable).parent / "labgrid-coordinator"), "-l",
+                self.coordinator], GRPC_ENABLE_FORK_SUPPORT="0")
+            try:
+                _wait_for(log, "Coordinator ready", proc, 30)
+                return
+            except RuntimeError:
+                if attempt == attempts - 1 or "Address already in use" not in log.read_text(
+                        errors="replace"):
+                    raise
+                proc.wait(5)
+                self.ports["coordinator"] = free_port()
+                self.coordinator = f"127.0.0.1:{self.ports['coordinator']}"
+
     def _start_labgrid(self) -> None:
         p, bin_dir = self.ports, Path(sys.executable).parent
         env = {"GRPC_ENABLE_FORK_SUPPORT": "0"}
-        proc, log = self._spawn("coordinator", [str(bin_dir / "labgrid-coordinator"), "-l",
-                                                self.coordinator], **env)
-        _wait_for(log, "Coordinator ready", proc, 30)
         groups = {
             "box": (p["console"], p["ipmi"], p["ssh"]),
             "box-deadbmc": (p["console"], p["dead_bmc"], p["ssh"]),

@@ -10,7 +10,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -19,6 +18,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from drivers.qemu import free_port
+
 
 def pg_bin() -> Path:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
@@ -26,12 +27,6 @@ def pg_bin() -> Path:
     if not found:
         raise RuntimeError("no PostgreSQL server here: install Debian's postgresql (./setup)")
     return Path(found[-1]).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -45,7 +40,7 @@ def postgres_server() -> Iterator[str]:
         os.chown(folder, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
     folder.chmod(0o755)
-    data, port, bindir = folder / "data", _free_port(), pg_bin()
+    data, port, bindir = folder / "data", free_port(), pg_bin()
 
     def run(*cmd: str) -> None:
         subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)

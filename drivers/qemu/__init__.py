@@ -96,9 +96,17 @@ def popen(argv: list[str], keep: bool = False, **kw: Any) -> subprocess.Popen[by
 
 def free_port() -> int:
     """A free TCP port on 127.0.0.1, chosen by the kernel (safe across xdist workers)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free TCP ports on 127.0.0.1: each socket stays bound until all are
+    chosen, so the kernel cannot hand the same port out twice."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def binary(arch: str) -> str:
