@@ -9,6 +9,7 @@ any other image.
 from __future__ import annotations
 
 import dataclasses
+import re
 import secrets
 import shutil
 import tempfile
@@ -46,6 +47,7 @@ class MachineOptions:
     cpus: int | None = None  # None: DEFAULT_CPUS, or fewer where the platform must
     cmdline_extra: tuple[str, ...] = ()
     blank_disks: tuple[int, ...] = ()  # sizes in bytes
+    extra_nics: tuple[str, ...] = ()  # MACs of the NICs after the first
     keep_on_exit: bool = False
     boot_timeout: float = DEFAULT_BOOT_TIMEOUT
     progress: Callable[[str], None] | None = None  # the reference image build's
@@ -60,7 +62,7 @@ class MachineOptions:
             raise ConfigError(f"make_machine: unknown option(s) {', '.join(unknown)}; "
                               f"known are {', '.join(sorted(known))}")
         given = {k: v for k, v in opts.items() if v is not None or k == "ssh_key"}
-        for name in ("cmdline_extra", "blank_disks"):
+        for name in ("cmdline_extra", "blank_disks", "extra_nics"):
             if name in given:
                 given[name] = tuple(given[name])
         if "platform_options" in given:
@@ -98,6 +100,22 @@ def safe_cpus(platform: str, arch: str, accel: str, cpus: int) -> tuple[int, str
     return most if most is not None and most[0] < cpus else (cpus, None)
 
 
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+def check_macs(macs: tuple[str, ...]) -> None:
+    """Refuse what a NIC cannot be given: a malformed, multicast or repeated MAC."""
+    for mac in macs:
+        if not _MAC.fullmatch(mac):
+            raise ConfigError(f"extra_nics: {mac!r} is not a MAC address (six lower-case hex "
+                              f"pairs joined by ':', like 52:54:00:12:34:59)")
+        if int(mac[:2], 16) & 1:
+            raise ConfigError(f"extra_nics: {mac} is a multicast address; a NIC needs a "
+                              f"unicast one (the first byte even)")
+    if len(set(macs)) != len(macs):
+        raise ConfigError(f"extra_nics: a MAC is given twice in {', '.join(macs)}")
+
+
 def make_machine(platform: str, image: Path | str | Image | None, arch: str,
                  cloud_config: str | dict[str, Any] | CloudConfig | None,
                  datasource: str, workdir: Path, accel: str, **opts: Any) -> Machine:
@@ -119,6 +137,11 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
         raise ImageError(f"{where} cannot boot a {img.kind} image ({img.path})")
     if o.blank_disks and caps.lacks("disks"):
         raise ConfigError(f"{where} cannot attach blank disks: {caps.lacks('disks')}")
+    if o.extra_nics:
+        if caps.lacks("extra_nics"):
+            raise ConfigError(f"{where} cannot give the guest more network interfaces: "
+                              f"{caps.lacks('extra_nics')}")
+        check_macs(o.extra_nics)
     if datasource == "default":
         datasource = caps.datasources[0] if caps.datasources else "none"
     if datasource not in (*DATASOURCES, *caps.datasources, "none"):
@@ -135,6 +158,11 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
     if o.ssh_key is not None and datasource in METADATA_DATASOURCES and \
             cls.delivers_instance_keys:
         instance_keys = [o.ssh_key.public]  # the cloud's key pair, served as metadata
+    elif o.ssh_key is not None and cc is not None and cc.script:
+        raise ConfigError(f"a user-data script carries no SSH key and {where} serves none by "
+                          f"the {datasource} datasource: deliver the script by a cloud's "
+                          f"metadata datasource ({', '.join(METADATA_DATASOURCES)}), which "
+                          f"serves the key pair beside it")
     elif o.ssh_key is not None:
         extra = {"ssh_authorized_keys": [o.ssh_key.public]}
         cc = CloudConfig.parse(extra) if cc is None else cc.merged(extra)
@@ -158,6 +186,7 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
             password=password, ssh_keys=instance_keys,
             accel=accel_used, memory_mb=o.memory_mb, cpus=cpus,
             cmdline_extra=list(o.cmdline_extra), blank_disks=list(o.blank_disks),
+            extra_nics=list(o.extra_nics),
             keep_on_exit=o.keep_on_exit, options=dict(o.platform_options),
         )
         return Machine(driver, spec, platform, img, o.ssh_key, password, why, o.boot_timeout)

@@ -27,6 +27,7 @@ DEFAULT_WHY_NOT = {
              "platform yet)",
     "disk_boot": "cannot be powered on from a disk the guest installed (not built for this "
                  "platform yet)",
+    "extra_nics": "gives the guest one network interface only",
 }
 
 
@@ -73,6 +74,7 @@ class Capabilities:
     network: bool = True  # a network interface the guest configures (eth0)
     disks: bool = False  # blank disks attached, kept across a power cycle (persistence)
     disk_boot: bool = False  # power on again from a disk the guest installed itself to
+    extra_nics: bool = False  # network interfaces beyond the first (bonds, bridges, VLANs)
     board: str = ""  # the machine model, when a platform has several (qemu: pc, virt, raspi3b)
     # how much slower than x86_64 under TCG this machine runs; timeouts are scaled by it
     slowdown: float = 1.0
@@ -104,6 +106,9 @@ class MachineSpec:
     # the instance's SSH keys where a cloud hands them over by metadata (as a key pair)
     ssh_keys: list[str] = field(default_factory=list)
     blank_disks: list[int] = field(default_factory=list)  # sizes in bytes (needs `disks`)
+    # MACs of NICs after the first (needs `extra_nics`), in the guest's order: eth1, eth2...
+    # each on a link of its own that leads nowhere
+    extra_nics: list[str] = field(default_factory=list)
     keep_on_exit: bool = False  # survive the harness (--keep-failed); otherwise die with it
     options: dict[str, Any] = field(default_factory=dict)  # platform options (--region, --hw, ...)
 

@@ -2,9 +2,10 @@
 `mac=` (a MAC match wins over the name), static addresses, MTU, the gateway, DNS
 nameservers and search domains, a bond (`bond:` on its members, `bond_opts`), a bridge
 (`bridge:` on its port), VLANs (`vlans: 100,200:NAME`), pre_cmds and post_cmds; and the
-host name a DHCP server offers when the cloud-config names none. pre_cmds make the links
-(dummy interfaces with chosen MACs), so one boot checks every way of matching; eth0 keeps
-its DHCP lease.
+host name a DHCP server offers when the cloud-config names none. pre_cmds make links
+to match (dummy interfaces with chosen MACs), so one boot checks every way of matching;
+the bond, the bridge and the VLANs are made over the machine's own NICs eth1 to eth4,
+where its platform gives it more than one; eth0 keeps its DHCP lease.
 
 The cloud-config comes by URL: that datasource has no metadata, so only DHCP can name
 the machine."""
@@ -22,7 +23,11 @@ MAC = "02:00:00:00:00:42"
 POST_FILE = "/var/lib/rancher/roslab-post-cmds.txt"
 NAMESERVERS = ["10.0.2.3", "192.0.2.53"]
 SEARCH = ["roslab.test", "lab.example"]
-BOND_MEMBERS = ["rl-bond-a", "rl-bond-b"]
+# the NICs after eth0, in order: eth1 and eth2 make a bond, eth3 is a bridge's port and
+# eth4 a VLAN trunk
+extra_nics = ["52:54:00:12:34:51", "52:54:00:12:34:52", "52:54:00:12:34:53",
+              "52:54:00:12:34:54"]
+BOND_MEMBERS = ["eth1", "eth2"]
 cloud_config = {
     "rancher": {
         "network": {
@@ -31,10 +36,6 @@ cloud_config = {
                 "ip link add rl-static type dummy",
                 "ip link add rl-glob0 type dummy",
                 f"ip link add rl-mac address {MAC} type dummy",
-                # members of a bond and a bridge, and a trunk for VLANs
-                *[f"ip link add {name} type dummy" for name in BOND_MEMBERS],
-                "ip link add rl-brport type dummy",
-                "ip link add rl-trunk type dummy",
             ],
             # runs once the interfaces are configured: it sees rl-static's address
             "post_cmds": [f"ip -4 -o addr show dev rl-static > {POST_FILE}"],
@@ -45,14 +46,14 @@ cloud_config = {
                              "mtu": 1300},
                 f"mac={MAC}": {"address": "203.0.113.10/24", "mtu": 1280},
                 "rl-mac": {"address": "203.0.113.99/24"},  # the MAC match wins over this
-                **{name: {"bond": "rl-bond0"} for name in BOND_MEMBERS},
-                "rl-bond0": {"address": "10.99.1.10/24",
-                             "bond_opts": {"mode": "1", "miimon": "100"}},
-                "rl-brport": {"bridge": "rl-br0"},
-                "rl-br0": {"address": "10.99.2.10/24"},
-                "rl-trunk": {"vlans": "100,200:rl-vlan200"},
-                "rl-trunk.100": {"address": "10.99.3.10/24"},
-                "rl-vlan200": {"address": "10.99.4.10/24"},
+                **{name: {"bond": "bond0"} for name in BOND_MEMBERS},
+                "bond0": {"address": "10.99.1.10/24",
+                          "bond_opts": {"mode": "1", "miimon": "100"}},
+                "eth3": {"bridge": "br0"},
+                "br0": {"address": "10.99.2.10/24"},
+                "eth4": {"vlans": "100,200:vlan200"},
+                "eth4.100": {"address": "10.99.3.10/24"},
+                "vlan200": {"address": "10.99.4.10/24"},
             },
         },
     },
@@ -83,37 +84,38 @@ def test_interface_gets_its_static_addresses_and_mtu(machine: Machine, link: str
 
 def _bond(machine: Machine) -> list[str]:
     problems = []
-    slaves = machine.run("cat /sys/class/net/rl-bond0/bonding/slaves").output.split()
+    slaves = machine.run("cat /sys/class/net/bond0/bonding/slaves").output.split()
     if sorted(slaves) != BOND_MEMBERS:
-        problems.append(f"rl-bond0 has members {slaves}, expected {BOND_MEMBERS}")
-    mode = machine.run("cat /sys/class/net/rl-bond0/bonding/mode").output.strip()
+        problems.append(f"bond0 has members {slaves}, expected {BOND_MEMBERS}")
+    mode = machine.run("cat /sys/class/net/bond0/bonding/mode").output.strip()
     if mode != "active-backup 1":
-        problems.append(f"bond_opts mode 1: rl-bond0's mode is {mode!r}")
+        problems.append(f"bond_opts mode 1: bond0's mode is {mode!r}")
     return problems
 
 
 def _bridge(machine: Machine) -> list[str]:
-    if not machine.run("test -d /sys/class/net/rl-br0/bridge").ok:
-        return ["rl-br0 is not a bridge (or does not exist)"]
-    master = machine.run("basename $(readlink /sys/class/net/rl-brport/master)").output.strip()
-    return [] if master == "rl-br0" else [f"rl-brport's master is {master!r}, not rl-br0"]
+    if not machine.run("test -d /sys/class/net/br0/bridge").ok:
+        return ["br0 is not a bridge (or does not exist)"]
+    master = machine.run("basename $(readlink /sys/class/net/eth3/master)").output.strip()
+    return [] if master == "br0" else [f"eth3's master is {master!r}, not br0"]
 
 
 def _vlan_links(machine: Machine) -> list[str]:
     problems = []
-    for name, vid in (("rl-trunk.100", 100), ("rl-vlan200", 200)):
-        # the kernel's own account of a VLAN link: "VID: 100 ..." and "Device: rl-trunk"
+    for name, vid in (("eth4.100", 100), ("vlan200", 200)):
+        # the kernel's own account of a VLAN link: "VID: 100 ..." and "Device: eth4"
         details = machine.run(f"sudo cat /proc/net/vlan/{name}").output
-        if f"VID: {vid}\t" not in details or "Device: rl-trunk" not in details:
-            problems.append(f"{name} is not VLAN {vid} on rl-trunk: {details.strip()[:160]!r}")
+        if f"VID: {vid}\t" not in details or "Device: eth4" not in details:
+            problems.append(f"{name} is not VLAN {vid} on eth4: {details.strip()[:160]!r}")
     return problems
 
 
 @pytest.mark.parametrize(("kind", "check", "addresses"), [
-    ("bond", _bond, {"rl-bond0": "10.99.1.10/24"}),
-    ("bridge", _bridge, {"rl-br0": "10.99.2.10/24"}),
-    ("vlans", _vlan_links, {"rl-trunk.100": "10.99.3.10/24", "rl-vlan200": "10.99.4.10/24"}),
+    ("bond", _bond, {"bond0": "10.99.1.10/24"}),
+    ("bridge", _bridge, {"br0": "10.99.2.10/24"}),
+    ("vlans", _vlan_links, {"eth4.100": "10.99.3.10/24", "vlan200": "10.99.4.10/24"}),
 ], ids=["bond", "bridge", "vlans"])
+@pytest.mark.needs("extra_nics")
 def test_bond_bridge_and_vlans_are_made(machine: Machine, kind: str,
                                         check: Callable[[Machine], list[str]],
                                         addresses: dict[str, str]) -> None:
@@ -122,6 +124,9 @@ def test_bond_bridge_and_vlans_are_made(machine: Machine, kind: str,
         got = _link(machine, link)[0]
         if got != [address]:
             problems.append(f"{link} has addresses {got}, expected [{address!r}]")
+    if problems:  # which NIC is which, should the guest have named them otherwise
+        problems.append("the guest's links: " + " | ".join(
+            machine.run("ip -o link show").output.splitlines()))
     assert not problems, f"rancher.network {kind}: " + "; ".join(problems)
 
 

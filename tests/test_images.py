@@ -82,3 +82,33 @@ def test_a_misspelt_machine_option_is_refused_before_anything_is_made(
         make_machine("qemu", tiny_guests["shell"], "x86_64", None, "configdrive", tmp_path,
                      "tcg", cpu=1)
     assert list(tmp_path.iterdir()) == []  # no work folder left behind
+
+
+@pytest.mark.parametrize(("macs", "message"), [
+    (["52:54:00:12:34:5"], "is not a MAC address"),
+    (["53:54:00:12:34:56"], "is a multicast address"),
+    (["52:54:00:12:34:56"] * 2, "a MAC is given twice"),
+], ids=["malformed", "multicast", "twice"])
+def test_extra_nics_are_checked_before_anything_is_made(
+        tiny_guests: dict[str, Path], tmp_path: Path, macs: list[str], message: str) -> None:
+    from lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        make_machine("qemu", tiny_guests["shell"], "x86_64", None, "configdrive", tmp_path,
+                     "tcg", extra_nics=macs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_user_data_script_with_no_way_to_the_key_is_refused(
+        tiny_guests: dict[str, Path], tmp_path: Path) -> None:
+    """A script carries no SSH key: by a config drive the machine would be unreachable."""
+    from lab.errors import ConfigError
+    from lab.ssh import KeyPair
+
+    key = KeyPair.generate(tmp_path)
+    work = tmp_path / "machines"
+    work.mkdir()
+    with pytest.raises(ConfigError, match="a user-data script carries no SSH key"):
+        make_machine("qemu", tiny_guests["shell"], "x86_64", "#!/bin/sh\ntrue\n",
+                     "configdrive", work, "tcg", ssh_key=key)
+    assert list(work.iterdir()) == []

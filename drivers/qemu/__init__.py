@@ -109,6 +109,18 @@ def free_ports(count: int) -> list[int]:
         return [s.getsockname()[1] for s in sockets]
 
 
+def extra_nic_args(macs: list[str], model: str = "virtio-net-pci") -> list[str]:
+    """QEMU arguments for NICs after the first, all on one hub and nothing else: a switch
+    with no uplink and no DHCP server (a user-mode link would answer DHCP with the same
+    address and route as eth0's). A guest's bond, bridge or VLAN over them is made and
+    checked without touching any network; QEMU warns that the hub reaches no host network."""
+    argv: list[str] = []
+    for i, mac in enumerate(macs, start=1):
+        argv += ["-netdev", f"hubport,id=nic{i},hubid=1",
+                 "-device", f"{model},netdev=nic{i},mac={mac},romfile="]
+    return argv
+
+
 def binary(arch: str) -> str:
     name = QEMU_BINARY.get(arch)
     if name is None:
@@ -157,10 +169,11 @@ BOARDS = {
         arches=("x86_64",), console=True, ssh=True, power_button=True,
         snapshot=True,  # migrate to a file, restore with -incoming
         datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL, ISO, DISK, GCE_TARBALL),
-        board="pc", disks=True, disk_boot=True)),
+        board="pc", disks=True, disk_boot=True, extra_nics=True)),
     "virt": Board("virt", "cortex-a57", "tcg", "ttyAMA0", 0, Capabilities(
         arches=("aarch64",), console=True, ssh=True, power_button=False, snapshot=True,
         datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL,), board="virt", disks=True,
+        extra_nics=True,
         # emulated arm64 on x86, from `roslab bench` medians to the user Docker: virt 1.3x
         # pc, raspi3b 2.7x; timeouts get more room than that
         slowdown=2.0,
@@ -319,6 +332,7 @@ class QemuDriver(Driver):
         image_kinds=(KERNEL, ISO, DISK, SDCARD, GCE_TARBALL),
         disks=True,
         disk_boot=True,
+        extra_nics=True,
     )
 
     @classmethod
@@ -547,6 +561,7 @@ class QemuDriver(Driver):
                 # no option ROM: nothing here netboots, and iPXE's probe costs a second of TCG
                 "-device", "virtio-net-pci,netdev=net0,romfile=",
                 "-device", "virtio-rng-pci",  # entropy for sshd and dockerd early in boot
+                *extra_nic_args(spec.extra_nics),
             ]
         argv += self._disks
         if self._kernel_args:  # by a file: the console password is not for `ps`
