@@ -24,6 +24,7 @@ import yaml
 from lab.errors import ConfigError
 
 HEADER = "#cloud-config"
+SCRIPT_HEADER = "#!"  # user-data that is a script: the guest runs it at boot, as root
 # the clouds' metadata services, served by the lab's stand-ins (drivers/qemu/metadata.py)
 METADATA_DATASOURCES = ("ec2", "gce", "digitalocean", "cloudstack", "aliyun")
 DATASOURCES = ("configdrive", "nocloud", "url", "cmdline", *METADATA_DATASOURCES)
@@ -34,13 +35,16 @@ TEXT_DATASOURCES = ("configdrive", "nocloud", "url", *METADATA_DATASOURCES)
 @dataclass(frozen=True)
 class CloudConfig:
     text: str  # exactly what the guest receives
-    data: dict[str, Any] | None  # the parsed mapping; None for an invalid one sent on purpose
+    # the parsed mapping; None for a user-data script, or an invalid one sent on purpose
+    data: dict[str, Any] | None
 
     @classmethod
     def parse(cls, source: str | dict[str, Any], allow_invalid: bool = False) -> CloudConfig:
         if isinstance(source, dict):
             text = HEADER + "\n" + yaml.safe_dump(source, sort_keys=False)
             return cls(text, source)
+        if source.startswith(SCRIPT_HEADER):
+            return cls(source, None)
         try:
             return cls(source, validate(source))
         except ConfigError:
@@ -48,10 +52,16 @@ class CloudConfig:
                 return cls(source, None)
             raise
 
+    @property
+    def script(self) -> bool:
+        """Whether this user-data is a script (`#!...`) rather than cloud-config."""
+        return self.text.startswith(SCRIPT_HEADER)
+
     def merged(self, extra: dict[str, Any]) -> CloudConfig:
         """This config with lists in `extra` appended (the lab's SSH key goes in this way).
 
-        An invalid config is returned as it is: the scenario wants exactly those bytes.
+        A script or an invalid config is returned as it is: the scenario wants exactly
+        those bytes.
         """
         if self.data is None:
             return self
@@ -137,6 +147,10 @@ def _iso_name(rel: str, directory: bool = False) -> str:
 
 def cmdline_args(cc: CloudConfig) -> list[str]:
     """cloud-config as kernel cmdline keys: `rancher.a.b=v` for rancher.*, `cc.<key>=v` else."""
+    if cc.script:
+        raise ConfigError("a user-data script cannot be delivered by cmdline (it has no keys): "
+                          "use a datasource that carries the text (configdrive, nocloud, url, "
+                          "a cloud's metadata)")
     if cc.data is None:
         raise ConfigError("an invalid cloud-config cannot be delivered by cmdline (it has no keys)")
     args: list[str] = []

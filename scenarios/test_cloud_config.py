@@ -194,6 +194,24 @@ def test_metadata_ssh_keys_join_the_user_datas(machine: Machine) -> None:
     assert not problems, "; ".join(problems)
 
 
+USER_DATA_SCRIPT_OUT = "/home/rancher/user-data-script.txt"
+# bash's own syntax (an array, [[ ]]): busybox sh could not run it
+USER_DATA_SCRIPT = f"""#!/bin/bash
+ran=(user-data script ran in bash as "$(id -un)")
+[[ -n $BASH_VERSION ]] && echo "${{ran[*]}}" > {USER_DATA_SCRIPT_OUT}
+"""
+
+
+@pytest.mark.cloud_config(USER_DATA_SCRIPT, datasource="ec2")
+def test_user_data_script_runs_at_boot(machine: Machine) -> None:
+    """User-data that is a script, not cloud-config, runs once at boot as root; SSH comes
+    by the cloud's key pair, as a script carries no keys."""
+    got = machine.run(f"cat {USER_DATA_SCRIPT_OUT}").output.strip()
+    assert got == "user-data script ran in bash as root", (
+        f"the #!/bin/bash user-data did not run as root in bash: {USER_DATA_SCRIPT_OUT} "
+        f"holds {got!r}")
+
+
 MALFORMED = "#cloud-config\nhostname: roslab-bad\nwrite_files: [unclosed\n"
 
 

@@ -67,6 +67,15 @@ def test_invalid_cloud_config_can_be_sent_on_purpose() -> None:
     assert cc.merged({"ssh_authorized_keys": ["k"]}) is cc  # the exact bytes are kept
 
 
+def test_a_user_data_script_is_sent_as_written_and_never_by_cmdline() -> None:
+    script = "#!/bin/bash\necho hi > /tmp/x\n"
+    cc = CloudConfig.parse(script)
+    assert cc.script and cc.text == script and cc.data is None
+    assert cc.merged({"ssh_authorized_keys": ["k"]}) is cc  # a script carries no keys
+    with pytest.raises(ConfigError, match="a user-data script cannot be delivered by cmdline"):
+        cmdline_args(cc)
+
+
 def test_merge_appends_keys_once() -> None:
     cc = CloudConfig.parse(TEXT).merged({"ssh_authorized_keys": ["ssh-ed25519 BBBB y"]})
     assert cc.data is not None
