@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import ipaddress
 import itertools
-import threading
 import time
 import urllib.request
 from contextlib import AbstractContextManager
@@ -32,12 +31,12 @@ import boto3
 import botocore.exceptions
 import yaml
 
-from drivers.cloud import CLOUD_OPTIONS
+from drivers.cloud import CloudDriver
 from lab import gc
-from lab.driver import Capabilities, Driver, MachineSpec, Rehearsal
+from lab.driver import Capabilities, MachineSpec, Rehearsal
 from lab.errors import ConfigError, ImageError, LabError, PlatformError
 from lab.images import CLOUD, DISK
-from lab.redact import keep_secret, redact
+from lab.redact import keep_secret
 
 CATALOG = Path(__file__).with_name("aws_amis.yml")
 INSTANCE_TYPES = {"x86_64": "t3.small", "aarch64": "t4g.small"}
@@ -120,12 +119,17 @@ def _marks(item: dict[str, Any]) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in item.get("Tags", [])}
 
 
-class AwsDriver(Driver):
+class AwsDriver(CloudDriver):
     name = "aws"
-    in_cloud = True
-    leaves_garbage = True
-    options = CLOUD_OPTIONS
+    sdk_module = sdk_package = "boto3"
     delivers_instance_keys = True  # an imported key pair
+    has_console_log = True  # GetConsoleOutput, read-only
+    boot_wait = ADDRESS_TIMEOUT
+    delete_wait = TERMINATE_TIMEOUT
+    console_poll = CONSOLE_POLL
+    running_states = ("running",)
+    # gone before it was reachable (a guest that powers itself off is terminated)
+    failed_states = ("shutting-down", "terminated", "stopping", "stopped")
     capabilities = Capabilities(
         arches=("x86_64", "aarch64"),
         console=False,
@@ -142,20 +146,29 @@ class AwsDriver(Driver):
     )
 
     def __init__(self) -> None:
-        self.spec: MachineSpec | None = None
+        super().__init__()
         self.region = ""
-        self.ec2: Any = None
         self.ami = ""
         self.ebs: Any = None
-        self.snapshot_id: str | None = None  # an imported disk's, removed with its AMI
-        self.imported_ami: str | None = None
-        self.instance_id: str | None = None
-        self.key_name: str | None = None
-        self.group_id: str | None = None
-        self.address = ""
-        self._poller: threading.Thread | None = None
-        self._stop_polling = threading.Event()
-        self._console_text = ""
+
+    @property
+    def ec2(self) -> Any:
+        return self.api
+
+    @classmethod
+    def _connect(cls) -> Any:
+        return make_session(None).client("ec2")  # prepare() makes the run's region's
+
+    @classmethod
+    def check_credentials(cls, options: dict[str, Any]) -> None:
+        """A region and credentials, from the options or boto3's own sources."""
+        session = make_session(options.get("region"))
+        if not session.region_name:
+            raise ConfigError("platform aws needs a region: --region, AWS_REGION or "
+                              "AWS_DEFAULT_REGION (or region in ~/.aws/config)")
+        if session.get_credentials() is None:
+            raise ConfigError(f"platform aws: no AWS credentials (boto3 looks for "
+                              f"{CREDENTIAL_SOURCES})")
 
     # -- checks before anything is made ---------------------------------------------------
 
@@ -169,17 +182,13 @@ class AwsDriver(Driver):
             if wanted and wanted != text[4:]:
                 raise ConfigError(f"--image {text} names region {text[4:]}, --region {wanted}")
             wanted = text[4:]
+        self.check_credentials({"region": wanted})
         session = make_session(wanted)
         self.region = session.region_name or ""
-        if not self.region:
-            raise ConfigError("no AWS region: give --region, or set AWS_REGION / "
-                              "AWS_DEFAULT_REGION, or region in ~/.aws/config")
         if self.region not in known_regions(session):
             raise ConfigError(f"unknown AWS region {self.region!r}: boto3 knows "
                               f"{', '.join(known_regions(session))}")
-        if session.get_credentials() is None:
-            raise ConfigError(f"no AWS credentials: boto3 looks for {CREDENTIAL_SOURCES}")
-        self.ec2 = session.client("ec2")
+        self._api = session.client("ec2")
         self.ebs = session.client("ebs")
         if spec.image.kind == DISK:
             if spec.image.disk_format != "raw":
@@ -206,36 +215,25 @@ class AwsDriver(Driver):
                              f"{self.region}; it has {', '.join(sorted(catalog))}")
         return catalog[self.region]
 
-    # -- launch ---------------------------------------------------------------------------
+    # -- launch: each object in the ledger as soon as it exists ----------------------------
 
-    def start(self) -> float:
-        """Key pair, security group, instance (each tagged); waits for running + address.
-
-        Any failure (or Ctrl-C) on the way removes what was made before it is raised.
-        """
-        spec = self.spec
-        assert spec is not None and self.ec2 is not None, "prepare() first"
+    def _launch(self, spec: MachineSpec) -> None:
+        """The AMI (a raw disk uploaded and registered), key pair, security group and
+        instance, each tagged with the run's marks."""
         marks = gc.owner_marks()
         name = f"roslab-{marks[gc.RUN_KEY]}-{spec.name}"
         tags = _tags(marks, name)
-        try:
-            if self.spec.image.kind == DISK:
-                self.ami = self._import_disk(name, tags)
-            self._make_key_pair(name, tags)
-            self._make_security_group(name, tags)
-            t0 = self._launch(tags)
-            self._poller = threading.Thread(target=self._poll_console, daemon=True,
-                                            name=f"console-{self.instance_id}")
-            self._poller.start()
-            self._wait_for_address()
-            return t0
-        except BaseException as exc:
-            with contextlib.suppress(Exception):
-                self.stop()
-                self.cleanup()
-            if isinstance(exc, Exception):
-                raise explain(exc, f"launch {self.ami} in {self.region}") from exc
-            raise
+        if spec.image.kind == DISK:
+            self.ami = self._import_disk(name, tags)
+        key_name = self._make_key_pair(name, tags)
+        group = self._make_security_group(name, tags)
+        self.instance = self._create(
+            "instance", name, lambda: self._run_instance(tags, group, key_name),
+            lambda n: self._live_instances([{"Name": "tag:Name", "Values": [n]}]),
+            self._delete_instance)
+
+    def sdk_error(self, exc: Exception, doing: str) -> LabError:
+        return explain(exc, f"{doing} ({self.ami or 'no AMI yet'} in {self.region})")
 
     def _import_disk(self, name: str, tags: list[dict[str, str]]) -> str:
         """Upload a raw disk as an EBS snapshot (EBS direct APIs) and register it as an AMI.
@@ -247,9 +245,14 @@ class AwsDriver(Driver):
         path = self.spec.image.path
         size = path.stat().st_size
         try:
-            self.snapshot_id = self.ebs.start_snapshot(
-                VolumeSize=max(1, -(-size // 2**30)), Tags=tags, Timeout=60,
-                Description=f"roslab import of {path.name}")["SnapshotId"]
+            snapshot = self._create(
+                "snapshot", name, lambda: self.ebs.start_snapshot(
+                    VolumeSize=max(1, -(-size // 2**30)), Tags=tags, Timeout=60,
+                    Description=f"roslab import of {path.name}")["SnapshotId"],
+                lambda n: [s["SnapshotId"] for s in self.ec2.describe_snapshots(
+                    OwnerIds=["self"], Filters=[{"Name": "tag:Name", "Values": [n]}])
+                    ["Snapshots"]],
+                lambda ident: self.ec2.delete_snapshot(SnapshotId=ident))
             written = 0
             with path.open("rb") as disk:
                 for index in itertools.count():
@@ -261,55 +264,62 @@ class AwsDriver(Driver):
                     block = block.ljust(EBS_BLOCK, b"\0")
                     digest = base64.b64encode(hashlib.sha256(block).digest()).decode()
                     self.ebs.put_snapshot_block(
-                        SnapshotId=self.snapshot_id, BlockIndex=index, BlockData=block,
+                        SnapshotId=snapshot, BlockIndex=index, BlockData=block,
                         DataLength=EBS_BLOCK, Checksum=digest, ChecksumAlgorithm="SHA256")
                     written += 1
-            self.ebs.complete_snapshot(SnapshotId=self.snapshot_id, ChangedBlocksCount=written)
+            self.ebs.complete_snapshot(SnapshotId=snapshot, ChangedBlocksCount=written)
             self.ec2.get_waiter("snapshot_completed").wait(
-                SnapshotIds=[self.snapshot_id], WaiterConfig={"Delay": 5, "MaxAttempts": 120})
-            self.imported_ami = self.ec2.register_image(
-                Name=name, Description=f"roslab import of {path.name}",
-                Architecture=AWS_ARCH[self.spec.arch], RootDeviceName="/dev/xvda",
-                VirtualizationType="hvm", EnaSupport=True,
-                BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {
-                    "SnapshotId": self.snapshot_id, "DeleteOnTermination": True}}],
-                TagSpecifications=_spec_tags(("image",), tags))["ImageId"]
+                SnapshotIds=[snapshot], WaiterConfig={"Delay": 5, "MaxAttempts": 120})
+            ami = self._create(
+                "image", name, lambda: self.ec2.register_image(
+                    Name=name, Description=f"roslab import of {path.name}",
+                    Architecture=AWS_ARCH[self.spec.arch], RootDeviceName="/dev/xvda",
+                    VirtualizationType="hvm", EnaSupport=True,
+                    BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {
+                        "SnapshotId": snapshot, "DeleteOnTermination": True}}],
+                    TagSpecifications=_spec_tags(("image",), tags))["ImageId"],
+                lambda n: [i["ImageId"] for i in self.ec2.describe_images(
+                    Owners=["self"], Filters=[{"Name": "name", "Values": [n]}])["Images"]],
+                lambda ident: self.ec2.deregister_image(ImageId=ident))
             # tagged again: not every EC2 implementation (moto) applies RegisterImage's tags
-            self.ec2.create_tags(Resources=[self.imported_ami], Tags=tags)
+            self.ec2.create_tags(Resources=[ami], Tags=tags)
         except Exception as exc:
             raise explain(exc, f"import {path} as an AMI") from exc
-        return self.imported_ami
+        return str(ami)
 
-    def _make_key_pair(self, name: str, tags: list[dict[str, str]]) -> None:
+    def _make_key_pair(self, name: str, tags: list[dict[str, str]]) -> str | None:
         assert self.spec is not None
         if not self.spec.ssh_keys:
-            return  # no key to hand over (an instance takes one key pair: the lab's)
-        try:
-            self.ec2.import_key_pair(KeyName=name, PublicKeyMaterial=self.spec.ssh_keys[0]
-                                     .encode(), TagSpecifications=_spec_tags(("key-pair",), tags))
-        except Exception as exc:
-            raise explain(exc, f"create key pair {name}") from exc
-        self.key_name = name
+            return None  # no key to hand over (an instance takes one key pair: the lab's)
+        key = self.spec.ssh_keys[0].encode()
+        return self._create(
+            "key pair", name, lambda: self.ec2.import_key_pair(
+                KeyName=name, PublicKeyMaterial=key,
+                TagSpecifications=_spec_tags(("key-pair",), tags))["KeyName"],
+            lambda n: [k["KeyName"] for k in self.ec2.describe_key_pairs(
+                Filters=[{"Name": "key-name", "Values": [n]}])["KeyPairs"]],
+            lambda ident: self.ec2.delete_key_pair(KeyName=ident))
 
-    def _make_security_group(self, name: str, tags: list[dict[str, str]]) -> None:
+    def _make_security_group(self, name: str, tags: list[dict[str, str]]) -> str:
         assert self.spec is not None
         opts = self.spec.options
         subnet = opts.get("subnet")
-        try:
-            vpc: str | None = None
-            if subnet:
-                found = self.ec2.describe_subnets(SubnetIds=[subnet])["Subnets"]
-                vpc = found[0]["VpcId"]
-            source = opts.get("ssh_from") or self._ssh_source(vpc)
-            args: dict[str, Any] = {"VpcId": vpc} if vpc else {}
-            self.group_id = self.ec2.create_security_group(
+        vpc: str | None = None
+        if subnet:
+            vpc = self.ec2.describe_subnets(SubnetIds=[subnet])["Subnets"][0]["VpcId"]
+        source = opts.get("ssh_from") or self._ssh_source(vpc)
+        args: dict[str, Any] = {"VpcId": vpc} if vpc else {}
+        group = self._create(
+            "security group", name, lambda: self.ec2.create_security_group(
                 GroupName=name, Description="roslab: SSH from the test runner only",
-                TagSpecifications=_spec_tags(("security-group",), tags), **args)["GroupId"]
-            self.ec2.authorize_security_group_ingress(GroupId=self.group_id, IpPermissions=[{
-                "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
-                "IpRanges": [{"CidrIp": source, "Description": "roslab runner"}]}])
-        except Exception as exc:
-            raise explain(exc, f"create security group {name}") from exc
+                TagSpecifications=_spec_tags(("security-group",), tags), **args)["GroupId"],
+            lambda n: [g["GroupId"] for g in self.ec2.describe_security_groups(
+                Filters=[{"Name": "group-name", "Values": [n]}])["SecurityGroups"]],
+            lambda ident: _delete_group(self.ec2, ident))
+        self.ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[{
+            "IpProtocol": "tcp", "FromPort": 22, "ToPort": 22,
+            "IpRanges": [{"CidrIp": source, "Description": "roslab runner"}]}])
+        return str(group)
 
     def _ssh_source(self, vpc: str | None) -> str:
         """Who may SSH in: the VPC for private addresses, else this runner's public address."""
@@ -323,172 +333,97 @@ class AwsDriver(Driver):
             address = ipaddress.ip_address(reply.read().decode().strip())
         return f"{address}/32"
 
-    def _launch(self, tags: list[dict[str, str]]) -> float:
+    def _run_instance(self, tags: list[dict[str, str]], group: str,
+                      key_name: str | None) -> str:
         assert self.spec is not None
         spec, opts = self.spec, self.spec.options
         args: dict[str, Any] = {
             "ImageId": self.ami, "MinCount": 1, "MaxCount": 1,
             "InstanceType": opts.get("instance_type") or INSTANCE_TYPES[spec.arch],
-            "SecurityGroupIds": [self.group_id],
+            "SecurityGroupIds": [group],
             # a guest that powers itself off is gone for good: nothing idles at cost
             "InstanceInitiatedShutdownBehavior": "terminate",
             "TagSpecifications": _spec_tags(("instance", "volume"), tags),
         }
-        if self.key_name:
-            args["KeyName"] = self.key_name
+        if key_name:
+            args["KeyName"] = key_name
         if opts.get("subnet"):
             args["SubnetId"] = opts["subnet"]
         if spec.cloud_config is not None:
             args["UserData"] = spec.cloud_config.text
+        return str(self.ec2.run_instances(**args)["Instances"][0]["InstanceId"])
+
+    def _live_instances(self, filters: list[dict[str, Any]]) -> list[str]:
+        states = {"Name": "instance-state-name", "Values": list(LIVE_STATES)}
+        return [i["InstanceId"]
+                for r in self.ec2.describe_instances(Filters=[*filters, states])["Reservations"]
+                for i in r["Instances"]]
+
+    # -- observe ----------------------------------------------------------------------------
+
+    def _describe(self) -> dict[str, Any] | None:
+        """The instance as EC2 describes it; None once EC2 no longer knows it."""
         try:
-            self.instance_id = self.ec2.run_instances(**args)["Instances"][0]["InstanceId"]
-        except Exception as exc:
-            raise explain(exc, f"launch {args['InstanceType']} from {self.ami}") from exc
-        return time.monotonic()
-
-    def _describe(self) -> dict[str, Any]:
-        found = self.ec2.describe_instances(InstanceIds=[self.instance_id])["Reservations"]
-        return found[0]["Instances"][0]
-
-    def _wait_for_address(self) -> None:
-        assert self.spec is not None
-        private = self.spec.options.get("address") == "private"
-        timeout = float(self.spec.options.get("address_timeout", ADDRESS_TIMEOUT))
-        deadline = time.monotonic() + timeout
-        state = "unknown"
-        while True:
-            instance = self._describe()
-            state = instance["State"]["Name"]
-            address = instance.get("PrivateIpAddress" if private else "PublicIpAddress")
-            if state == "running" and address:
-                self.address = address
-                return
-            if state not in ("pending", "running"):
-                reason = instance.get("StateReason", {}).get("Message", "no reason given")
-                raise PlatformError(f"instance {self.instance_id} went {state} before it "
-                                    f"was reachable: {reason}")
-            if time.monotonic() >= deadline:
-                kind = "private" if private else "public"
-                raise PlatformError(
-                    f"instance {self.instance_id} had no {kind} address within {timeout:.0f} s "
-                    f"(state {state}); a subnet without public addresses needs "
-                    "--address private from inside the VPC")
-            time.sleep(2)
-
-    # -- the console, read-only -----------------------------------------------------------
-
-    def _poll_console(self) -> None:
-        while True:
-            self.fetch_console()
-            if self._stop_polling.wait(CONSOLE_POLL):
-                return
-
-    def fetch_console(self) -> str:
-        """Copy the instance's console output (as AWS last captured it) to console.log,
-        redacted (it is evidence, and the guest prints what it was given)."""
-        if self.instance_id is None or self.spec is None:
-            return self._console_text
-        with contextlib.suppress(Exception):  # evidence is best effort; the run goes on
-            out = self.ec2.get_console_output(InstanceId=self.instance_id, Latest=True)
-            text = redact(out.get("Output") or "")
-            if text and text != self._console_text:
-                self._console_text = text
-                (self.spec.workdir / "console.log").write_text(text)
-        return self._console_text
-
-    def console_stream(self) -> Any:
-        raise ConfigError("AWS has no interactive console: the lab drives the machine over "
-                          "SSH; its console output is in console.log")
-
-    # -- reach and observe ----------------------------------------------------------------
-
-    def ssh_endpoint(self) -> tuple[str, int]:
-        return self.address, 22
-
-    def power_button(self) -> None:
-        self.ec2.stop_instances(InstanceIds=[self.instance_id])
-
-    def alive(self) -> bool:
-        if self.instance_id is None:
-            return False
-        try:
-            return self._describe()["State"]["Name"] in ("pending", "running")
+            found = self.ec2.describe_instances(InstanceIds=[self.instance])["Reservations"]
         except botocore.exceptions.ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "InvalidInstanceID.NotFound":
-                return False  # gone for good
-            # throttled or refused: "dead" would make the lab boot another machine
-            raise explain(exc, f"ask whether instance {self.instance_id} runs") from exc
-        except Exception as exc:
-            raise explain(exc, f"ask whether instance {self.instance_id} runs") from exc
+                return None
+            raise
+        return found[0]["Instances"][0] if found else None
+
+    def _status(self) -> str | None:
+        instance = self._describe()
+        return instance["State"]["Name"] if instance else None
+
+    def _state_reason(self) -> str:
+        return str(((self._describe() or {}).get("StateReason") or {}).get("Message") or "")
+
+    def _address_now(self) -> str | None:
+        assert self.spec is not None
+        instance = self._describe() or {}
+        private = self.spec.options.get("address") == "private"
+        return instance.get("PrivateIpAddress" if private else "PublicIpAddress")
+
+    def console_text(self) -> str | None:
+        out = self.ec2.get_console_output(InstanceId=self.instance, Latest=True)
+        return out.get("Output") or None
 
     def exit_reason(self) -> str:
-        if self.instance_id is None:
+        if self.instance is None:
             return "no instance was launched"
         with contextlib.suppress(Exception):
             instance = self._describe()
-            reason = instance.get("StateReason", {}).get("Message", "no reason given")
-            return f"instance {self.instance_id} is {instance['State']['Name']}: {reason}"
-        return f"instance {self.instance_id}: state unknown"
+            if instance is None:
+                return f"instance {self.instance} is gone"
+            reason = self._state_reason() or "no reason given"
+            return f"instance {self.instance} is {instance['State']['Name']}: {reason}"
+        return f"instance {self.instance}: state unknown"
+
+    def power_button(self) -> None:
+        self.ec2.stop_instances(InstanceIds=[self.instance])
 
     def info(self) -> dict[str, Any]:
-        return {"region": self.region, "ami": self.ami, "instance": self.instance_id or "",
-                "address": self.address}
+        return {"region": self.region, "ami": self.ami, "instance": self.instance or "",
+                "address": self._address or ""}
 
     def attach_hint(self) -> str:
-        return (f"ssh -p 22 rancher@{self.address}   (instance {self.instance_id} in "
+        return (f"ssh -p 22 rancher@{self._address}   (instance {self.instance} in "
                 f"{self.region}; `roslab gc --platform aws --region {self.region}` "
                 "removes it once expired)")
 
     # -- teardown -------------------------------------------------------------------------
 
-    def stop(self, timeout: float = TERMINATE_TIMEOUT) -> None:
-        """Terminate the instance (its console output is kept first) and wait until gone."""
-        if self.instance_id is None:
-            return
-        self._stop_polling.set()
-        self.fetch_console()
-        instance_id, self.instance_id = self.instance_id, None
+    def _delete_instance(self, instance: str) -> None:
+        """Terminate and wait until gone (its security group can go only then)."""
         try:
-            self.ec2.terminate_instances(InstanceIds=[instance_id])
+            self.ec2.terminate_instances(InstanceIds=[instance])
             self.ec2.get_waiter("instance_terminated").wait(
-                InstanceIds=[instance_id],
-                WaiterConfig={"Delay": 2, "MaxAttempts": max(1, int(timeout / 2))})
+                InstanceIds=[instance],
+                WaiterConfig={"Delay": 2, "MaxAttempts": max(1, int(self.delete_wait / 2))})
         except Exception as exc:
-            raise explain(exc, f"terminate {instance_id}") from exc
+            raise explain(exc, f"terminate {instance}") from exc
 
-    def cleanup(self) -> None:
-        """Delete the run's key pair, security group and imported AMI and snapshot (after
-        the instance is gone)."""
-        errors = []
-        if self.key_name is not None:
-            try:
-                self.ec2.delete_key_pair(KeyName=self.key_name)
-                self.key_name = None
-            except Exception as exc:
-                errors.append(explain(exc, f"delete key pair {self.key_name}"))
-        if self.group_id is not None:
-            try:
-                _delete_group(self.ec2, self.group_id)
-                self.group_id = None
-            except Exception as exc:
-                errors.append(explain(exc, f"delete security group {self.group_id}"))
-        if self.imported_ami is not None:
-            try:
-                self.ec2.deregister_image(ImageId=self.imported_ami)
-                self.imported_ami = None
-            except Exception as exc:
-                errors.append(explain(exc, f"deregister {self.imported_ami}"))
-        if self.snapshot_id is not None and self.imported_ami is None:
-            try:
-                self.ec2.delete_snapshot(SnapshotId=self.snapshot_id)
-                self.snapshot_id = None
-            except Exception as exc:
-                errors.append(explain(exc, f"delete snapshot {self.snapshot_id}"))
-        if errors:
-            raise PlatformError("; ".join(map(str, errors)) + " (roslab gc --platform aws "
-                                "removes it once expired)")
-
-    # -- roslab gc ------------------------------------------------------------------------
+    # -- rehearsal, artifacts, gc ------------------------------------------------------------
 
     @classmethod
     def rehearsal(cls) -> AbstractContextManager[Rehearsal]:
@@ -502,16 +437,6 @@ class AwsDriver(Driver):
         """The reference build's AWS disk (`roslab image build --disks`): uploaded with the
         EBS direct APIs and registered as an AMI for the run."""
         return "rancheros-aws.img"
-
-    @classmethod
-    def not_ready(cls, options: dict[str, Any]) -> str | None:
-        """Why AWS cannot be used from here: no region or no credentials (boto3's sources)."""
-        session = make_session(options.get("region"))
-        if not session.region_name:
-            return "platform aws needs a region: --region, AWS_REGION or AWS_DEFAULT_REGION"
-        if session.get_credentials() is None:
-            return f"platform aws: no AWS credentials (boto3 looks for {CREDENTIAL_SOURCES})"
-        return None
 
     @classmethod
     def collect_garbage(cls, older_than: float | None, dry_run: bool,

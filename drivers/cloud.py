@@ -250,24 +250,35 @@ class CloudDriver(Driver):
         Where the cloud keeps a console log, it is copied to console.log meanwhile."""
         assert self.spec is not None, "prepare() first"
         t0 = time.monotonic()
+        # --platform-option address_timeout=SECONDS: where capacity is short
+        timeout = float(self.spec.options.get("address_timeout") or self.boot_wait)
         try:
             try:
                 self._launch(self.spec)
             except LabError:
                 raise
             except Exception as exc:  # the SDK's own: an unreachable API, a refused call
-                raise PlatformError(f"{self.name}: could not create the machine: "
-                                    f"{type(exc).__name__}: {exc}") from exc
+                raise self.sdk_error(exc, "create the machine") from exc
             if self.has_console_log:
                 threading.Thread(target=self._poll_console, daemon=True,
                                  name=f"console-{self.instance}").start()
-            self._address = wait_for(self._running_address, self.boot_wait,
-                                     f"{self.name} instance {self.instance} running with an "
-                                     "address", self.poll_interval, self._last_lines)
+            try:
+                self._address = wait_for(self._running_address, timeout,
+                                         f"{self.name} instance {self.instance} running with "
+                                         "an address", self.poll_interval, self._last_lines)
+            except LabError:
+                raise
+            except Exception as exc:
+                raise self.sdk_error(exc, f"ask about instance {self.instance}") from exc
         except BaseException:
             self._abandon()
             raise
         return t0
+
+    def sdk_error(self, exc: Exception, doing: str) -> LabError:
+        """The SDK's own exception as a lab error naming the cloud and what failed; a cloud
+        that knows its error codes says more (quota, credentials, an unknown image)."""
+        return PlatformError(f"{self.name}: could not {doing}: {type(exc).__name__}: {exc}")
 
     has_console_log: ClassVar[bool] = False  # the cloud's API returns the console output
 
@@ -315,7 +326,11 @@ class CloudDriver(Driver):
     def _running_address(self) -> str | None:
         status = self._status()
         if status in self.failed_states:
-            raise BootTimeout(f"{self.name} instance {self.instance} went to {status}",
+            reason = ""
+            with contextlib.suppress(Exception):  # the cause is best effort: the boot failed
+                reason = self._state_reason()
+            raise BootTimeout(f"{self.name} instance {self.instance} went to {status}"
+                              + (f": {reason}" if reason else ""),
                               expected="the instance running", last_lines=self._last_lines())
         return self._address_now() if status in self.running_states else None
 
@@ -330,6 +345,10 @@ class CloudDriver(Driver):
     @abstractmethod
     def _status(self) -> str | None:
         """The instance's state as the cloud names it; None once it is gone."""
+
+    def _state_reason(self) -> str:
+        """Why the cloud says the instance is in its state, where it says."""
+        return ""
 
     @abstractmethod
     def _address_now(self) -> str | None:
@@ -364,8 +383,7 @@ class CloudDriver(Driver):
         except LabError:
             raise
         except Exception as exc:  # the SDK's own: throttled, unreachable, refused
-            raise PlatformError(f"{self.name}: could not ask whether instance {self.instance} "
-                                f"runs: {type(exc).__name__}: {exc}") from exc
+            raise self.sdk_error(exc, f"ask whether instance {self.instance} runs") from exc
         return status in self.running_states
 
     def exit_reason(self) -> str:

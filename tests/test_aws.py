@@ -132,14 +132,15 @@ def test_launch_tags_user_data_console_and_terminate(tmp_path: Path, ec2: Any,
     driver = machine.driver
     driver.prepare(machine.spec)
     driver.start()
-    instance = ec2.describe_instances(InstanceIds=[driver.instance_id])["Reservations"][0][
+    made = {c.kind: c.ident for c in driver.ledger.items}
+    instance = ec2.describe_instances(InstanceIds=[driver.instance])["Reservations"][0][
         "Instances"][0]
     tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
     assert tags["created-by"] == "roslab" and tags["roslab-run-id"] == gc.run_id()
     assert float(tags["roslab-expires"]) > time.time() + 4 * 3600
     assert instance["InstanceType"] == "t3.micro" and instance["ImageId"] == place["ami"]
-    assert instance["KeyName"] == driver.key_name
-    user_data = ec2.describe_instance_attribute(InstanceId=driver.instance_id,
+    assert instance["KeyName"] == made["key pair"]
+    user_data = ec2.describe_instance_attribute(InstanceId=driver.instance,
                                                 Attribute="userData")["UserData"]["Value"]
     import base64
 
@@ -147,16 +148,17 @@ def test_launch_tags_user_data_console_and_terminate(tmp_path: Path, ec2: Any,
     assert sent == machine.spec.cloud_config.text and "hostname: roslab-aws" in sent
     # the lab's key reaches rancher as the instance's key pair (what the ec2 datasource
     # reads from public-keys/0/openssh-key), not by cloud-config
-    (pair,) = ec2.describe_key_pairs(KeyNames=[driver.key_name],
+    (pair,) = ec2.describe_key_pairs(KeyNames=[made["key pair"]],
                                      IncludePublicKey=True)["KeyPairs"]
     assert pair["PublicKey"].split()[:2] == machine.ssh_key.public.split()[:2]
     assert "ssh_authorized_keys" not in yaml.safe_load(sent)
     assert driver.ssh_endpoint() == (instance["PrivateIpAddress"], 22)
-    group = ec2.describe_security_groups(GroupIds=[driver.group_id])["SecurityGroups"][0]
+    group = ec2.describe_security_groups(GroupIds=[made["security group"]])[
+        "SecurityGroups"][0]
     assert [(p["FromPort"], [r["CidrIp"] for r in p["IpRanges"]])
             for p in group["IpPermissions"]] == [(22, ["127.0.0.0/16"])]  # the VPC only
     for thing in ({t["Key"]: t["Value"] for t in group["Tags"]},
-                  _marks_of_key(ec2, driver.key_name)):
+                  _marks_of_key(ec2, made["key pair"])):
         assert thing["roslab-run-id"] == gc.run_id()
     assert "Linux version" in machine.console_log.read_text()  # moto's canned console
     assert driver.alive()
@@ -180,7 +182,7 @@ def test_ssh_that_never_answers_fails_bounded_and_terminates(
     with pytest.raises(BootTimeout) as failure:
         machine.boot(timeout=6)
     took = time.monotonic() - started
-    address = machine.driver.address
+    address = machine.driver.ssh_endpoint()[0]
     assert address.startswith("127.0.0.") and took < 60
     message = str(failure.value)
     assert f"no SSH login as rancher at {address}:22 within 6 s" in message
@@ -201,10 +203,11 @@ def test_a_raw_disk_is_uploaded_registered_launched_and_removed(
     machine = _machine(tmp_path, str(disk), _options(place))
     driver = machine.driver
     driver.prepare(machine.spec)
-    assert _ours(ec2) == NOTHING and not driver.snapshot_id  # prepare makes nothing
+    assert _ours(ec2) == NOTHING and not driver.ledger.items  # prepare makes nothing
     driver.start()
-    ami, snapshot = driver.imported_ami, driver.snapshot_id
-    instance = ec2.describe_instances(InstanceIds=[driver.instance_id])["Reservations"][0][
+    made = {c.kind: c.ident for c in driver.ledger.items}
+    ami, snapshot = made["image"], made["snapshot"]
+    instance = ec2.describe_instances(InstanceIds=[driver.instance])["Reservations"][0][
         "Instances"][0]
     assert instance["ImageId"] == ami
     for tags in (ec2.describe_images(ImageIds=[ami])["Images"][0]["Tags"],
@@ -326,9 +329,9 @@ def test_the_release_table_gives_the_region_s_ami(tmp_path: Path, ec2: Any,
 
 @pytest.mark.parametrize(("options", "unset", "cause"), [
     ({"region": "eu-nowhere-9"}, (), "unknown AWS region 'eu-nowhere-9'"),
-    ({}, (), "no AWS region: give --region"),
+    ({}, (), "platform aws needs a region: --region"),
     ({"region": REGION}, ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"),
-     "no AWS credentials: boto3 looks for AWS_ACCESS_KEY_ID"),
+     r"no AWS credentials \(boto3 looks for AWS_ACCESS_KEY_ID"),
 ])
 def test_bad_input_is_named_before_launch(tmp_path: Path, ec2: Any, place: dict[str, str],
                                           monkeypatch: pytest.MonkeyPatch, options: dict,
@@ -354,7 +357,7 @@ KILLED_RUN = textwrap.dedent("""
                                        "address": "private"})
     m.driver.prepare(m.spec)
     m.driver.start()
-    print("launched", m.driver.instance_id, flush=True)
+    print("launched", m.driver.instance, flush=True)
     time.sleep(600)
 """)
 

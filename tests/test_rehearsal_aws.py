@@ -84,7 +84,7 @@ def test_an_instance_that_cannot_boot_ends_red_with_its_console_and_leaves_nothi
             machine.boot(timeout=120)
         assert time.monotonic() - started < 120  # it ended when the guest did, not on a timeout
         # the reason names the console's tail; console.log has what GetConsoleOutput gave
-        assert "went terminated" in str(failed.value)
+        assert "went to terminated" in str(failed.value)
         assert "roslab test: this disk has no OS" in str(failed.value)
         assert "roslab test: this disk has no OS" in machine.console_log.read_text()
         machine.stop()
