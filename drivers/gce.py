@@ -87,6 +87,7 @@ class GceDriver(CloudDriver):
     sdk_package = "google-cloud-compute"
     capabilities = cloud_capabilities("gce", image_kinds=(CLOUD, GCE_TARBALL))
     has_console_log = True
+    file_secrets = ("GOOGLE_APPLICATION_CREDENTIALS",)  # a service-account key file
     running_states: ClassVar[tuple[str, ...]] = ("RUNNING",)
     failed_states: ClassVar[tuple[str, ...]] = ("TERMINATED", "SUSPENDED")
 

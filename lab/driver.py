@@ -198,6 +198,9 @@ class Driver(ABC):
     leaves_garbage: ClassVar[bool] = False
     # a shell command a CI job runs as root before a cell on this platform ("": none)
     ci_setup: ClassVar[str] = ""
+    # credentials its SDK reads from a file named by a variable: a CI secret holding the
+    # file's content is written to a private file and the variable set to its path
+    file_secrets: ClassVar[tuple[str, ...]] = ()
     # files of its own in the machine's work folder that a failed test keeps as evidence
     artifacts: ClassVar[tuple[str, ...]] = ()
     # the command-line options it takes (MachineSpec.options), shown by pytest and roslab

@@ -213,6 +213,29 @@ def test_github_workflow_semantics() -> None:
                                 "merge-multiple": True}
 
 
+def test_a_credentials_file_secret_is_written_where_its_sdk_reads_it(tmp_path: Path) -> None:
+    """GOOGLE_APPLICATION_CREDENTIALS names a file; the CI secret holds its content. The
+    emitted step (run here by bash, as on the runner) writes it to a private file and
+    points the variable at it; a value that is already a path stays as it is."""
+    wf = yaml.safe_load(emit(mx.load(MATRIX), "github"))
+    cell = wf["jobs"]["cell"]
+    include = {i["cell"]: i for i in cell["strategy"]["matrix"]["include"]}
+    assert include["gce-x86_64"]["file_secrets"] == "GOOGLE_APPLICATION_CREDENTIALS"
+    assert include["aws-x86_64"]["file_secrets"] == ""
+    step = next(s for s in cell["steps"] if s.get("name") == "Write the credentials files")
+    assert step["if"] == "${{ matrix.file_secrets != '' }}"
+    key = '{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----"}'
+    github_env = tmp_path / "github_env"
+    env = {"PATH": "/usr/bin:/bin", "RUNNER_TEMP": str(tmp_path), "GITHUB_ENV": str(github_env),
+           "FILE_SECRETS": "GOOGLE_APPLICATION_CREDENTIALS OTHER_FILE",
+           "GOOGLE_APPLICATION_CREDENTIALS": key, "OTHER_FILE": "/etc/already-a-path.json"}
+    subprocess.run(["bash", "-e", "-c", step["run"]], env=env, check=True)
+    written = tmp_path / "GOOGLE_APPLICATION_CREDENTIALS.json"
+    assert written.read_text() == key and written.stat().st_mode & 0o777 == 0o600
+    assert github_env.read_text() == f"GOOGLE_APPLICATION_CREDENTIALS={written}\n"
+    assert "make these of type File" in emit(mx.load(MATRIX), "gitlab")
+
+
 def test_gitlab_pipeline_semantics() -> None:
     doc = yaml.safe_load(emit(cloud_matrix(), "gitlab"))
     rules = [r["if"] for r in doc["workflow"]["rules"]]

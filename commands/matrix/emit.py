@@ -33,6 +33,18 @@ OPEN_KVM = (f"echo '{KVM_RULE}' | sudo tee /etc/udev/rules.d/99-kvm4all.rules\n"
             "sudo udevadm control --reload-rules\n"
             "sudo udevadm trigger --name-match=kvm\n")
 ROSLAB = ".venv/bin/roslab"
+# a secret that holds a credentials file's content (a service-account key) where the SDK
+# wants the file's path: written to a file only the job's user reads, the variable then
+# names it (a value that is already a path is left as it is)
+WRITE_FILE_SECRETS = (
+    'for name in $FILE_SECRETS; do\n'
+    '  value=$(printenv "$name" || true)\n'
+    '  case "$value" in "{"*)\n'
+    '    path="$RUNNER_TEMP/$name.json"\n'
+    '    (umask 077; printf \'%s\' "$value" > "$path")\n'
+    '    echo "$name=$path" >> "$GITHUB_ENV" ;;\n'
+    '  esac\n'
+    'done\n')
 # the cells into the results database (`history import` skips what a cell recorded
 # itself), then its site
 DASHBOARD = f"{ROSLAB} history import matrix {RESULTS} && {ROSLAB} dashboard -o {REPORT}/dashboard"
@@ -64,7 +76,8 @@ def _secret_names(matrix: Matrix) -> list[str]:
 
 def github(matrix: Matrix) -> str:
     include = [{"cell": c.id, "platform": c.platform, "timeout": c.timeout_minutes,
-                "cloud": c.cloud, "setup": c.setup, "secrets": list(c.secrets)}
+                "cloud": c.cloud, "setup": c.setup, "secrets": list(c.secrets),
+                "file_secrets": " ".join(c.file_secrets)}
                for c in matrix.cells]
     env = {"ROSLAB_RUN_ID": "gh-${{ github.run_id }}-${{ github.run_attempt }}-${{ matrix.cell }}",
            "ROSLAB_RESULTS_DB": "${{ secrets.ROSLAB_RESULTS_DB }}"}  # empty: the runner's own
@@ -84,6 +97,8 @@ def github(matrix: Matrix) -> str:
             # what the cell's platform needs started first (its driver says: libvirtd)
             {"name": "Start the platform's services", "if": "${{ matrix.setup != '' }}",
              "run": 'sudo sh -c "$SETUP"', "env": {"SETUP": "${{ matrix.setup }}"}},
+            {"name": "Write the credentials files", "if": "${{ matrix.file_secrets != '' }}",
+             "run": WRITE_FILE_SECRETS, "env": {"FILE_SECRETS": "${{ matrix.file_secrets }}"}},
             {"name": "Run the cell",
              "run": f"{ROSLAB} matrix run --cell ${{{{ matrix.cell }}}} --results {RESULTS}"},
             {"name": "Upload the cell's results", "if": "${{ always() }}",
@@ -167,8 +182,11 @@ def gitlab(matrix: Matrix) -> str:
                       "reports": {"junit": f"{REPORT}/junit.xml"}, "expire_in": "30 days"},
     }
     secrets = _secret_names(matrix)
+    files = sorted({s for c in matrix.cells for s in c.file_secrets})
     note = ("# CI/CD variables the cells need (set them, masked, in the project settings): "
-            + (", ".join(secrets) if secrets else "none") + "\n")
+            + (", ".join(secrets) if secrets else "none") + "\n"
+            + (f"# Of those, make these of type File (GitLab then gives the job the file's "
+               f"path): {', '.join(files)}\n" if files else ""))
     return _dump("gitlab", doc, note)
 
 

@@ -47,6 +47,7 @@ class Cell:
     options: tuple[str, ...] = ()  # further pytest options for this platform
     cloud: bool = False  # derived: its driver leaves objects outside the host (gc after)
     setup: str = ""  # derived: what its driver needs a CI job to start first (as root)
+    file_secrets: tuple[str, ...] = ()  # derived: its secrets that are a file's content
 
     def describe(self) -> str:
         hw = f" hw {self.hw}" if self.hw else ""
@@ -173,14 +174,14 @@ def _cell(raw: Any, index: int, root: Path) -> tuple[Cell | None, list[str]]:
         if not isinstance(raw.get(key), str):
             problems.append(f"{name}: `{key}` is required")
     platform, arch = raw.get("platform"), raw.get("arch")
-    cloud, setup = False, ""
+    cloud, setup, file_kinds = False, "", ()
     if isinstance(platform, str):
         if platform not in PLATFORMS:
             problems.append(f"{name}: unknown platform {platform!r} (implemented: "
                             f"{', '.join(sorted(PLATFORMS))})")
         else:
             cls = driver_class(platform)
-            cloud, setup = cls.leaves_garbage, cls.ci_setup
+            cloud, setup, file_kinds = cls.leaves_garbage, cls.ci_setup, cls.file_secrets
             if isinstance(arch, str) and arch not in cls.capabilities.arches:
                 problems.append(f"{name}: platform {platform} boots "
                                 f"{', '.join(cls.capabilities.arches)}, not {arch!r}")
@@ -209,7 +210,8 @@ def _cell(raw: Any, index: int, root: Path) -> tuple[Cell | None, list[str]]:
     return Cell(id=cid, platform=platform, arch=arch, image=raw.get("image", REFERENCE),
                 hw=raw.get("hw"), scenarios=scenarios, keyword=raw.get("keyword"),
                 budgets=budgets, timeout_minutes=timeout, secrets=secrets, options=options,
-                cloud=cloud, setup=setup), []
+                cloud=cloud, setup=setup,
+                file_secrets=tuple(s for s in secrets if s in file_kinds)), []
 
 
 def _strings(value: Any, what: str, problems: list[str]) -> tuple[str, ...]:
