@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from drivers.qemu import QEMU_BINARY, free_port, make_overlay, probe_kernel, resolve_accel
+from drivers.qemu.host import QEMU_BINARY, free_port, make_overlay, probe_kernel, resolve_accel
 from lab import cloudconfig, gc
 from lab.driver import (
     Capabilities,

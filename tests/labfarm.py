@@ -34,7 +34,7 @@ import time
 import tty
 from pathlib import Path
 
-from drivers.qemu import free_port, free_ports
+from drivers.qemu.host import free_port, free_ports
 
 EXPORTER = "roslab-farm"
 BOARD = "x86-ipmi-box"
@@ -155,7 +155,7 @@ class Farm:
                             f"{self.netboot_url}/boot.ipxe,hostfwd=tcp:127.0.0.1:"
                             f"{self.ports['ssh']}-:22 -device virtio-net-pci,netdev=n0 -boot n")
             if self.disk is not None:
-                from drivers.qemu import make_overlay
+                from drivers.qemu.host import make_overlay
                 from lab.images import Image
 
                 (self.dir / "box-disk").mkdir(exist_ok=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from drivers.qemu import free_port
+from drivers.qemu.host import free_port
 
 
 def pg_bin() -> Path:

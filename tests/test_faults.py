@@ -264,7 +264,7 @@ def test_ports_taken_by_other_processes_do_not_stop_a_boot(
 
 def test_free_ports_are_distinct_and_free() -> None:
     """A farm takes a score of ports at once: none twice, each still free to bind."""
-    from drivers.qemu import free_ports
+    from drivers.qemu.host import free_ports
 
     ports = free_ports(40)
     assert len(set(ports)) == 40

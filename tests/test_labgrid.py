@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 from interrupt import at_a_terminal  # tests/ is on sys.path (rootdir conftest mode)
 
-from drivers.labgrid import LabgridDriver, PlaceTaken
+from drivers.labgrid import LabgridDriver
 from drivers.labgrid.parts import PASSWORD_VARIABLE
+from drivers.labgrid.place import PlaceTaken
 from drivers.machines import make_machine, resolve_image
 from lab import timeline as tl
 from lab.errors import BootTimeout, ImageError, LabError, PlatformError
@@ -125,9 +126,9 @@ def test_a_held_place_names_its_holder_and_can_be_waited_for(farm: Farm, referen
         # alice releases 3 s into a 60 s wait: the run gets the place
         releaser = subprocess.Popen(["sh", "-c", f"sleep 3; exec {' '.join(lg)} release"],
                                     env=env, stdout=subprocess.DEVNULL)
-        from drivers.labgrid import _Session
+        from drivers.labgrid.place import Session
 
-        session = _Session(farm.coordinator)
+        session = Session(farm.coordinator)
         try:
             started = time.monotonic()
             session.acquire("box", wait=60)
@@ -235,8 +236,8 @@ def test_environment_file_mistakes_are_named(tmp_path: Path) -> None:
 
 def _holder_process(farm: Farm, place: str, user: str) -> subprocess.Popen[str]:
     """A live process of `user` on this host that has acquired `place` as a run does."""
-    program = ("from drivers.labgrid import _Session\n"
-               f"s = _Session({farm.coordinator!r}); s.acquire({place!r}, 0)\n"
+    program = ("from drivers.labgrid.place import Session\n"
+               f"s = Session({farm.coordinator!r}); s.acquire({place!r}, 0)\n"
                "print('held', flush=True); import time; time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-c", program], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, env={**os.environ, "LG_USERNAME": user})
@@ -250,9 +251,9 @@ def _holder_process(farm: Farm, place: str, user: str) -> subprocess.Popen[str]:
 
 
 def _tags(farm: Farm, place: str) -> dict[str, str]:
-    from drivers.labgrid import _Session
+    from drivers.labgrid.place import Session
 
-    session = _Session(farm.coordinator)
+    session = Session(farm.coordinator)
     try:
         session.sync()
         return dict(session.place(place).tags)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from drivers.labgrid.netboot import NetbootServer
-from drivers.qemu import free_port
+from drivers.qemu.host import free_port
 
 BOX, STRANGER = "127.0.0.1", "127.0.0.2"
 SCRIPT = b"#!ipxe\nkernel vmlinuz rancher.password=netboot-secret-pw\nboot\n"

@@ -13,26 +13,37 @@ keeps the whole boot even if the harness is gone.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import ipaddress
 import logging
 import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from drivers.qemu.boards import (
+    BOARDS,
+    Board,
+    board_for,
+    extra_nic_args,
+    machine_args,
+)
+from drivers.qemu.host import (
+    QEMU_BINARY,
+    binary,
+    free_port,
+    kvm_usable,
+    make_overlay,
+    popen,
+    probe_kernel,
+    qemu_version,
+    resolve_accel,
+)
 from lab import cloudconfig
 from lab.driver import (
     Capabilities,
@@ -46,10 +57,7 @@ from lab.driver import (
 from lab.errors import BootError, ConfigError, EmulatorError, ImageError, LabError
 from lab.images import DISK, GCE_TARBALL, ISO, KERNEL, SDCARD, Image, unpack_gce_disk
 
-QEMU_BINARY = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 GUEST_HOST_IP = "10.0.2.2"  # the host as QEMU user-mode networking shows it to the guest
-PR_SET_PDEATHSIG = 1
-PROBE_SECONDS = 10.0
 MIGRATE_BANDWIDTH = 1 << 40  # bytes/s: QEMU's default 32 MiB/s would make a save take 10 s
 MIGRATE_SECONDS = 120.0  # bound on saving or loading a machine's state
 
@@ -65,253 +73,6 @@ class _PeerHangUp(logging.Filter):
 
 
 logging.getLogger("qemu.qmp.protocol").addFilter(_PeerHangUp())
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the kernel kills QEMU when the harness dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-# PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process:
-# QEMU started by a short-lived thread (a machine booted ahead) was killed as that thread
-# finished. Other threads fork through this one, which lives as long as the harness.
-_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roslab-spawner")
-
-
-def _from_a_lasting_thread(start: Callable[[], subprocess.Popen[bytes]]
-                           ) -> subprocess.Popen[bytes]:
-    if threading.current_thread() is threading.main_thread():
-        return start()
-    return _SPAWNER.submit(start).result()
-
-
-def popen(argv: list[str], keep: bool = False, **kw: Any) -> subprocess.Popen[bytes]:
-    # a session of its own: Ctrl-C reaches the harness, which stops QEMU in order
-    if keep:
-        return subprocess.Popen(argv, start_new_session=True, **kw)
-    return _from_a_lasting_thread(lambda: subprocess.Popen(
-        argv, preexec_fn=_die_with_parent, start_new_session=True, **kw))
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1, chosen by the kernel (safe across xdist workers)."""
-    return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free TCP ports on 127.0.0.1: each socket stays bound until all are
-    chosen, so the kernel cannot hand the same port out twice."""
-    with contextlib.ExitStack() as held:
-        sockets = [held.enter_context(socket.socket()) for _ in range(count)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-
-
-def extra_nic_args(macs: list[str], model: str = "virtio-net-pci") -> list[str]:
-    """QEMU arguments for NICs after the first, all on one hub and nothing else: a switch
-    with no uplink and no DHCP server (a user-mode link would answer DHCP with the same
-    address and route as eth0's). A guest's bond, bridge or VLAN over them is made and
-    checked without touching any network; QEMU warns that the hub reaches no host network."""
-    argv: list[str] = []
-    for i, mac in enumerate(macs, start=1):
-        argv += ["-netdev", f"hubport,id=nic{i},hubid=1",
-                 "-device", f"{model},netdev=nic{i},mac={mac},romfile="]
-    return argv
-
-
-def binary(arch: str) -> str:
-    name = QEMU_BINARY.get(arch)
-    if name is None:
-        raise ConfigError(f"unknown arch {arch!r}: known arches are {', '.join(QEMU_BINARY)}")
-    path = shutil.which(name)
-    if path is None:
-        package = "qemu-system-x86" if arch == "x86_64" else "qemu-system-arm"
-        raise ConfigError(f"{name} is not installed: install the package {package}")
-    return path
-
-
-@functools.cache
-def qemu_version(arch: str) -> tuple[int, int]:
-    """(major, minor) of the arch's QEMU, from `--version` (once per process)."""
-    out = subprocess.run([binary(arch), "--version"], capture_output=True, text=True,
-                         timeout=30).stdout
-    found = re.search(r"version (\d+)\.(\d+)", out)
-    if found is None:
-        raise EmulatorError(f"{binary(arch)} --version did not say its version: {out[:200]!r}")
-    return int(found[1]), int(found[2])
-
-
-# -- boards --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Board:
-    """A QEMU machine model and how the lab drives it."""
-
-    machine: str  # -M ("" for QEMU's default, the x86 pc)
-    cpu: str  # -cpu under TCG ("" for the machine's default); KVM always takes the host's
-    tcg: str  # the -accel value under TCG
-    tty: str  # the guest's name for the console the lab attaches to
-    serial_index: int  # which -serial that console is (those before it get null)
-    caps: Capabilities
-    memory_mb: int | None = None  # fixed by the board (None: as the spec asks)
-
-
-BOARDS = {
-    # single-threaded: under multi-threaded TCG a vCPU can keep running a stale translation
-    # of kernel text another vCPU has just patched (a static key flipping: x86 patches
-    # through a temporary int3) and trap on that int3 for ever. QEMU 7.2 hung an idle
-    # boot so about once in a hundred; 10.0 hung the contract test's flip loop once in 69
-    # runs on a loaded host (docs/design-notes.md)
-    "pc": Board("", "", "tcg,thread=single", "ttyS0", 0, Capabilities(
-        arches=("x86_64",), console=True, ssh=True, power_button=True,
-        snapshot=True,  # migrate to a file, restore with -incoming
-        datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL, ISO, DISK, GCE_TARBALL),
-        board="pc", disks=True, disk_boot=True, extra_nics=True)),
-    "virt": Board("virt", "cortex-a57", "tcg", "ttyAMA0", 0, Capabilities(
-        arches=("aarch64",), console=True, ssh=True, power_button=False, snapshot=True,
-        datasources=cloudconfig.DATASOURCES, image_kinds=(KERNEL,), board="virt", disks=True,
-        extra_nics=True,
-        # emulated arm64 on x86, from `roslab bench` medians to the user Docker: virt 1.3x
-        # pc, raspi3b 2.7x; timeouts get more room than that
-        slowdown=2.0,
-        why_not={"power_button": "acpid is x86 only, as on RancherOS: nothing in an arm64 "
-                                 "guest handles the power button",
-                 "disk_boot": "the lab boots QEMU virt by its kernel (no firmware boots an "
-                              "installed disk), and ros install writes BIOS (syslinux) disks"})),
-    # 4 vCPUs spin in the boot stub under multi-threaded TCG: single-threaded boots 5x faster
-    "raspi3b": Board("raspi3b", "", "tcg,thread=single", "ttyS1", 1, Capabilities(
-        arches=("aarch64",), console=True, ssh=False, power_button=False, snapshot=False,
-        datasources=("cmdline",), image_kinds=(SDCARD,), network=False, board="raspi3b",
-        slowdown=4.0,  # see virt
-        why_not={
-            "snapshot": "the lab does not save raspi3b machines (its SD card model is not "
-                        "restored over a new overlay)",
-            "ssh": "QEMU's raspi3b model has no network (no USB Ethernet), so no SSH",
-            "network": "QEMU's raspi3b model has no network interface (no USB Ethernet)",
-            "power_button": "a Raspberry Pi 3 has no power button and QEMU's raspi3b cannot "
-                            "power off",
-            "disks": "a Raspberry Pi 3 has one SD slot (the card) and no other disk",
-            "disk_boot": "a Raspberry Pi 3 boots its SD card only",
-        }), memory_mb=1024),
-}
-GENERAL_BOARD = {"x86_64": BOARDS["pc"], "aarch64": BOARDS["virt"]}
-
-
-def machine_args(board: Board, accel: str) -> list[str]:
-    """-M, -accel and -cpu for `board` under "kvm" or "tcg"."""
-    args = ["-M", board.machine] if board.machine else []
-    if accel == "kvm":
-        return [*args, "-accel", "kvm", "-cpu", "host"]
-    return [*args, "-accel", board.tcg, *(["-cpu", board.cpu] if board.cpu else [])]
-
-
-def board_for(image: Image, arch: str) -> Board:
-    """raspi3b for a Pi SD card (as flashed), else the arch's general-purpose board."""
-    return BOARDS["raspi3b"] if image.kind == SDCARD else GENERAL_BOARD[image.arch or arch]
-
-
-# -- accelerator ---------------------------------------------------------------------------
-
-_accel_cache: dict[tuple[str, str], tuple[str, str]] = {}
-
-
-def kvm_usable() -> tuple[bool, str]:
-    if not os.path.exists("/dev/kvm"):
-        return False, "no /dev/kvm"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False, "/dev/kvm is not readable and writable by this user"
-    return True, "/dev/kvm is accessible"
-
-
-def probe_kvm(arch: str, kernel: Path, budget: float = PROBE_SECONDS) -> tuple[bool, str]:
-    """Boot `kernel` under KVM with no root and see whether it prints within `budget`.
-
-    `/dev/kvm` being there is not enough: on some hosts a KVM guest hangs right after
-    the kernel is decompressed. A kernel that says "Linux version" is running.
-    """
-    board = GENERAL_BOARD[arch]
-    argv = [binary(arch), *machine_args(board, "kvm"), "-m", "256", "-nodefaults",
-            "-display", "none", "-no-reboot", "-serial", "stdio", "-kernel", str(kernel),
-            "-append", f"console={board.tty} panic=-1"]
-    proc = popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    assert proc.stdout is not None
-    os.set_blocking(proc.stdout.fileno(), False)
-    seen = b""
-    deadline = time.monotonic() + budget
-    try:
-        while time.monotonic() < deadline:
-            chunk = proc.stdout.read() or b""
-            seen += chunk
-            if b"Linux version" in seen:
-                return True, "KVM probe: the kernel ran"
-            if proc.poll() is not None and not chunk:
-                tail = seen.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-                return False, f"KVM probe: QEMU exited ({tail[0]})"
-            time.sleep(0.05)
-        return False, f"KVM probe: no kernel output within {budget:.0f} s (KVM hangs here)"
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
-
-
-def resolve_accel(requested: str, arch: str, kernel: Path | None) -> tuple[str, str]:
-    """("kvm"|"tcg", why). `auto` probes KVM once per process and arch."""
-    if requested == "tcg":
-        return "tcg", "asked for"
-    if requested not in ("auto", "kvm"):
-        raise ConfigError(f"unknown accel {requested!r}: known are auto, kvm, tcg")
-    usable, why = kvm_usable()
-    if requested == "kvm":
-        if not usable:
-            raise ConfigError(f"--accel kvm: {why}")
-        return "kvm", "asked for"
-    if os.uname().machine != arch:
-        return "tcg", f"guest arch {arch} differs from host {os.uname().machine}"
-    if not usable:
-        return "tcg", why
-    if kernel is None:
-        return "tcg", "no kernel to probe KVM with"
-    key = (arch, str(kernel))
-    if key not in _accel_cache:
-        ok, why = probe_kvm(arch, kernel)
-        _accel_cache[key] = ("kvm" if ok else "tcg", why)
-    return _accel_cache[key]
-
-
-@contextlib.contextmanager
-def probe_kernel(image: Image, scratch: Path) -> Iterator[Path | None]:
-    """A kernel of `image`'s arch to probe KVM with (extracted from an ISO if need be)."""
-    if image.kind == KERNEL:
-        yield image.kernel
-        return
-    if image.kind == ISO:
-        from lab.images import extract_iso_kernel
-
-        path = extract_iso_kernel(image.path, scratch / "probe-vmlinuz")
-        try:
-            yield path
-        finally:
-            if path is not None:
-                path.unlink(missing_ok=True)
-        return
-    yield None
-
-
-def make_overlay(workdir: Path, base: Path, fmt: str, size: int | None = None) -> Path:
-    """A copy-on-write layer over `base` in `workdir` (`base` is never written)."""
-    overlay = workdir / "overlay.qcow2"
-    proc = subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(base.resolve()),
-         str(overlay), *([str(size)] if size else [])],
-        capture_output=True, text=True,
-    )
-    if proc.returncode != 0:
-        raise ImageError(f"could not make an overlay for {base}: {proc.stderr.strip()}")
-    return overlay
 
 
 # -- the driver ----------------------------------------------------------------------------
@@ -368,9 +129,9 @@ class QemuDriver(Driver):
         """The emulators, their version, qemu-img, the Pi card's tools, KVM and the
         accelerator a run would use (probed with the reference image once it is built)."""
         checks = []
-        for guest, binary in QEMU_BINARY.items():
+        for guest, program in QEMU_BINARY.items():
             package = "qemu-system-x86" if guest == "x86_64" else "qemu-system-arm"
-            checks.append(Check(shutil.which(binary) is not None or guest != arch, binary,
+            checks.append(Check(shutil.which(program) is not None or guest != arch, program,
                                 f"apt-get install {package}"))
         if shutil.which(QEMU_BINARY["x86_64"]):
             version = qemu_version("x86_64")
