@@ -31,6 +31,7 @@ from lab.machine import (
     Machine,
 )
 from lab.redact import keep_cloud_config_secrets, redact
+from lab.registry import mirror_cloud_config
 from lab.ssh import KeyPair
 
 
@@ -51,6 +52,9 @@ class MachineOptions:
     progress: Callable[[str], None] | None = None  # the reference image build's
     name: str | None = None
     platform_options: dict[str, Any] = field(default_factory=dict)  # region, hw, ...
+    # the port of the lab's registry on this host: both of the guest's Dockers use it as
+    # their mirror, where the platform's machines reach this host (lab/registry.py)
+    registry_port: int | None = None
 
     @classmethod
     def of(cls, opts: dict[str, Any]) -> MachineOptions:
@@ -138,6 +142,11 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
     elif o.ssh_key is not None:
         extra = {"ssh_authorized_keys": [o.ssh_key.public]}
         cc = CloudConfig.parse(extra) if cc is None else cc.merged(extra)
+    route = cls.host_address_for_guest(datasource, o.platform_options) \
+        if o.registry_port else None
+    if route is not None:
+        mirror = mirror_cloud_config(f"{route.guest}:{o.registry_port}")
+        cc = CloudConfig.parse(mirror) if cc is None else cc.merged(mirror)
     driver = cls()
     name = o.name or f"{platform}-{arch}-{secrets.token_hex(3)}"
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))

@@ -13,7 +13,6 @@ keeps the whole boot even if the harness is gone.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import ipaddress
 import logging
@@ -21,7 +20,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -38,6 +36,7 @@ from lab.driver import (
     Capabilities,
     Check,
     Driver,
+    HostRoute,
     MachineSpec,
     Snapshot,
     kernel_cmdline_args,
@@ -45,10 +44,10 @@ from lab.driver import (
 )
 from lab.errors import BootError, ConfigError, EmulatorError, ImageError, LabError
 from lab.images import DISK, GCE_TARBALL, ISO, KERNEL, SDCARD, Image, unpack_gce_disk
+from lab.process import die_with_parent
 
 QEMU_BINARY = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 GUEST_HOST_IP = "10.0.2.2"  # the host as QEMU user-mode networking shows it to the guest
-PR_SET_PDEATHSIG = 1
 PROBE_SECONDS = 10.0
 MIGRATE_BANDWIDTH = 1 << 40  # bytes/s: QEMU's default 32 MiB/s would make a save take 10 s
 MIGRATE_SECONDS = 120.0  # bound on saving or loading a machine's state
@@ -65,12 +64,6 @@ class _PeerHangUp(logging.Filter):
 
 
 logging.getLogger("qemu.qmp.protocol").addFilter(_PeerHangUp())
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the kernel kills QEMU when the harness dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process:
@@ -91,7 +84,7 @@ def popen(argv: list[str], keep: bool = False, **kw: Any) -> subprocess.Popen[by
     if keep:
         return subprocess.Popen(argv, start_new_session=True, **kw)
     return _from_a_lasting_thread(lambda: subprocess.Popen(
-        argv, preexec_fn=_die_with_parent, start_new_session=True, **kw))
+        argv, preexec_fn=die_with_parent, start_new_session=True, **kw))
 
 
 def free_port() -> int:
@@ -340,6 +333,16 @@ class QemuDriver(Driver):
     def host_threads_for(cls, image: Image, arch: str, accel: str, cpus: int) -> int:
         single = accel == "tcg" and "thread=single" in board_for(image, arch).tcg
         return 1 if single else cpus
+
+    @classmethod
+    def host_address_for_guest(cls, datasource: str, options: dict[str, Any]) -> HostRoute:
+        """User-mode networking shows the host's loopback to the guest as the virtual
+        network's .2 (10.0.2.2; a cloud's metadata network moves it, drivers/qemu/metadata)."""
+        from drivers.qemu import metadata
+
+        cloud = metadata.CLOUDS.get(datasource)
+        network = ipaddress.ip_network((cloud.network if cloud else "") or "10.0.2.0/24")
+        return HostRoute("127.0.0.1", str(network[2]))
 
     @classmethod
     def doctor(cls, options: dict[str, Any], arch: str) -> list[Check]:
