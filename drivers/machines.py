@@ -31,7 +31,7 @@ from lab.machine import (
     Machine,
 )
 from lab.redact import keep_cloud_config_secrets, redact
-from lab.registry import mirror_cloud_config
+from lab.registry import Registry, mirror_cloud_config
 from lab.ssh import KeyPair
 
 
@@ -70,6 +70,26 @@ class MachineOptions:
         if "platform_options" in given:
             given["platform_options"] = dict(given["platform_options"])
         return cls(**given)
+
+
+def start_registry(platform: str, datasource: str, options: dict[str, Any],
+                   say: Callable[[str], None] = lambda _: None) -> Registry | None:
+    """The lab's registry for machines of `platform`, started and holding the lab's own
+    images (put in once); None where its machines use their own network (a cloud, a box).
+    The caller stops it."""
+    route = driver_class(platform).host_address_for_guest(datasource, options)
+    if route is None:
+        return None
+    registry = Registry(listen=route.listen).start()
+    try:
+        if registry.manifest("busybox:latest") is None:
+            from refimage.registry_images import seed
+
+            say(f"registry: adding {', '.join(seed(registry, say=say))}")
+    except BaseException:
+        registry.stop()
+        raise
+    return registry
 
 
 def resolve_image(image: Path | str | None, arch: str,
