@@ -77,6 +77,8 @@ def sha256(data: bytes) -> str:
 def parse_ref(ref: str) -> tuple[str, str]:
     """'busybox' -> ('library/busybox', 'latest'); 'me/app:1' -> ('me/app', '1'): the
     repository Docker asks a mirror for (official images live under library/)."""
+    for hub in ("docker.io/", "index.docker.io/"):  # Docker Hub's names: what a mirror serves
+        ref = ref.removeprefix(hub)
     name, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "")
     if "/" not in name:
         name = f"library/{name}"
@@ -126,7 +128,14 @@ def read_docker_archive(path: Path) -> list[tuple[list[str], Image]]:
     """The images of a `docker save` tarball, each with its RepoTags; ImageError names the
     file and what is wrong with it."""
     try:
-        with tarfile.open(path) as tar:
+        tar = tarfile.open(path)  # noqa: SIM115 - closed by the `with tar` below
+    except tarfile.ReadError:
+        raise ImageError(f"{path}: not a `docker save` tarball (not a tar archive, nor a "
+                         "compressed one)") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        with tar:
             def member(name: str) -> bytes:
                 try:
                     fh = tar.extractfile(name)
@@ -151,7 +160,8 @@ def read_docker_archive(path: Path) -> list[tuple[list[str], Image]]:
                                      f"the archive has {len(layers)}")
                 images.append((list(item.get("RepoTags") or []), Image(config, layers)))
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-        raise ImageError(f"{path}: not a readable `docker save` tarball ({exc})") from None
+        raise ImageError(f"{path}: a truncated or damaged `docker save` tarball "
+                         f"({exc})") from None
     except (KeyError, TypeError) as exc:
         raise ImageError(f"{path}: its manifest.json is not a `docker save` manifest "
                          f"(no {exc})") from None
@@ -355,7 +365,8 @@ class Registry:
         for tags, image in images:
             for ref in tags:
                 self.push(ref, [image])
-                pushed.append(ref)
+                repo, tag = parse_ref(ref)
+                pushed.append(f"{short_name(repo)}:{tag}")
         return pushed
 
     def add_oci_layout(self, path: Path, name: str | None = None) -> list[str]:
@@ -372,7 +383,7 @@ class Registry:
             if not ref:
                 raise ImageError(f"{path}: its image {desc.get('digest')} has no name: "
                                  "give one (--name REPO[:TAG])")
-            repo, tag = parse_ref(ref.removeprefix("docker.io/"))
+            repo, tag = parse_ref(ref)
             self._push_oci(path, repo, desc)
             self.push_manifest(repo, tag, _oci_blob(path, desc["digest"]), desc["mediaType"])
             pushed.append(f"{short_name(repo)}:{tag}")
