@@ -12,6 +12,6 @@ def die_with_parent() -> None:
     """preexec_fn: the kernel kills the child when the harness dies, however it dies.
 
     It fires when the *thread* that forked the child ends: fork from a thread that lives
-    as long as the harness (the QEMU driver has one for machines booted ahead)."""
+    as long as the harness (a driver that boots machines ahead keeps one)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -1,8 +1,8 @@
 """The lab's registry: a real OCI registry on this host that guests pull from.
 
 Debian's `docker-registry` (distribution 2.8) serves a folder of the lab's cache
-(`ROSLAB_CACHE/registry`), plain HTTP, bound to an address the guests reach (QEMU's
-user-mode network shows the host's 127.0.0.1 to a guest as 10.0.2.2). A run starts its
+(`ROSLAB_CACHE/registry`), plain HTTP, bound to the host address the platform's driver names
+(`Driver.host_address_for_guest`: where its guests reach this host). A run starts its
 own server on a free port and stops it at the end; the process dies with the harness
 (PR_SET_PDEATHSIG), so nothing is left listening even after a SIGKILL. Runs share the
 storage: the filesystem driver writes blobs by rename, so concurrent servers are safe; a

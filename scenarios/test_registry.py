@@ -2,10 +2,10 @@
 `system-docker pull busybox`, then a container of each; an image nobody has fails at once
 with the registry's "not found", never a hang; /etc/rc.local pulls and starts a container.
 
-On QEMU and libvirt the lab serves the registry and both of the guest's Dockers use it as
-their mirror (`lab_registry`: rancher.docker.registry_mirror and
-rancher.system_docker.registry_mirror in the cloud-config); the pulled image must then be
-the one the lab's registry serves, digest for digest. A cloud's or a box's machine pulls
+Where the platform's machines reach the lab's host, the lab serves the registry and both
+of the guest's Dockers use it as their mirror (`lab_registry`: rancher.docker.registry_mirror
+and rancher.system_docker.registry_mirror in the cloud-config); the pulled image must then
+be the one the lab's registry serves, digest for digest. A cloud's or a box's machine pulls
 from Docker Hub over its own network."""
 
 from __future__ import annotations
