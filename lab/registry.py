@@ -39,6 +39,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from lab.cache import cache_root
+from lab.driver import Check
 from lab.errors import HostError, ImageError
 from lab.process import die_with_parent
 
@@ -56,6 +57,13 @@ CONFIG = "application/vnd.docker.container.image.v1+json"
 LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 ACCEPT = ", ".join((MANIFEST_LIST, MANIFEST, OCI_INDEX, OCI_MANIFEST))
 DEB_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def doctor_check() -> Check:
+    """`roslab doctor`'s line: the scenarios that pull (lab_registry) need the server."""
+    return Check(os.access(BINARY, os.X_OK), f"the lab's registry ({BINARY})",
+                 f"apt-get install {PACKAGE} (./setup does); only the scenarios that pull "
+                 "images need it", required=False)
 
 
 def default_storage() -> Path:
