@@ -191,3 +191,31 @@ def test_parse_ref() -> None:
     assert parse_ref("busybox") == ("library/busybox", "latest")
     assert parse_ref("me/app:1") == ("me/app", "1")
     assert parse_ref("host:5000/app") == ("host:5000/app", "latest")
+
+
+@pytest.mark.refimage
+@pytest.mark.parametrize("end", ["finished", "SIGINT"])
+def test_a_run_serves_its_registry_and_stops_it(tmp_path: Path, end: str) -> None:
+    """A scenario run on a platform whose guests reach this host starts the registry (the
+    report header names it) and stops it when it ends: at the end, or on Ctrl-C while its
+    machine boots."""
+    args = ["scenarios/test_registry.py", "--platform", "qemu"]
+    if end == "finished":
+        args.append("--collect-only")
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                            f"--roslab-artifacts={tmp_path}", *args], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert run.stdout is not None
+    address = ""
+    for line in run.stdout:
+        if "the lab's registry at http://" in line:
+            address = line.split("http://", 1)[1].split()[0]
+            assert listening(address)
+            if end == "SIGINT":
+                time.sleep(3)  # its machine is booting by now
+                run.send_signal(signal.SIGINT)
+    run.wait(120)
+    assert address, "the run's header names no registry"
+    assert not listening(address), f"the run ({end}) left its registry listening at {address}"
+    left = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True)
+    assert not left.stdout.strip(), f"the run left children: {left.stdout}"
