@@ -98,7 +98,7 @@ def short_name(repo: str) -> str:
 
 
 @dataclass(frozen=True)
-class Image:
+class ImageData:
     """One image to push: its config and its layers (gzip-compressed tar streams)."""
 
     config: bytes
@@ -132,7 +132,7 @@ def _gzip(layer: bytes) -> bytes:
     return gzip.compress(layer, compresslevel=6, mtime=0)
 
 
-def read_docker_archive(path: Path) -> list[tuple[list[str], Image]]:
+def read_docker_archive(path: Path) -> list[tuple[list[str], ImageData]]:
     """The images of a `docker save` tarball, each with its RepoTags; ImageError names the
     file and what is wrong with it."""
     try:
@@ -166,7 +166,7 @@ def read_docker_archive(path: Path) -> list[tuple[list[str], Image]]:
                 if len(diff_ids) != len(layers):
                     raise ImageError(f"{path}: {item['Config']} names {len(diff_ids)} layers, "
                                      f"the archive has {len(layers)}")
-                images.append((list(item.get("RepoTags") or []), Image(config, layers)))
+                images.append((list(item.get("RepoTags") or []), ImageData(config, layers)))
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise ImageError(f"{path}: a truncated or damaged `docker save` tarball "
                          f"({exc})") from None
@@ -331,7 +331,7 @@ class Registry:
                                       headers={"Content-Type": media_type})
         return headers.get("Docker-Content-Digest", sha256(body))
 
-    def _push_one(self, repo: str, image: Image) -> tuple[str, bytes]:
+    def _push_one(self, repo: str, image: ImageData) -> tuple[str, bytes]:
         """Push an image's blobs and its manifest by digest; (digest, manifest)."""
         layers = [{"mediaType": LAYER_GZIP, "size": len(layer),
                    "digest": self.push_blob(repo, layer)} for layer in image.layers]
@@ -343,7 +343,7 @@ class Registry:
         }, sort_keys=True).encode()
         return self.push_manifest(repo, sha256(manifest), manifest, MANIFEST), manifest
 
-    def push(self, ref: str, images: list[Image], *, tags: tuple[str, ...] = ()) -> str:
+    def push(self, ref: str, images: list[ImageData], *, tags: tuple[str, ...] = ()) -> str:
         """Push `images` (one per arch) as `ref` (and `tags` of the same repository): one
         image as itself, several behind a manifest list, as multi-arch images are served.
         Returns the digest `ref` resolves to."""
@@ -429,7 +429,7 @@ class Registry:
                                       ["architecture"]) for m in manifest["manifests"]
                          if "platform" in m)
         _, _, config = self._request("GET", f"/v2/{repo}/blobs/{manifest['config']['digest']}")
-        return (Image(config, ()).arch,)
+        return (ImageData(config, ()).arch,)
 
     def images(self) -> list[Entry]:
         entries = []

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lab.cache import cache_root
 from lab.errors import LabError
-from lab.registry import Image, Registry, read_docker_archive
+from lab.registry import ImageData, Registry, read_docker_archive
 from refimage import archive
 from refimage.build import busybox_image_root
 from refimage.debs import Apt
@@ -48,7 +48,7 @@ def seed(registry: Registry, arches: tuple[str, ...] = ARCHES,
     """Put the lab's own images in `registry` (a no-op for blobs it already has); an arch
     whose packages cannot be had from here is left out, said through `say`. Returns the
     references pushed."""
-    images: list[Image] = []
+    images: list[ImageData] = []
     versions = set()
     for arch in arches:
         try:
