@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import select
 import sys
 import tempfile
 import termios
 import tty
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +37,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     boot.set_defaults(func=cmd_boot)
 
 
+def _say(message: str) -> None:
+    print(f"roslab: {message}", file=sys.stderr)
+
+
 def cmd_boot(args: argparse.Namespace) -> int:
     cc = args.cloud_config.read_text() if args.cloud_config else None
-    say = lambda m: print(f"roslab: {m}", file=sys.stderr)  # noqa: E731
     options = platform_option_values(args)
-    with contextlib.ExitStack() as stack:
-        # the lab's registry, the machine's Dockers' mirror, while it runs
-        registry = start_registry(args.platform, args.datasource, options, say)
+    # the lab's registry, the machine's Dockers' mirror, for as long as the machine runs
+    registry = start_registry(args.platform, args.datasource, options, _say)
+    try:
         if registry is not None:
-            stack.callback(registry.stop)
-            say(f"the lab's registry serves at {registry.url} (`roslab registry list`)")
-        return _boot(args, cc, options, registry.port if registry else None, say)
+            _say(f"the lab's registry serves at {registry.url} (`roslab registry list`)")
+        return _boot(args, cc, options, registry.port if registry else None)
+    finally:
+        if registry is not None:
+            registry.stop()
 
 
 def _boot(args: argparse.Namespace, cc: str | None, options: dict[str, Any],
-          registry_port: int | None, say: Callable[[str], None]) -> int:
+          registry_port: int | None) -> int:
     with tempfile.TemporaryDirectory(prefix="roslab-boot-") as work, make_machine(
         args.platform, args.image, args.arch, cc, args.datasource, Path(work), args.accel,
-        progress=say, platform_options=options, registry_port=registry_port,
+        progress=_say, platform_options=options, registry_port=registry_port,
     ) as machine:
         if not machine.capabilities.console:  # before anything is launched (and paid for)
             why = machine.capabilities.lacks("console")

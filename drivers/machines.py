@@ -85,7 +85,8 @@ def start_registry(platform: str, datasource: str, options: dict[str, Any],
         if registry.manifest("busybox:latest") is None:
             from refimage.registry_images import seed
 
-            say(f"registry: adding {', '.join(seed(registry, say=say))}")
+            if added := seed(registry, say=say):
+                say(f"registry: added {', '.join(added)}")
     except BaseException:
         registry.stop()
         raise
