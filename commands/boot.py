@@ -10,9 +10,10 @@ import tempfile
 import termios
 import tty
 from pathlib import Path
+from typing import Any
 
 from drivers import DEFAULT_PLATFORM, PLATFORMS, add_platform_options, platform_option_values
-from drivers.machines import make_machine
+from drivers.machines import make_machine, start_registry
 from lab.cloudconfig import DATASOURCES
 from lab.errors import LabError
 from lab.images import ARCHES
@@ -36,12 +37,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     boot.set_defaults(func=cmd_boot)
 
 
+def _say(message: str) -> None:
+    print(f"roslab: {message}", file=sys.stderr)
+
+
 def cmd_boot(args: argparse.Namespace) -> int:
     cc = args.cloud_config.read_text() if args.cloud_config else None
+    options = platform_option_values(args)
+    # the lab's registry, the machine's Dockers' mirror, for as long as the machine runs
+    registry = start_registry(args.platform, args.datasource, options, _say)
+    try:
+        if registry is not None:
+            _say(f"the lab's registry serves at {registry.url} (`roslab registry list`)")
+        return _boot(args, cc, options, registry.port if registry else None)
+    finally:
+        if registry is not None:
+            registry.stop()
+
+
+def _boot(args: argparse.Namespace, cc: str | None, options: dict[str, Any],
+          registry_port: int | None) -> int:
     with tempfile.TemporaryDirectory(prefix="roslab-boot-") as work, make_machine(
         args.platform, args.image, args.arch, cc, args.datasource, Path(work), args.accel,
-        progress=lambda m: print(f"roslab: {m}", file=sys.stderr),
-        platform_options=platform_option_values(args),
+        progress=_say, platform_options=options, registry_port=registry_port,
     ) as machine:
         if not machine.capabilities.console:  # before anything is launched (and paid for)
             why = machine.capabilities.lacks("console")

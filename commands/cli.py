@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "commands.doctor",  # roslab doctor
     "commands.bench",  # roslab bench, bench compare, bench report
     "commands.gc",  # roslab gc
+    "commands.registry",  # roslab registry list, add, remove
     "commands.mutants",  # roslab mutants
     "commands.matrix",  # roslab matrix plan, emit, run, report
     "commands.history",  # roslab history test, cell, milestone, flakes, import

@@ -14,6 +14,7 @@ from drivers import (
     driver_class,
     platform_option_values,
 )
+from lab import registry
 from lab.cache import cache_root
 from lab.driver import Check
 from lab.images import ARCHES
@@ -54,8 +55,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             mark = "ok" if c.ok else "!!" if required else "--"
             print(f"[{mark}] {c.what}" + (f"\n     -> {c.fix}" if c.fix and not c.ok else ""))
 
-    show(driver_class(args.platform).doctor(options, args.arch), counts=True)
+    cls = driver_class(args.platform)
+    show(cls.doctor(options, args.arch), counts=True)
     show(host_checks(), counts=True)
+    if cls.host_address_for_guest("default", options) is not None:  # its guests reach here
+        show([registry.doctor_check()], counts=True)
     for name in PLATFORMS:
         cls = driver_class(name)
         if name == args.platform or not cls.runs_on_host:

@@ -27,12 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from drivers.qemu import GUEST_HOST_IP
 from drivers.qemu.host import QEMU_BINARY, free_port, make_overlay, probe_kernel, resolve_accel
 from lab import cloudconfig, gc
 from lab.driver import (
     Capabilities,
     Check,
     Driver,
+    HostRoute,
     MachineSpec,
     Option,
     kernel_cmdline_args,
@@ -356,6 +358,12 @@ class LibvirtDriver(Driver):
         Option("--hw", "the hardware profile: default (virtio), vmware, legacy-esxi"),
         Option("--libvirt-uri", f"the connection (default {DEFAULT_URI})", metavar="URI"),
     )
+
+    @classmethod
+    def host_address_for_guest(cls, datasource: str, options: dict[str, Any]) -> HostRoute:
+        """Its domains' NIC is QEMU user-mode networking too (domain_xml): the host's
+        loopback is 10.0.2.2 to the guest."""
+        return HostRoute("127.0.0.1", GUEST_HOST_IP)
 
     @classmethod
     def doctor(cls, options: dict[str, Any], arch: str) -> list[Check]:

@@ -32,6 +32,7 @@ from lab.machine import (
     Machine,
 )
 from lab.redact import keep_cloud_config_secrets, redact
+from lab.registry import Registry, mirror_cloud_config
 from lab.ssh import KeyPair
 
 
@@ -53,6 +54,9 @@ class MachineOptions:
     progress: Callable[[str], None] | None = None  # the reference image build's
     name: str | None = None
     platform_options: dict[str, Any] = field(default_factory=dict)  # region, hw, ...
+    # the port of the lab's registry on this host: both of the guest's Dockers use it as
+    # their mirror, where the platform's machines reach this host (lab/registry.py)
+    registry_port: int | None = None
 
     @classmethod
     def of(cls, opts: dict[str, Any]) -> MachineOptions:
@@ -68,6 +72,27 @@ class MachineOptions:
         if "platform_options" in given:
             given["platform_options"] = dict(given["platform_options"])
         return cls(**given)
+
+
+def start_registry(platform: str, datasource: str, options: dict[str, Any],
+                   say: Callable[[str], None] = lambda _: None) -> Registry | None:
+    """The lab's registry for machines of `platform`, started and holding the lab's own
+    images (put in once); None where its machines use their own network (a cloud, a box).
+    The caller stops it."""
+    route = driver_class(platform).host_address_for_guest(datasource, options)
+    if route is None:
+        return None
+    registry = Registry(listen=route.listen).start()
+    try:
+        if registry.manifest("busybox:latest") is None:
+            from refimage.registry_images import seed
+
+            if added := seed(registry, say=say):
+                say(f"registry: added {', '.join(added)}")
+    except BaseException:
+        registry.stop()
+        raise
+    return registry
 
 
 def resolve_image(image: Path | str | None, arch: str,
@@ -166,6 +191,11 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
     elif o.ssh_key is not None:
         extra = {"ssh_authorized_keys": [o.ssh_key.public]}
         cc = CloudConfig.parse(extra) if cc is None else cc.merged(extra)
+    route = cls.host_address_for_guest(datasource, o.platform_options) \
+        if o.registry_port else None
+    if route is not None:
+        mirror = mirror_cloud_config(f"{route.guest}:{o.registry_port}")
+        cc = CloudConfig.parse(mirror) if cc is None else cc.merged(mirror)
     driver = cls()
     name = o.name or f"{platform}-{arch}-{secrets.token_hex(3)}"
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=workdir))

@@ -32,6 +32,19 @@ DATASOURCES = ("configdrive", "nocloud", "url", "cmdline", *METADATA_DATASOURCES
 TEXT_DATASOURCES = ("configdrive", "nocloud", "url", *METADATA_DATASOURCES)
 
 
+def _add(data: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(data)
+    for key, value in extra.items():
+        have = out.get(key)
+        if isinstance(value, list):
+            out[key] = list(have or []) + [v for v in value if v not in (have or [])]
+        elif isinstance(value, dict) and isinstance(have, dict):
+            out[key] = _add(have, value)
+        else:
+            out.setdefault(key, value)
+    return out
+
+
 @dataclass(frozen=True)
 class CloudConfig:
     text: str  # exactly what the guest receives
@@ -58,21 +71,16 @@ class CloudConfig:
         return self.text.startswith(SCRIPT_HEADER)
 
     def merged(self, extra: dict[str, Any]) -> CloudConfig:
-        """This config with lists in `extra` appended (the lab's SSH key goes in this way).
+        """This config with lists in `extra` appended (the lab's SSH key goes in this way),
+        maps merged key by key (the registry mirror under `rancher`); the config's own
+        values win.
 
         A script or an invalid config is returned as it is: the scenario wants exactly
         those bytes.
         """
         if self.data is None:
             return self
-        data = dict(self.data)
-        for key, value in extra.items():
-            if isinstance(value, list):
-                have = list(data.get(key) or [])
-                data[key] = have + [v for v in value if v not in have]
-            else:
-                data.setdefault(key, value)
-        return CloudConfig.parse(data)
+        return CloudConfig.parse(_add(self.data, extra))
 
     def key(self) -> str:
         """Stable identity, for sharing one machine between tests asking for the same config."""

@@ -88,6 +88,14 @@ class Capabilities:
         return self.why_not.get(capability, f"{self.board or 'this machine'} {default}")
 
 
+@dataclass(frozen=True)
+class HostRoute:
+    """How a machine reaches a service the lab runs on this host (the registry)."""
+
+    listen: str  # the host address such a service listens on
+    guest: str  # the same host, as the guest reaches it
+
+
 @dataclass
 class MachineSpec:
     """Everything a driver needs to make one machine; validated before `prepare`."""
@@ -217,6 +225,14 @@ class Driver(ABC):
         """The stand-in of this platform's cloud API to rehearse against on this host
         (started on enter; on exit it stops every guest and port it made); None when the
         platform has none (or needs none: its machines already run here)."""
+        return None
+
+    @classmethod
+    def host_address_for_guest(cls, datasource: str,
+                               options: dict[str, Any]) -> HostRoute | None:
+        """Where a service the lab runs on this host (its registry) listens, and the address
+        a machine on `datasource` reaches it by; None when its machines are not on this
+        host's network (a cloud, a box): they use their own, and get no such service."""
         return None
 
     @classmethod

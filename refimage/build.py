@@ -194,7 +194,7 @@ def _build(
             arch,
             exclude=exclude,
         )
-        busybox_root = _busybox_image_root(work, by_name["busybox-static"])
+        busybox_root = busybox_image_root(work, by_name["busybox-static"])
         archive.write_docker_archive(
             busybox_root,
             root / "var/lib/rancher/preload/docker/busybox.tar",
@@ -305,7 +305,7 @@ def _busybox_applets(root: Path, by_name: dict[str, Package]) -> list[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _busybox_image_root(work: Path, busybox: Package) -> Path:
+def busybox_image_root(work: Path, busybox: Package) -> Path:
     """A busybox:latest image for the user Docker, so scenarios run containers offline."""
     root = work / "busybox-image"
     extract(busybox.path, root)

@@ -206,6 +206,7 @@ CONFIG_CLI_PY = "usr/lib/ros/ros/config_cli.py"
 SERVICE_CLI_PY = "usr/lib/ros/ros/service_cli.py"
 TLS_PY = "usr/lib/ros/ros/tls.py"
 ROS_CLI = "scenarios/test_ros_cli.py::"
+REGISTRY = "scenarios/test_registry.py::"
 CONFIG_PY = "usr/lib/ros/ros/config.py"
 HOSTKEYS_PY = "usr/lib/ros/ros/hostkeys.py"
 
@@ -769,6 +770,29 @@ MUTANTS: tuple[Mutant, ...] = (
                   ("/usr/bin/vi is not the user's file",)),
             Fails("scenarios/test_console_tools.py::test_rancher_modules_loads_btrfs",
                   ("rancher.modules: [btrfs]: btrfs is not loaded",)),
+        ),
+    ),
+    Mutant(
+        "registry-mirror-ignored",
+        (
+            Breakage("the user Docker ignores rancher.docker.registry_mirror", edits=(
+                Edit(COMMANDS_PY,
+                     '        *[f"--registry-mirror={m}" for m in registry["registry-mirrors"]],\n',
+                     ""),)),
+            Breakage("the system Docker ignores rancher.system_docker.registry_mirror", edits=(
+                Edit(COMMANDS_PY, 'registry_settings(cfg, "system_docker").items() if v}',
+                     'registry_settings(cfg, "system_docker").items()\n'
+                     '                if v and k != "registry-mirrors"}'),)),
+        ),
+        (
+            Fails(REGISTRY + "test_user_docker_pulls_and_runs_busybox",
+                  ("`docker pull busybox` exited 1",)),
+            Fails(REGISTRY + "test_system_docker_pulls_and_runs_busybox",
+                  ("`sudo system-docker pull busybox` exited 1",)),
+            Fails(REGISTRY + "test_an_image_nobody_has_fails_fast_with_not_found",
+                  ("the user Docker never heard the registry mirror",)),
+            Fails(REGISTRY + "test_rc_local_pulls_and_starts_a_container",
+                  ("/etc/rc.local did not pull busybox and start roslab-rc-pulled",)),
         ),
     ),
     Mutant(

@@ -49,6 +49,7 @@ from lab.driver import (
     Capabilities,
     Check,
     Driver,
+    HostRoute,
     MachineSpec,
     Snapshot,
     kernel_cmdline_args,
@@ -123,6 +124,16 @@ class QemuDriver(Driver):
     def host_threads_for(cls, image: Image, arch: str, accel: str, cpus: int) -> int:
         single = accel == "tcg" and "thread=single" in board_for(image, arch).tcg
         return 1 if single else cpus
+
+    @classmethod
+    def host_address_for_guest(cls, datasource: str, options: dict[str, Any]) -> HostRoute:
+        """User-mode networking shows the host's loopback to the guest as the virtual
+        network's .2 (10.0.2.2; a cloud's metadata network moves it, drivers/qemu/metadata)."""
+        from drivers.qemu import metadata
+
+        cloud = metadata.CLOUDS.get(datasource)
+        network = ipaddress.ip_network((cloud.network if cloud else "") or "10.0.2.0/24")
+        return HostRoute("127.0.0.1", str(network[2]))
 
     @classmethod
     def doctor(cls, options: dict[str, Any], arch: str) -> list[Check]:

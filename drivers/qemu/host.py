@@ -5,12 +5,10 @@ copy-on-write overlays that keep a user's image unwritten."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -23,16 +21,10 @@ from typing import Any
 from drivers.qemu.boards import GENERAL_BOARD, machine_args
 from lab.errors import ConfigError, EmulatorError, ImageError
 from lab.images import ISO, KERNEL, Image
+from lab.process import die_with_parent
 
 QEMU_BINARY = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
-PR_SET_PDEATHSIG = 1
 PROBE_SECONDS = 10.0
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: the kernel kills QEMU when the harness dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 # PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process:
@@ -53,7 +45,7 @@ def popen(argv: list[str], keep: bool = False, **kw: Any) -> subprocess.Popen[by
     if keep:
         return subprocess.Popen(argv, start_new_session=True, **kw)
     return _from_a_lasting_thread(lambda: subprocess.Popen(
-        argv, preexec_fn=_die_with_parent, start_new_session=True, **kw))
+        argv, preexec_fn=die_with_parent, start_new_session=True, **kw))
 
 
 def free_port() -> int:

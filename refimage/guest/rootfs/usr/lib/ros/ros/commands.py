@@ -7,6 +7,7 @@ import fnmatch
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import threading
@@ -298,6 +299,41 @@ def proxy_exports() -> int:
     return 0
 
 
+def _strings(value) -> list[str]:
+    if isinstance(value, list):
+        return [str(v) for v in value if v]
+    return [v for v in str(value or "").replace(",", " ").split()]
+
+
+def registry_settings(cfg: dict, engine: str) -> dict[str, list[str]]:
+    """rancher.<engine>.registry_mirror and .insecure_registry (RancherOS's keys) as
+    dockerd's daemon.json settings."""
+    return {
+        "registry-mirrors": _strings(config.get(cfg, f"rancher.{engine}.registry_mirror")),
+        "insecure-registries": _strings(config.get(cfg, f"rancher.{engine}.insecure_registry")),
+    }
+
+
+SYSTEM_DOCKER_CONFIG = "/etc/docker/system-docker.json"  # init names it to system-dockerd
+
+
+def apply_system_docker_registry(cfg: dict) -> None:
+    """rancher.system_docker's registry settings for the running system Docker: written to
+    its config file, which dockerd reads again on SIGHUP (it is PID 1). Cloud-config of
+    this boot arrives after it started, so this runs again once cloud-init has."""
+    settings = {k: v for k, v in registry_settings(cfg, "system_docker").items() if v}
+    text = json.dumps(settings, sort_keys=True)
+    with contextlib.suppress(OSError), open(SYSTEM_DOCKER_CONFIG) as fh:
+        if fh.read().strip() == text:  # init wrote `{}`: nothing to reload
+            return
+    os.makedirs(os.path.dirname(SYSTEM_DOCKER_CONFIG), exist_ok=True)
+    with open(f"{SYSTEM_DOCKER_CONFIG}.new", "w") as fh:
+        fh.write(text)
+    os.replace(f"{SYSTEM_DOCKER_CONFIG}.new", SYSTEM_DOCKER_CONFIG)
+    os.kill(1, signal.SIGHUP)
+    config.boot_log("sysinit", f"system-docker registry settings: {text}")
+
+
 def user_docker() -> int:
     """docker: the user Docker daemon, with rancher.docker settings."""
     cfg = config.load()
@@ -307,6 +343,7 @@ def user_docker() -> int:
     for stale in ("/var/run/docker.pid", "/var/run/docker.sock"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(stale)
+    registry = registry_settings(cfg, "docker")
     env = dict(os.environ, DOCKER_RAMDISK="true")
     env.update(proxy_environment(cfg))
     env.update(
@@ -328,6 +365,8 @@ def user_docker() -> int:
         "max-size=25m",
         "--log-opt",
         "max-file=2",
+        *[f"--registry-mirror={m}" for m in registry["registry-mirrors"]],
+        *[f"--insecure-registry={r}" for r in registry["insecure-registries"]],
         *[str(a) for a in extra],
         *tls.dockerd_args(cfg),
     ]

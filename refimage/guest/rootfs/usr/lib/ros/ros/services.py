@@ -209,6 +209,7 @@ class Starter:
     def _reload(self) -> None:
         """Re-read the config after cloud-init: user services and settings join the plan."""
         self.cfg = config.load()
+        commands.apply_system_docker_registry(self.cfg)
         for name, spec in declared(self.cfg).items():
             if name not in self.services:
                 self.services[name] = spec
@@ -223,6 +224,7 @@ def sysinit() -> int:
         return 1
     config.boot_log("sysinit", f"system-docker answering at {uptime():.2f}s uptime")
     try:
+        commands.apply_system_docker_registry(config.load())  # from the cmdline, a saved config
         load_system_images(docker)
         config.boot_log("sysinit", f"system images loaded at {uptime():.2f}s uptime")
         # images the user preloads for the system Docker (kept on the state partition)
