@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from standins.base import Reply, Request, StandIn, rfc3339
+from drivers.rehearsal.base import Reply, Request, StandIn, rfc3339
 
 CONSOLE = "Linux version 6.1.0 ...\nRancherOS v1.5.8 started\nlogin: "
 

@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from standins.base import Reply, Request, StandIn, rfc3339
+from drivers.rehearsal.base import Reply, Request, StandIn, rfc3339
 
 PROJECT = "standin-project"
 CONSOLE = "SeaBIOS ...\nLinux version 6.1.0 ...\nRancherOS v1.5.8 started\n"

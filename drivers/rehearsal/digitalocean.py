@@ -13,7 +13,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from standins.base import Reply, Request, StandIn, rfc3339
+from drivers.rehearsal.base import Reply, Request, StandIn, rfc3339
 
 TOKEN = "dop_v1_standin0123456789"
 
