@@ -1,4 +1,14 @@
-"""Stand-in for the DigitalOcean API v2: droplets, custom images, tags, paging.
+"""The DigitalOcean rehearsal: a stand-in for the DigitalOcean API v2 (droplets, custom
+images, tags, paging).
+
+In a rehearsal (`DigitalOceanDriver.rehearsal()`, a `Fleet` given) a custom image is
+imported from its URL as DigitalOcean does (fetched by the stand-in: `NEW` until the disk is
+here, then `available`), and a droplet boots it under QEMU with the `digitalocean` metadata
+service (its user_data): `new` until QEMU runs, then `active` with its public IPv4 address a
+loopback address whose port 22 is the guest's; a guest that cannot start or ends by itself
+turns it `off`; delete powers it off. DigitalOcean keeps no console output, so neither does
+the stand-in. Without a fleet (the driver's API-level tests) it only records: a droplet is
+`active` at 127.0.0.1, and an image `available`, from its second read on.
 
 Payload shapes follow the published API reference (`POST /v2/droplets` answers 202 with
 a droplet in status `new`; `GET /v2/droplets/{id}`; `DELETE` answers 204; errors are
@@ -9,21 +19,31 @@ image is `NEW` and then `available`. Every call must carry the account's bearer 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from drivers.rehearsal import Fleet, Guest, scratch
 from drivers.rehearsal.base import Reply, Request, StandIn, rfc3339
+from lab.driver import Rehearsal
 
 TOKEN = "dop_v1_standin0123456789"
+IMPORT_TIMEOUT = 600.0  # fetching a custom image's URL
+CHUNK = 1 << 20
 
 
 class DigitalOceanStandIn(StandIn):
-    def __init__(self) -> None:
+    def __init__(self, fleet: Fleet | None = None) -> None:
         super().__init__()
+        self.fleet = fleet  # a rehearsal's: images are fetched, droplets boot
         self.droplets: dict[int, dict[str, Any]] = {}
         self.images: dict[int, dict[str, Any]] = {}
         self.hold_new = False
+        self.why_off: dict[int, str] = {}  # droplets whose guest could not start or ended
         self._ids = itertools.count(3164444)
         r = self.route
         r("POST", r"/v2/droplets", self._create_droplet)
@@ -78,8 +98,38 @@ class DigitalOceanStandIn(StandIn):
                    "networks": {"v4": [], "v6": []}, "tags": body.get("tags", []),
                    "user_data": body.get("user_data"), "features": [], "volume_ids": []}
         self.droplets[ident] = droplet
+        if self.fleet is not None:
+            self._boot(droplet, body)
         return Reply(202, {"droplet": self._view(droplet), "links": {"actions": [
             {"id": next(self._ids), "rel": "create", "href": "/v2/actions/1"}]}})
+
+    def _boot(self, droplet: dict[str, Any], body: dict[str, Any]) -> None:
+        def running(guest: Guest) -> None:
+            with self.lock:
+                droplet["status"] = "active"
+                droplet["networks"]["v4"] = [
+                    {"ip_address": "10.116.0.2", "netmask": "255.255.240.0", "gateway": "",
+                     "type": "private"},
+                    {"ip_address": guest.address, "netmask": "255.0.0.0",
+                     "gateway": "127.0.0.1", "type": "public"}]
+
+        def ended(why: str) -> None:
+            with self.lock:
+                droplet.update(status="off", networks={"v4": [], "v6": []})
+                self.why_off[droplet["id"]] = why
+
+        assert self.fleet is not None
+        user_data = body.get("user_data")
+        self.fleet.launch(str(droplet["id"]), lambda: self._disk(body["image"]),
+                          "digitalocean", user_data.encode() if user_data else None, [],
+                          running, ended, hostname=body["name"])
+
+    def _disk(self, ident: Any) -> Path:
+        image = self.images.get(ident) if isinstance(ident, int) else None
+        if image is None or "disk" not in image:
+            raise LookupError(f"image {ident!r} has no disk this stand-in holds (only "
+                              "custom images imported here boot)")
+        return Path(image["disk"])
 
     def _view(self, droplet: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in droplet.items() if k not in ("reads", "user_data")}
@@ -96,7 +146,8 @@ class DigitalOceanStandIn(StandIn):
         if droplet is None:
             return self._not_found()
         droplet["reads"] = droplet.get("reads", 0) + 1
-        if droplet["status"] == "new" and droplet["reads"] >= 2 and not self.hold_new:
+        if droplet["status"] == "new" and droplet["reads"] >= 2 and not self.hold_new and \
+                self.fleet is None:
             droplet["status"] = "active"
             droplet["networks"]["v4"] = [
                 {"ip_address": "10.116.0.2", "netmask": "255.255.240.0", "gateway": "",
@@ -108,6 +159,8 @@ class DigitalOceanStandIn(StandIn):
     def _delete_droplet(self, req: Request, ident: str) -> Reply:
         if self.droplets.pop(int(ident), None) is None:
             return self._not_found()
+        if self.fleet is not None:
+            self.fleet.remove(ident)
         return Reply(204)
 
     # images ------------------------------------------------------------------------------
@@ -121,10 +174,39 @@ class DigitalOceanStandIn(StandIn):
                  "description": body.get("description", ""), "url": body["url"],
                  "region": body["region"]}
         self.images[ident] = image
+        if self.fleet is not None:
+            threading.Thread(target=self._import, args=(image,), daemon=True,
+                             name=f"import-{ident}").start()
         return Reply(202, {"image": self._image_view(image)})
 
+    def _import(self, image: dict[str, Any]) -> None:
+        """Fetch the image's URL into a file (sparse: a disk is mostly zeros)."""
+        assert self.fleet is not None
+        path = self.fleet.workdir.parent / "images" / f"{image['id']}.img"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(image["url"], timeout=IMPORT_TIMEOUT) as src, \
+                    open(path, "wb") as disk:
+                while chunk := src.read(CHUNK):
+                    if chunk.count(0) == len(chunk):
+                        disk.seek(len(chunk), 1)
+                    else:
+                        disk.write(chunk)
+                disk.truncate()
+        except (OSError, ValueError) as exc:
+            path.unlink(missing_ok=True)
+            with self.lock:
+                image.update(status="deleted", error_message=f"could not fetch "
+                             f"{image['url']}: {exc}")
+            return
+        with self.lock:
+            if image["id"] in self.images:
+                image.update(status="available", disk=str(path))
+            else:
+                path.unlink(missing_ok=True)
+
     def _image_view(self, image: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in image.items() if k != "reads"}
+        return {k: v for k, v in image.items() if k not in ("reads", "disk")}
 
     def _list_images(self, req: Request) -> Reply:
         return self._page(req, "images", [self._image_view(i) for i in self.images.values()])
@@ -135,21 +217,53 @@ class DigitalOceanStandIn(StandIn):
         if image is None:
             return self._not_found()
         image["reads"] = image.get("reads", 0) + 1
-        if image["status"] == "NEW" and image["reads"] >= 2:
+        if image["status"] == "NEW" and image["reads"] >= 2 and self.fleet is None:
             image["status"] = "available"
         return Reply(200, {"image": self._image_view(image)})
 
     def _delete_image(self, req: Request, ident: str) -> Reply:
-        if self.images.pop(int(ident), None) is None:
+        image = self.images.pop(int(ident), None)
+        if image is None:
             return self._not_found()
+        if "disk" in image:  # booted droplets keep their own overlay on it: gone with them
+            Path(image["disk"]).unlink(missing_ok=True)
         return Reply(204)
+
+    def leftovers(self) -> list[str]:
+        """What a run made that is still here (a rehearsal starts with nothing)."""
+        left = [f"droplet {i} ({d['name']})" for i, d in self.droplets.items()]
+        left += [f"image {i} ({m['name']})" for i, m in self.images.items()]
+        return left + (self.fleet.leftovers() if self.fleet is not None else [])
+
+
+def environment(standin: DigitalOceanStandIn) -> dict[str, str]:
+    """How a user points pydo at it: a token, a base URL, the endpoint's certificate
+    trusted through REQUESTS_CA_BUNDLE."""
+    return {"REQUESTS_CA_BUNDLE": str(standin.ca_file), "DIGITALOCEAN_TOKEN": TOKEN,
+            "ROSLAB_DIGITALOCEAN_ENDPOINT": standin.url}
 
 
 def serve(tmp_path: Path, env: Any) -> DigitalOceanStandIn:
-    """Start one over TLS and point pydo at it as a user would: a token, a base URL, the
-    endpoint's certificate trusted through REQUESTS_CA_BUNDLE."""
+    """Start one over TLS (API sequences only) and point pydo at it (`env`: pytest's
+    monkeypatch)."""
     standin = DigitalOceanStandIn().start(tls_dir=tmp_path / "tls")
-    env.setenv("REQUESTS_CA_BUNDLE", str(standin.ca_file))
-    env.setenv("DIGITALOCEAN_TOKEN", TOKEN)
-    env.setenv("ROSLAB_DIGITALOCEAN_ENDPOINT", standin.url)
+    for name, value in environment(standin).items():
+        env.setenv(name, value)
     return standin
+
+
+@contextlib.contextmanager
+def rehearsal() -> Iterator[Rehearsal]:
+    """The stand-in over TLS on 127.0.0.1 with droplets that boot; on exit every guest is
+    powered off, the server stopped and its folder removed."""
+    with scratch("digitalocean") as (fleet, folder):
+        standin = DigitalOceanStandIn(fleet).start(tls_dir=folder / "tls")
+        try:
+            yield Rehearsal(
+                what=f"the DigitalOcean API stand-in at {standin.url}, its droplets booted "
+                     "under QEMU", env=environment(standin),
+                leftovers=standin.leftovers, guests=lambda: list(fleet.booted))
+        finally:
+            fleet.close()
+            standin.stop()
+
