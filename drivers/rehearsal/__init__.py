@@ -234,6 +234,17 @@ class Fleet:
 
 
 
+def reference_disk(name: str) -> Path:
+    """A cloud disk of the reference build (built on first use): what a stand-in offers as
+    the cloud's own public RancherOS image."""
+    from refimage.build import ensure_image
+    from refimage.disks import ensure_disks
+
+    folder = ensure_image("x86_64")
+    ensure_disks(folder)
+    return folder / name
+
+
 @contextlib.contextmanager
 def scratch(cloud: str) -> Iterator[tuple[Fleet, Path]]:
     """A rehearsal's folder and its fleet of guests; on exit every guest is powered off

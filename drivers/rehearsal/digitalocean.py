@@ -27,11 +27,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from drivers.rehearsal import Fleet, Guest, scratch
+from drivers.rehearsal import Fleet, Guest, reference_disk, scratch
 from drivers.rehearsal.base import Reply, Request, StandIn, rfc3339
 from lab.driver import Rehearsal
 
 TOKEN = "dop_v1_standin0123456789"
+# DigitalOcean offered RancherOS as a distribution image: the matrix's cell boots it by slug
+DISTRIBUTION = {"slug": "rancheros", "name": "RancherOS", "distribution": "RancherOS",
+                "type": "base", "reference": "rancheros-digitalocean.img"}
 IMPORT_TIMEOUT = 600.0  # fetching a custom image's URL
 CHUNK = 1 << 20
 
@@ -126,6 +129,8 @@ class DigitalOceanStandIn(StandIn):
 
     def _disk(self, ident: Any) -> Path:
         image = self.images.get(ident) if isinstance(ident, int) else None
+        if image is not None and "reference" in image:  # the distribution image
+            return reference_disk(image["reference"])
         if image is None or "disk" not in image:
             raise LookupError(f"image {ident!r} has no disk this stand-in holds (only "
                               "custom images imported here boot)")
@@ -206,7 +211,7 @@ class DigitalOceanStandIn(StandIn):
                 path.unlink(missing_ok=True)
 
     def _image_view(self, image: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in image.items() if k not in ("reads", "disk")}
+        return {k: v for k, v in image.items() if k not in ("reads", "disk", "reference")}
 
     def _list_images(self, req: Request) -> Reply:
         return self._page(req, "images", [self._image_view(i) for i in self.images.values()])
@@ -232,7 +237,8 @@ class DigitalOceanStandIn(StandIn):
     def leftovers(self) -> list[str]:
         """What a run made that is still here (a rehearsal starts with nothing)."""
         left = [f"droplet {i} ({d['name']})" for i, d in self.droplets.items()]
-        left += [f"image {i} ({m['name']})" for i, m in self.images.items()]
+        left += [f"image {i} ({m['name']})" for i, m in self.images.items()
+                 if m.get("type") == "custom"]
         return left + (self.fleet.leftovers() if self.fleet is not None else [])
 
 
@@ -258,6 +264,7 @@ def rehearsal() -> Iterator[Rehearsal]:
     powered off, the server stopped and its folder removed."""
     with scratch("digitalocean") as (fleet, folder):
         standin = DigitalOceanStandIn(fleet).start(tls_dir=folder / "tls")
+        standin.seed("images", **DISTRIBUTION)
         try:
             yield Rehearsal(
                 what=f"the DigitalOcean API stand-in at {standin.url}, its droplets booted "
