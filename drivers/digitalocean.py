@@ -53,7 +53,8 @@ class DigitalOceanDriver(CloudDriver):
     name = "digitalocean"
     sdk_module = "pydo"
     sdk_package = "pydo"
-    capabilities = cloud_capabilities("digitalocean", console=NO_CONSOLE_API)
+    capabilities = cloud_capabilities("digitalocean", console=NO_CONSOLE_API,
+                                      console_log=NO_CONSOLE_API)
     running_states: ClassVar[tuple[str, ...]] = ("active",)
     # a droplet that powers off before it is active will not become so by itself
     failed_states: ClassVar[tuple[str, ...]] = ("archive", "off")
