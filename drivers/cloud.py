@@ -43,12 +43,13 @@ NO_SNAPSHOT = "the lab does not snapshot cloud instances"
 
 def cloud_capabilities(datasource: str, image_kinds: tuple[str, ...] = (CLOUD,),
                        **why_not: str) -> Capabilities:
-    """What a cloud machine can do: SSH and network, no console to type on, no power button."""
+    """What a cloud machine can do: SSH and network, no console to type on, no power button;
+    a console log unless `why_not` says why the cloud keeps none (`console_log=...`)."""
     reasons = {"console": NO_CONSOLE, "power_button": NO_POWER_BUTTON, "snapshot": NO_SNAPSHOT}
     reasons.update(why_not)
     return Capabilities(arches=("x86_64",), console=False, ssh=True, power_button=False,
                         snapshot=False, datasources=(datasource,), image_kinds=image_kinds,
-                        why_not=reasons)
+                        console_log="console_log" not in why_not, why_not=reasons)
 
 
 def import_sdk(module: str, package: str, platform: str) -> ModuleType:

@@ -44,7 +44,8 @@ class CloudStackDriver(LibcloudDriver):
     name = "cloudstack"
     credential_vars = CREDENTIAL_VARS
     credentials_are = "the API URL and the account's API and secret keys"
-    capabilities = cloud_capabilities("cloudstack", console=NO_CONSOLE_API)
+    capabilities = cloud_capabilities("cloudstack", console=NO_CONSOLE_API,
+                                      console_log=NO_CONSOLE_API)
     # libcloud's NodeState names (it maps Running, Destroyed, Error... onto them)
     running_states: ClassVar[tuple[str, ...]] = ("running",)
     failed_states: ClassVar[tuple[str, ...]] = ("terminated",)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 from drivers.cloud import (
@@ -31,6 +32,7 @@ from drivers.cloud import (
     wait_for,
 )
 from lab import gc
+from lab.driver import Rehearsal
 from lab.errors import ConfigError, ImageError, PlatformError
 
 TOKEN_VARS = ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN")
@@ -51,9 +53,11 @@ class DigitalOceanDriver(CloudDriver):
     name = "digitalocean"
     sdk_module = "pydo"
     sdk_package = "pydo"
-    capabilities = cloud_capabilities("digitalocean", console=NO_CONSOLE_API)
+    capabilities = cloud_capabilities("digitalocean", console=NO_CONSOLE_API,
+                                      console_log=NO_CONSOLE_API)
     running_states: ClassVar[tuple[str, ...]] = ("active",)
-    failed_states: ClassVar[tuple[str, ...]] = ("archive",)
+    # a droplet that powers off before it is active will not become so by itself
+    failed_states: ClassVar[tuple[str, ...]] = ("archive", "off")
 
     def __init__(self) -> None:
         super().__init__()
@@ -155,6 +159,14 @@ class DigitalOceanDriver(CloudDriver):
 
     def _delete_image(self, image: str) -> None:
         _destroy(self.api, "image", image, self.delete_wait, self.poll_interval)
+
+    @classmethod
+    def rehearsal(cls) -> AbstractContextManager[Rehearsal]:
+        """The DigitalOcean API stand-in whose droplets boot under QEMU
+        (drivers/rehearsal/digitalocean.py)."""
+        from drivers.rehearsal.digitalocean import rehearsal
+
+        return rehearsal()
 
     @classmethod
     def collect_garbage(cls, older_than: float | None, dry_run: bool,

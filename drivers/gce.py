@@ -33,6 +33,7 @@ import contextlib
 import json
 import os
 import re
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -49,6 +50,7 @@ from drivers.cloud import (
 )
 from lab import gc
 from lab.cloudconfig import gce_ssh_keys
+from lab.driver import Rehearsal
 from lab.errors import ConfigError, ImageError
 from lab.images import CLOUD, GCE_TARBALL, Image
 from lab.redact import keep_secret
@@ -312,6 +314,20 @@ class GceDriver(CloudDriver):
     def _delete_image(self, name: str) -> None:
         _delete(self.client("Images"), "image", name, self.delete_wait, self.poll_interval,
                 project=self.project)
+
+    @classmethod
+    def rehearsal(cls) -> AbstractContextManager[Rehearsal]:
+        """The Compute Engine and Cloud Storage stand-in whose instances boot under QEMU
+        (drivers/rehearsal/gce.py)."""
+        from drivers.rehearsal.gce import rehearsal
+
+        return rehearsal()
+
+    @classmethod
+    def reference_artifact(cls, options: dict[str, Any]) -> str | None:
+        """The reference build's GCE tarball (`roslab image build --disks`): uploaded to the
+        bucket and made an image for the run."""
+        return "rancheros-gce.tar.gz"
 
     @classmethod
     def collect_garbage(cls, older_than: float | None, dry_run: bool,

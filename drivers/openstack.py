@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import os
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 from drivers.cloud import (
@@ -32,6 +33,7 @@ from drivers.cloud import (
     wait_for,
 )
 from lab import gc
+from lab.driver import Rehearsal
 from lab.errors import ConfigError, ImageError
 from lab.images import CLOUD, DISK
 from lab.redact import keep_secret
@@ -51,7 +53,8 @@ class OpenStackDriver(CloudDriver):
     capabilities = cloud_capabilities("configdrive", (CLOUD, DISK))
     has_console_log = True
     running_states: ClassVar[tuple[str, ...]] = ("ACTIVE",)
-    failed_states: ClassVar[tuple[str, ...]] = ("ERROR",)
+    # a server that shuts off before it is ACTIVE will not become so by itself
+    failed_states: ClassVar[tuple[str, ...]] = ("ERROR", "SHUTOFF")
 
     # connection --------------------------------------------------------------------------
 
@@ -168,6 +171,20 @@ class OpenStackDriver(CloudDriver):
 
     def _delete_image(self, image: str) -> None:
         self.api.image.delete_image(image, ignore_missing=True)
+
+    @classmethod
+    def rehearsal(cls) -> AbstractContextManager[Rehearsal]:
+        """The Keystone, Nova and Glance stand-in whose servers boot under QEMU
+        (drivers/rehearsal/openstack.py)."""
+        from drivers.rehearsal.openstack import rehearsal
+
+        return rehearsal()
+
+    @classmethod
+    def reference_artifact(cls, options: dict[str, Any]) -> str | None:
+        """The reference build's OpenStack disk (`roslab image build --disks`): uploaded to
+        Glance for the run."""
+        return "rancheros-openstack.img"
 
     @classmethod
     def collect_garbage(cls, older_than: float | None, dry_run: bool,

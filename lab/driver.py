@@ -72,6 +72,8 @@ class Capabilities:
     datasources: tuple[str, ...]  # cloud-config delivery this platform can do; first = default
     image_kinds: tuple[str, ...]  # lab.images kinds it boots
     network: bool = True  # a network interface the guest configures (eth0)
+    # a console log the lab can read (its serial console, or the platform's console output)
+    console_log: bool = True
     disks: bool = False  # blank disks attached, kept across a power cycle (persistence)
     disk_boot: bool = False  # power on again from a disk the guest installed itself to
     extra_nics: bool = False  # network interfaces beyond the first (bonds, bridges, VLANs)

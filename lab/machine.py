@@ -287,8 +287,17 @@ class Machine:
             raise ConfigError(f"machine {self.name} was made without an SSH key")
         if self._ssh is None:
             host, port = self.driver.ssh_endpoint()
-            self._ssh = SSH(host, port, USER, self.ssh_key, self.timeline, self._context)
+            self._ssh = SSH(host, port, USER, self.ssh_key, self.timeline, self._context,
+                            self._gone)
         return self._ssh.connect(timeout)
+
+    def _gone(self) -> str | None:
+        """Why the machine ended (its platform's words), None while it runs or when the
+        platform cannot say right now (an API that did not answer is not an ending)."""
+        try:
+            return None if self.driver.alive() else self.driver.exit_reason()
+        except LabError:
+            return None
 
     def wait_for_user_docker(self, timeout: float = 180) -> None:
         expected = "`docker version` to succeed as rancher"

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lab import timeline as tl
-from lab.errors import BootTimeout, CommandError, SSHKeyRefused
+from lab.errors import BootError, BootTimeout, CommandError, SSHKeyRefused
 from lab.redact import keep_secret
 from lab.result import Result
 
@@ -63,10 +63,14 @@ class _AcceptOnce(paramiko.MissingHostKeyPolicy):
 
 class SSH:
     def __init__(self, host: str, port: int, user: str, key: KeyPair, timeline: tl.Timeline,
-                 context: Callable[[], dict[str, Any]] = dict) -> None:
+                 context: Callable[[], dict[str, Any]] = dict,
+                 gone: Callable[[], str | None] = lambda: None) -> None:
         self.host, self.port, self.user, self.key = host, port, user, key
         self.timeline = timeline
         self.context = context  # console context (last lines, log path) for errors
+        # why the machine no longer runs (None while it does): a machine that ended while
+        # the lab waits for sshd fails then, not when the wait runs out
+        self.gone = gone
         self._client: paramiko.SSHClient | None = None
 
     def connect(self, timeout: float = 120) -> SSH:
@@ -98,6 +102,11 @@ class SSH:
                     last = (f"the port accepted the connection but no SSH banner came "
                             f"within {BANNER_TIMEOUT:.0f} s ({last})")
             client.close()
+            why = self.gone()
+            if why is not None:
+                raise BootError(f"the machine ended while the lab waited for SSH at "
+                                f"{self.host}:{self.port}: {why}",
+                                expected=f"SSH login as {self.user}", **self.context())
             time.sleep(1)
         if refused is not None:
             raise SSHKeyRefused(

@@ -13,16 +13,13 @@ from typing import Any
 
 import pytest
 from moto_env import moto_server
-from standins import (
-    aliyun_standin,
-    cloudstack_standin,
-    digitalocean_standin,
-    gce_standin,
-    openstack_standin,
-)
+from standins import aliyun_standin, cloudstack_standin
 from standins.base import machine_spec
 
 from drivers import driver_class
+from drivers.rehearsal import digitalocean as digitalocean_standin
+from drivers.rehearsal import gce as gce_standin
+from drivers.rehearsal import openstack as openstack_standin
 from lab.errors import LabError
 
 THROTTLED = 429

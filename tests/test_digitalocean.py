@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from standins.base import machine_spec, start_run, terminate_while_waiting
-from standins.digitalocean_standin import DigitalOceanStandIn, serve
 
 from commands.cli import main
 from drivers.digitalocean import DigitalOceanDriver
+from drivers.rehearsal.digitalocean import DigitalOceanStandIn, serve
 from lab import gc
 from lab.errors import BootTimeout, ConfigError, ImageError
 

@@ -8,17 +8,14 @@ import signal
 from pathlib import Path
 
 import pytest
-from standins import (
-    aliyun_standin,
-    cloudstack_standin,
-    digitalocean_standin,
-    gce_standin,
-    openstack_standin,
-)
+from standins import aliyun_standin, cloudstack_standin
 from standins.base import start_run
 
 from commands.cli import main
 from drivers import clouds
+from drivers.rehearsal import digitalocean as digitalocean_standin
+from drivers.rehearsal import gce as gce_standin
+from drivers.rehearsal import openstack as openstack_standin
 
 
 @pytest.fixture(autouse=True)

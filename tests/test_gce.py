@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import yaml
 from standins.base import machine_spec, start_run, terminate_while_waiting
-from standins.gce_standin import PROJECT, GceStandIn, serve
 
 from commands.cli import main
 from drivers.gce import GceDriver, label_value
+from drivers.rehearsal.gce import PROJECT, GceStandIn, serve
 from lab import gc
 from lab.errors import BootTimeout, ConfigError, ImageError, PlatformError
 from lab.images import GCE_TARBALL, Image

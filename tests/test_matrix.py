@@ -279,7 +279,9 @@ def test_a_cloud_without_a_stand_in_is_not_configured_when_rehearsed(tmp_path: P
     from commands.matrix.run import run_cell
 
     matrix = mx.load(MATRIX)
-    verdict = run_cell(matrix, matrix.cell("gce-x86_64"), tmp_path, rehearse=True)
-    assert verdict.not_configured == "platform gce has no stand-in to rehearse against yet"
+    verdict = run_cell(matrix, matrix.cell("cloudstack-x86_64"), tmp_path, rehearse=True)
+    assert verdict.not_configured == \
+        "platform cloudstack has no stand-in to rehearse against yet"
     assert not verdict.green and not verdict.broken
-    assert json.loads((tmp_path / "gce-x86_64" / "cell.json").read_text())["attempts"] == []
+    assert json.loads((tmp_path / "cloudstack-x86_64" / "cell.json").read_text())[
+        "attempts"] == []

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from standins.base import machine_spec, start_run, terminate_while_waiting
-from standins.openstack_standin import OpenStackStandIn, serve
 
 from commands.cli import main
 from drivers.openstack import OpenStackDriver
+from drivers.rehearsal.openstack import OpenStackStandIn, serve
 from lab import gc
 from lab.errors import BootTimeout, ConfigError, ImageError, LabError
 

@@ -111,15 +111,12 @@ def _cloud_secrets(platform: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     import json
 
     import yaml
-    from standins import (
-        aliyun_standin,
-        cloudstack_standin,
-        digitalocean_standin,
-        gce_standin,
-        openstack_standin,
-    )
+    from standins import aliyun_standin, cloudstack_standin
 
     from drivers import driver_class
+    from drivers.rehearsal import digitalocean as digitalocean_standin
+    from drivers.rehearsal import gce as gce_standin
+    from drivers.rehearsal import openstack as openstack_standin
 
     if platform == "aws":
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA" + secrets.token_hex(8).upper())

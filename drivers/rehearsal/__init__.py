@@ -13,8 +13,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import secrets
+import shutil
 import socket
+import tempfile
 import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +146,113 @@ def _drain(stream: socket.socket) -> None:
     with contextlib.suppress(OSError, ValueError):
         while stream.recv(65536):
             pass
+
+
+ALIVE_POLL = 1.0  # how often a running guest is checked for having ended by itself
+
+
+class Fleet:
+    """The guests of one stand-in's instances. Each boots in a thread of its own (the API
+    answers at once, as a cloud's does) and is watched until it ends; its console is kept
+    after it is gone, as clouds keep an instance's last console output."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.guests: dict[str, Guest] = {}
+        self.consoles: dict[str, str] = {}  # the last console of guests gone
+        self.booted: list[dict[str, Any]] = []  # every guest's record, for the report
+        self.removed: set[str] = set()  # deleted before (or while) their guest started
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def launch(self, ident: str, disk: Callable[[], Path], datasource: str,
+               user_data: bytes | None, ssh_keys: list[str],
+               running: Callable[[Guest], None], ended: Callable[[str], None],
+               hostname: str | None = None) -> None:
+        """Boot `disk()` for instance `ident`: `running(guest)` once QEMU runs (its address
+        is the instance's public one), `ended(why)` when it could not start or ended by
+        itself (why names the console's tail), never after the instance was deleted."""
+        threading.Thread(target=self._run, daemon=True, name=f"boot-{ident}", args=(
+            ident, disk, datasource, user_data, ssh_keys, running, ended,
+            hostname or ident)).start()
+
+    def _run(self, ident: str, disk: Callable[[], Path], datasource: str,
+             user_data: bytes | None, ssh_keys: list[str], running: Callable[[Guest], None],
+             ended: Callable[[str], None], hostname: str) -> None:
+        guest: Guest | None = None
+        try:
+            guest = Guest(hostname, disk(), self.workdir / ident, datasource, user_data,
+                          ssh_keys)
+            with self.lock:
+                if self.closed or ident in self.removed:
+                    return  # deleted (or the stand-in stopped) while the disk was made
+                self.guests[ident] = guest
+            guest.boot()
+        except Exception as exc:  # anything: the instance must not stay starting
+            tail = guest.console_tail() if guest is not None else ""
+            self.remove(ident)
+            self.booted.append({"instance": ident, "outcome": f"did not start: {exc}"})
+            ended(f"the instance could not start: {exc}"
+                  + (f"\nconsole:\n{tail}" if tail else ""))
+            return
+        self.booted.append(guest.record())
+        running(guest)
+        while guest.alive():
+            time.sleep(ALIVE_POLL)
+        if guest.stopping:
+            return
+        tail = guest.console_tail()
+        self.remove(ident)
+        ended(f"{guest.exit_reason() or 'the guest stopped'}"
+              + (f"; its console ended:\n{tail}" if tail else "; its console is empty"))
+
+    def console(self, ident: str) -> str | None:
+        guest = self.guests.get(ident)
+        return guest.console() if guest is not None else self.consoles.get(ident)
+
+    def remove(self, ident: str) -> None:
+        """Power the instance's guest off and remove its files (idempotent)."""
+        with self.lock:
+            self.removed.add(ident)
+            guest = self.guests.pop(ident, None)
+        if guest is not None:
+            guest.stop()
+            self.consoles[ident] = guest.console()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            idents = list(self.guests)
+        for ident in idents:
+            self.remove(ident)
+
+    def leftovers(self) -> list[str]:
+        """Guests still running and ports still listening on the guests' addresses."""
+        left = [f"guest of {i} (QEMU)" for i, g in list(self.guests.items()) if g.alive()]
+        return left + [f"port 22 listening on {r['address']}" for r in self.booted
+                       if r.get("address") and listening(r["address"])]
+
+
+
+def reference_disk(name: str) -> Path:
+    """A cloud disk of the reference build (built on first use): what a stand-in offers as
+    the cloud's own public RancherOS image."""
+    from refimage.build import ensure_image
+    from refimage.disks import ensure_disks
+
+    folder = ensure_image("x86_64")
+    ensure_disks(folder)
+    return folder / name
+
+
+@contextlib.contextmanager
+def scratch(cloud: str) -> Iterator[tuple[Fleet, Path]]:
+    """A rehearsal's folder and its fleet of guests; on exit every guest is powered off
+    and the folder (disks, images, credentials the SDK was given) removed."""
+    folder = Path(tempfile.mkdtemp(prefix=f"roslab-{cloud}-rehearsal-"))
+    fleet = Fleet(folder / "guests")
+    try:
+        yield fleet, folder
+    finally:
+        fleet.close()
+        shutil.rmtree(folder, ignore_errors=True)

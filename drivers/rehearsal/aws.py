@@ -36,26 +36,22 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from drivers.rehearsal import Guest, listening
+from drivers.rehearsal import Fleet, Guest
 from lab.driver import Rehearsal
 from lab.errors import LabError
 
 REGION = "us-east-1"  # when the run names none
 SHUTDOWN_WAIT = 60.0  # StopInstances: the guest's own shutdown, then power off
-ALIVE_POLL = 1.0
 
 
 class Ec2StandIn:
-    """The instances moto records, each with a real guest."""
+    """The instances moto records, each with a real guest (the rehearsal's `Fleet`)."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.guests: dict[str, Guest] = {}
-        self.consoles: dict[str, str] = {}  # the last console output of guests gone
-        self.booted: list[dict[str, Any]] = []  # every guest's record, for the report
+        self.fleet = Fleet(workdir / "guests")
         self.backends: list[Any] = []  # the EC2 backends (regions) instances ran in
         self.lock = threading.Lock()
-        self.closed = False
 
     # -- RegisterImage ---------------------------------------------------------------------
 
@@ -82,34 +78,32 @@ class Ec2StandIn:
             _set_state(instance, "pending", 0)
             for nic in instance.nics.values():
                 nic.public_ip = None  # it has none until it runs
-            threading.Thread(target=self._boot, args=(backend, instance), daemon=True,
-                             name=f"boot-{instance.id}").start()
+            self._boot(backend, instance)
 
     def _boot(self, backend: Any, instance: Any) -> None:
-        guest: Guest | None = None
-        try:
-            disk = self._disk(backend, instance)
-            guest = Guest(instance.id, disk, self.workdir / instance.id, "ec2",
-                          _user_data(instance), _public_keys(backend, instance))
-            with self.lock:
-                if self.closed or instance.state != "pending":
-                    return  # terminated (or the stand-in stopped) while the disk was written
-                self.guests[instance.id] = guest
-            guest.boot()
-        except Exception as exc:  # anything: the instance must not stay pending
-            tail = guest.console_tail() if guest is not None else ""
-            self._remove(instance.id)
-            _end(instance, "terminated", "Server.InternalError",
-                 f"Server.InternalError: the instance could not start: {exc}"
-                 + (f"\nconsole:\n{tail}" if tail else ""))
-            self.booted.append({"instance": instance.id, "outcome": f"did not start: {exc}"})
-            return
-        self.booted.append(guest.record())
-        for nic in instance.nics.values():
-            nic.public_ip = guest.address
-            break
-        _set_state(instance, "running", 16)
-        self._watch(instance, guest)
+        ran = threading.Event()
+
+        def running(guest: Guest) -> None:
+            for nic in instance.nics.values():
+                nic.public_ip = guest.address
+                break
+            _set_state(instance, "running", 16)
+            ran.set()
+
+        def ended(why: str) -> None:
+            (self.workdir / f"{instance.id}.img").unlink(missing_ok=True)
+            if not ran.is_set():
+                _end(instance, "terminated", "Server.InternalError",
+                     f"Server.InternalError: {why}")
+                return
+            # a guest that ends by itself (powered off, crashed) ends as its instance says
+            _end(instance, "terminated" if instance.instance_initiated_shutdown_behavior ==
+                 "terminate" else "stopped", "Client.InstanceInitiatedShutdown",
+                 f"Client.InstanceInitiatedShutdown: {why}")
+
+        self.fleet.launch(instance.id, lambda: self._disk(backend, instance), "ec2",
+                          _user_data(instance), _public_keys(backend, instance), running,
+                          ended)
 
     def _disk(self, backend: Any, instance: Any) -> Path:
         """The AMI's root snapshot as a raw disk: the blocks uploaded, zeros elsewhere."""
@@ -136,31 +130,16 @@ class Ec2StandIn:
                 disk.write(block.block_data)
         return path
 
-    def _watch(self, instance: Any, guest: Guest) -> None:
-        """A guest that ends by itself (powered off, crashed) ends its instance."""
-        while guest.alive():
-            time.sleep(ALIVE_POLL)
-        if guest.stopping:
-            return
-        ending = "terminated" if instance.instance_initiated_shutdown_behavior == \
-            "terminate" else "stopped"
-        tail = guest.console_tail()
-        _end(instance, ending, "Client.InstanceInitiatedShutdown",
-             f"Client.InstanceInitiatedShutdown: {guest.exit_reason() or 'the guest stopped'}"
-             + (f"; its console ended:\n{tail}" if tail else "; its console is empty"))
-        self._remove(instance.id)
-
     # -- console, stop, terminate ----------------------------------------------------------
 
     def console(self, instance_id: str) -> str | None:
         """The guest's serial console; kept after it ends, as EC2 keeps the last output."""
-        guest = self.guests.get(instance_id)
-        return guest.console() if guest is not None else self.consoles.get(instance_id)
+        return self.fleet.console(instance_id)
 
     def stopping(self, instance: Any, stopped: Callable[[], Any]) -> bool:
         """StopInstances: `stopping` at once, then the ACPI power button as EC2 presses it,
         a hard stop after SHUTDOWN_WAIT, and `stopped()`. False: no guest of ours."""
-        guest = self.guests.get(instance.id)
+        guest = self.fleet.guests.get(instance.id)
         if guest is None:
             return False
         guest.stopping = True
@@ -181,19 +160,11 @@ class Ec2StandIn:
         self._remove(instance.id)
 
     def _remove(self, instance_id: str) -> None:
-        with self.lock:
-            guest = self.guests.pop(instance_id, None)
-        if guest is not None:
-            guest.stop()
-            self.consoles[instance_id] = guest.console()
+        self.fleet.remove(instance_id)
         (self.workdir / f"{instance_id}.img").unlink(missing_ok=True)
 
     def close(self) -> None:
-        with self.lock:
-            self.closed = True
-            ids = list(self.guests)
-        for instance_id in ids:
-            self._remove(instance_id)
+        self.fleet.close()
 
     # -- what is left ----------------------------------------------------------------------
 
@@ -219,10 +190,7 @@ class Ec2StandIn:
             ebs = ebs_backends[backend.account_id][where]
             left += [f"{where} EBS snapshot {s}" for s in ebs.snapshots
                      if s in backend.snapshots]
-        left += [f"guest of {i} (QEMU)" for i, g in self.guests.items() if g.alive()]
-        left += [f"port 22 listening on {r['address']}" for r in self.booted
-                 if r.get("address") and listening(r["address"])]
-        return left
+        return left + self.fleet.leftovers()
 
 
 def _set_state(instance: Any, name: str, code: int) -> None:
@@ -357,7 +325,7 @@ def rehearsal() -> Iterator[Rehearsal]:
                          "instances booted under QEMU", env=env,
                     # the runner reaches the instances from loopback, not from the internet
                     options={"ssh_from": "127.0.0.0/8"},
-                    leftovers=standin.leftovers, guests=lambda: list(standin.booted))
+                    leftovers=standin.leftovers, guests=lambda: list(standin.fleet.booted))
             finally:
                 standin.close()
                 server.stop()

@@ -1,6 +1,4 @@
-"""Stand-ins for cloud APIs no maintained emulator covers: small stateful fakes of each
-cloud's HTTP API, served on loopback, built from the payloads the clouds publish.
-
-They stand in for the cloud at the SDK's HTTP boundary: the drivers and the SDKs run
-unchanged, pointed at the stand-in the way a user points them at a private endpoint.
+"""Test helpers for the cloud drivers' API-level tests, and the stand-ins of the clouds not
+rehearsed yet (CloudStack, Aliyun: API sequences only). The rehearsed clouds' stand-ins are
+part of the product, in drivers/rehearsal/.
 """

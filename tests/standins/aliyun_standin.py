@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
-from standins.base import Reply, Request, StandIn
+from drivers.rehearsal.base import Reply, Request, StandIn
 
 KEY_ID, KEY_SECRET, REGION = "LTAI-standin", "standin-secret", "cn-hangzhou"
 CONSOLE = "Linux version 6.1.0 ...\nRancherOS v1.5.8 started\n"

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from standins.base import Reply, Request, StandIn
+from drivers.rehearsal.base import Reply, Request, StandIn
 
 API_KEY, SECRET = "standin-api-key", "standin-secret-key"
 

@@ -1,5 +1,14 @@
-"""Stand-in for Google Compute Engine's REST API (compute/v1), the Cloud Storage JSON API
-(storage/v1) calls an upload makes, and the OAuth token endpoint.
+"""The GCE rehearsal: a stand-in for Google Compute Engine's REST API (compute/v1), the
+Cloud Storage JSON API (storage/v1) calls an upload makes, and the OAuth token endpoint.
+
+In a rehearsal (`GceDriver.rehearsal()`, a `Fleet` given) an instance boots: the image's
+raw disk (the tarball uploaded to Cloud Storage) under QEMU with the `gce` metadata service
+(the instance's `user-data` and `ssh-keys` metadata); it is PROVISIONING until QEMU runs,
+then RUNNING with its NAT address a loopback address whose port 22 is the guest's; a guest
+that cannot start or ends by itself makes it TERMINATED, the status message naming why and
+the console's tail; `serialPort` is the guest's serial console; delete powers it off.
+Without a fleet (the driver's API-level tests) it only records: an instance is RUNNING at
+127.0.0.1 from its second read on.
 
 Payload shapes follow the published Compute Engine v1 reference: instances, images,
 firewalls, zonal and global operations (done at once, as a fast cloud's are), the
@@ -19,11 +28,13 @@ against what the client sent, returned for it to check), get, delete and list wi
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import itertools
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +45,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from standins.base import Reply, Request, StandIn, rfc3339
+from drivers.rehearsal import Fleet, Guest, scratch
+from drivers.rehearsal.base import Reply, Request, StandIn, rfc3339
+from lab.driver import Rehearsal
 
 PROJECT = "standin-project"
 CONSOLE = "SeaBIOS ...\nLinux version 6.1.0 ...\nRancherOS v1.5.8 started\n"
 P = rf"/compute/v1/projects/({PROJECT})"
 RELEASE_BUCKET, RELEASE_OBJECT = "roslab-images", "rancheros-gce.tar.gz"  # already uploaded
 STORAGE_URL = "https://storage.googleapis.com/"  # how an image names its raw disk's object
+REHEARSAL_BUCKET = "roslab-rehearsal"  # where a rehearsed run uploads its tarball
 
 
 def _unb64(text: str) -> bytes:
@@ -68,8 +82,9 @@ class UploadSession:
 
 
 class GceStandIn(StandIn):
-    def __init__(self) -> None:
+    def __init__(self, fleet: Fleet | None = None) -> None:
         super().__init__()
+        self.fleet = fleet  # a rehearsal's: instances boot
         self.instances: dict[tuple[str, str], dict[str, Any]] = {}  # (zone, name)
         self.images: dict[str, dict[str, Any]] = {}
         self.firewalls: dict[str, dict[str, Any]] = {}
@@ -213,11 +228,55 @@ class GceStandIn(StandIn):
         if source.rsplit("/", 1)[-1] not in self.images:
             return Reply(400, {"error": {"code": 400, "message": f"The resource '{source}' "
                                          "was not found"}})
-        self.instances[(zone, name)] = {
+        inst = self.instances[(zone, name)] = {
             **body, "id": str(next(self._ids)), "status": "PROVISIONING", "reads": 0,
             "zone": self._zone_url(zone), "creationTimestamp": rfc3339(),
             "selfLink": f"{self._zone_url(zone)}/instances/{name}"}
+        if self.fleet is not None:
+            self._boot(inst, zone, name, source.rsplit("/", 1)[-1])
         return self._op("insert", name, zone)
+
+    def _boot(self, inst: dict[str, Any], zone: str, name: str, image: str) -> None:
+        items = {i["key"]: i.get("value", "") for i in
+                 inst.get("metadata", {}).get("items", [])}
+        # `ssh-keys` is `USER:KEY` lines; the guest's metadata service serves them back so
+        keys = [line.split(":", 1)[1] for line in items.get("ssh-keys", "").splitlines()
+                if ":" in line]
+
+        def running(guest: Guest) -> None:
+            with self.lock:
+                inst["status"] = "RUNNING"
+                for nic in inst.get("networkInterfaces", []):
+                    nic["networkIP"] = "10.128.0.2"
+                    for ac in nic.get("accessConfigs", []):
+                        ac["natIP"] = guest.address
+
+        def ended(why: str) -> None:
+            with self.lock:
+                inst.update(status="TERMINATED", statusMessage=why)
+                for nic in inst.get("networkInterfaces", []):
+                    for ac in nic.get("accessConfigs", []):
+                        ac.pop("natIP", None)
+
+        assert self.fleet is not None
+        user_data = items.get("user-data")
+        self.fleet.launch(_ident(zone, name), lambda: self._disk(image), "gce",
+                          user_data.encode() if user_data else None, keys, running, ended,
+                          hostname=name)
+
+    def _disk(self, image: str) -> Path:
+        """The image's raw disk: the tarball it was made from, as a file the guest boots."""
+        assert self.fleet is not None
+        path = self.fleet.workdir.parent / "images" / f"{image}.tar.gz"
+        if not path.exists():
+            source = self.images.get(image, {}).get("rawDisk", {}).get("source", "")
+            stored = self.stored(source)
+            if stored is None:
+                raise LookupError(f"image {image} has no raw disk this stand-in holds (only "
+                                  "images made from a tarball uploaded here boot)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(stored.data)
+        return path
 
     def _view(self, inst: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in inst.items() if k != "reads"}
@@ -227,7 +286,8 @@ class GceStandIn(StandIn):
         if inst is None:
             return self._not_found(f"projects/{project}/zones/{zone}/instances/{name}")
         inst["reads"] = inst.get("reads", 0) + 1
-        if inst["status"] == "PROVISIONING" and inst["reads"] >= 2 and not self.hold_provisioning:
+        if inst["status"] == "PROVISIONING" and inst["reads"] >= 2 and \
+                not self.hold_provisioning and self.fleet is None:
             inst["status"] = "RUNNING"
             for nic in inst.get("networkInterfaces", []):
                 nic["networkIP"] = "10.128.0.2"
@@ -238,13 +298,16 @@ class GceStandIn(StandIn):
     def _delete_instance(self, req: Request, project: str, zone: str, name: str) -> Reply:
         if self.instances.pop((zone, name), None) is None:
             return self._not_found(f"projects/{project}/zones/{zone}/instances/{name}")
+        if self.fleet is not None:
+            self.fleet.remove(_ident(zone, name))
         return self._op("delete", name, zone)
 
     def _serial(self, req: Request, project: str, zone: str, name: str) -> Reply:
         if (zone, name) not in self.instances:
             return self._not_found(f"projects/{project}/zones/{zone}/instances/{name}")
-        return Reply(200, {"kind": "compute#serialPortOutput", "contents": CONSOLE,
-                           "start": "0", "next": str(len(CONSOLE))})
+        text = CONSOLE if self.fleet is None else self.fleet.console(_ident(zone, name)) or ""
+        return Reply(200, {"kind": "compute#serialPortOutput", "contents": text,
+                           "start": "0", "next": str(len(text))})
 
     def _aggregated(self, req: Request, project: str) -> Reply:
         items: dict[str, Any] = {}
@@ -278,7 +341,18 @@ class GceStandIn(StandIn):
     def _delete_global(self, req: Request, project: str, kind: str, name: str) -> Reply:
         if getattr(self, kind).pop(name, None) is None:
             return self._not_found(f"global/{kind}/{name}")
+        if kind == "images" and self.fleet is not None:  # booted guests keep their own copy
+            (self.fleet.workdir.parent / "images" / f"{name}.tar.gz").unlink(missing_ok=True)
         return self._op("delete", name)
+
+    def leftovers(self) -> list[str]:
+        """What a run made that is still here (a rehearsal starts with nothing)."""
+        left = [f"instance {zone}/{name}" for zone, name in self.instances]
+        left += [f"image {name}" for name in self.images]
+        left += [f"firewall {name}" for name in self.firewalls]
+        left += [f"object gs://{bucket}/{name}" for bucket, objects in self.buckets.items()
+                 for name in objects]
+        return left + (self.fleet.leftovers() if self.fleet is not None else [])
 
 
     # Cloud Storage -------------------------------------------------------------------------
@@ -413,20 +487,51 @@ class GceStandIn(StandIn):
         return Reply(200, {"kind": "storage#objects", "items": items})
 
 
+def _ident(zone: str, name: str) -> str:
+    return f"{zone}-{name}"
+
+
+def environment(standin: GceStandIn, folder: Path) -> dict[str, str]:
+    """How a user points google-cloud-compute and google-cloud-storage at it: a
+    service-account key file, private API endpoints (Compute Engine, Cloud Storage)."""
+    return {
+        "GOOGLE_APPLICATION_CREDENTIALS": str(standin.service_account_file(folder / "sa.json")),
+        "GOOGLE_CLOUD_PROJECT": PROJECT,
+        "ROSLAB_GCE_ENDPOINT": standin.url, "ROSLAB_GCS_ENDPOINT": standin.url,
+        # google-auth probes the GCE metadata server when it finds no credentials: keep
+        # that probe on loopback (nothing listens on port 9)
+        "GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9",
+    }
+
+
 def serve(tmp_path: Path, env: Any) -> GceStandIn:
-    """Start one and point google-cloud-compute at it as a user would: a service-account
-    key file, private API endpoints (Compute Engine, Cloud Storage), the runner's address
-    for the SSH rule."""
+    """Start one (API sequences only) and point the SDKs at it (`env`: pytest's
+    monkeypatch), with a release tarball already uploaded and the runner's address."""
     standin = GceStandIn().start()
     standin.put_object(RELEASE_BUCKET, RELEASE_OBJECT, b"a release tarball, uploaded before")
-    env.setenv("GOOGLE_APPLICATION_CREDENTIALS",
-               str(standin.service_account_file(tmp_path / "sa.json")))
-    env.setenv("ROSLAB_GCE_ENDPOINT", standin.url)
-    env.setenv("ROSLAB_GCS_ENDPOINT", standin.url)
+    for name, value in environment(standin, tmp_path).items():
+        env.setenv(name, value)
     env.setenv("ROSLAB_SSH_SOURCE", "198.51.100.7")
-    # google-auth probes the GCE metadata server when it finds no credentials: keep that
-    # probe on loopback (nothing listens on port 9)
-    env.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
-    env.setenv("GCE_METADATA_IP", "127.0.0.1:9")
-    env.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    env.delenv("GOOGLE_CLOUD_PROJECT", raising=False)  # the key file's project
     return standin
+
+
+@contextlib.contextmanager
+def rehearsal() -> Iterator[Rehearsal]:
+    """The stand-in on 127.0.0.1 with instances that boot and a bucket to upload to; on
+    exit every guest is powered off, the server stopped and its folder removed."""
+    with scratch("gce") as (fleet, folder):
+        standin = GceStandIn(fleet)
+        standin.buckets = {REHEARSAL_BUCKET: {}}
+        standin.start()
+        try:
+            yield Rehearsal(
+                what=f"the GCE stand-in (Compute Engine, Cloud Storage) at {standin.url}, "
+                     "its instances booted under QEMU",
+                env={**environment(standin, folder), "ROSLAB_GCE_BUCKET": REHEARSAL_BUCKET},
+                # the runner reaches the instances from loopback, not from the internet
+                options={"ssh_from": "127.0.0.0/8"},
+                leftovers=standin.leftovers, guests=lambda: list(fleet.booted))
+        finally:
+            fleet.close()
+            standin.stop()

@@ -1,5 +1,14 @@
-"""Stand-in for an OpenStack cloud: Keystone v3 tokens with a service catalog, Nova
-(compute v2.1: flavors, servers, console output) and Glance (image v2: create, upload).
+"""The OpenStack rehearsal: a stand-in for an OpenStack cloud, Keystone v3 tokens with a
+service catalog, Nova (compute v2.1: flavors, servers, console output) and Glance (image
+v2: create, upload).
+
+In a rehearsal (`OpenStackDriver.rehearsal()`, a `Fleet` given) a server boots the disk
+uploaded to Glance under QEMU, its user_data on a config drive (`config-2`) when it asks
+for one: BUILD until QEMU runs, then ACTIVE with a floating address on loopback whose port
+22 is the guest's; a guest that cannot start makes it ERROR (its `fault` naming why and the
+console's tail), one that ends by itself SHUTOFF; `os-getConsoleOutput` is the guest's
+serial console; delete powers it off. Without a fleet (the driver's API-level tests) it only
+records: a server is ACTIVE at 127.0.0.1 from its second read on.
 
 Payload shapes follow the published API references (identity v3 `POST /v3/auth/tokens`,
 compute v2.1 servers/flavors/`os-getConsoleOutput`, image v2 images and `/file`).
@@ -9,20 +18,27 @@ A server is BUILD when created and ACTIVE from its second read on, so waits real
 from __future__ import annotations
 
 import base64
+import contextlib
+import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from standins.base import Reply, Request, StandIn, rfc3339
+from drivers.rehearsal import Fleet, Guest, scratch
+from drivers.rehearsal.base import Reply, Request, StandIn, rfc3339
+from lab.driver import Rehearsal
 
 CONSOLE = "Linux version 6.1.0 ...\nRancherOS v1.5.8 started\nlogin: "
+SUFFIXES = {"raw": ".img", "qcow2": ".qcow2", "vhd": ".vhd"}  # Glance's disk_format
 
 
 class OpenStackStandIn(StandIn):
-    def __init__(self) -> None:
+    def __init__(self, fleet: Fleet | None = None) -> None:
         super().__init__()
+        self.fleet = fleet  # a rehearsal's: servers boot
         self.servers: dict[str, dict[str, Any]] = {}
         self.images: dict[str, dict[str, Any]] = {}
         self.uploads: dict[str, bytes] = {}
@@ -140,16 +156,49 @@ class OpenStackStandIn(StandIn):
             "addresses": {}, "accessIPv4": "", "accessIPv6": "", "links": [],
             "OS-EXT-STS:vm_state": "building", "key_name": None,
         }
+        if self.fleet is not None:
+            self._boot(self.servers[sid], body)
         return Reply(202, {"server": {"id": sid, "links": [], "adminPass": "x",
                                       "OS-DCF:diskConfig": "MANUAL",
                                       "security_groups": [{"name": "default"}]}})
+
+    def _boot(self, server: dict[str, Any], body: dict[str, Any]) -> None:
+        def running(guest: Guest) -> None:
+            with self.lock:
+                server.update(status="ACTIVE", addresses={"private": [
+                    {"addr": "10.0.0.5", "version": 4, "OS-EXT-IPS:type": "fixed"},
+                    {"addr": guest.address, "version": 4, "OS-EXT-IPS:type": "floating"}]})
+                server["OS-EXT-STS:vm_state"] = "active"
+
+        def ended(why: str) -> None:
+            with self.lock:
+                # Nova: a server that never ran is ERROR with its fault; one that ran, SHUTOFF
+                failed = server["status"] == "BUILD"
+                server.update(status="ERROR" if failed else "SHUTOFF", addresses={})
+                server["OS-EXT-STS:vm_state"] = "error" if failed else "stopped"
+                if failed:
+                    server["fault"] = {"code": 500, "message": why, "created": rfc3339()}
+
+        assert self.fleet is not None
+        user_data = base64.b64decode(body.get("user_data", "")) or None
+        self.fleet.launch(server["id"], lambda: self._disk(body["imageRef"]),
+                          "configdrive" if body.get("config_drive") and user_data else "none",
+                          user_data, [], running, ended, hostname=body["name"])
+
+    def _disk(self, iid: str) -> Path:
+        assert self.fleet is not None
+        image = self.images.get(iid, {})
+        path = self.fleet.workdir.parent / "images" / \
+            f"{iid}{SUFFIXES.get(image.get('disk_format', ''), '.img')}"
+        if not path.exists():
+            raise LookupError(f"image {iid} has no disk this stand-in holds (only images "
+                              "uploaded here boot)")
+        return path
 
     def _view(self, server: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in server.items() if k != "reads"}
 
     def _list_servers(self, req: Request) -> Reply:
-        import re
-
         name = req.query.get("name", [None])[0]
         found = [self._view(s) for s in self.servers.values()
                  if name is None or re.search(name, s["name"])]
@@ -160,7 +209,8 @@ class OpenStackStandIn(StandIn):
         if server is None:
             return self._not_found("Instance", sid)
         server["reads"] += 1
-        if server["status"] == "BUILD" and server["reads"] >= 2 and not self.hold_build:
+        if server["status"] == "BUILD" and server["reads"] >= 2 and not self.hold_build and \
+                self.fleet is None:
             server["status"] = "ACTIVE"
             server["OS-EXT-STS:vm_state"] = "active"
             server["addresses"] = {"private": [
@@ -171,13 +221,20 @@ class OpenStackStandIn(StandIn):
     def _delete_server(self, req: Request, sid: str) -> Reply:
         if self.servers.pop(sid, None) is None:
             return self._not_found("Instance", sid)
+        if self.fleet is not None:
+            self.fleet.remove(sid)
         return Reply(204)
 
     def _server_action(self, req: Request, sid: str) -> Reply:
         if sid not in self.servers:
             return self._not_found("Instance", sid)
-        if "os-getConsoleOutput" in req.json():
-            return Reply(200, {"output": CONSOLE})
+        action = req.json()
+        if "os-getConsoleOutput" in action:
+            if self.fleet is None:
+                return Reply(200, {"output": CONSOLE})
+            lines = (self.fleet.console(sid) or "").splitlines(keepends=True)
+            length = (action["os-getConsoleOutput"] or {}).get("length")
+            return Reply(200, {"output": "".join(lines[-int(length):] if length else lines)})
         return Reply(400, {"badRequest": {"code": 400, "message": "unknown action"}})
 
     # image -------------------------------------------------------------------------------
@@ -226,19 +283,58 @@ class OpenStackStandIn(StandIn):
     def _upload(self, req: Request, iid: str) -> Reply:
         if iid not in self.images:
             return Reply(404, f"No image found with ID {iid}")
-        self.uploads[iid] = req.body
+        if self.fleet is None:
+            self.uploads[iid] = req.body
+        else:  # a disk: kept as a file for the guests to boot, not in memory
+            path = self.fleet.workdir.parent / "images" / \
+                f"{iid}{SUFFIXES.get(self.images[iid].get('disk_format', ''), '.img')}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(req.body)
         self.images[iid].update(status="active", size=len(req.body))
         return Reply(204)
 
     def _delete_image(self, req: Request, iid: str) -> Reply:
-        if self.images.pop(iid, None) is None:
+        image = self.images.pop(iid, None)
+        if image is None:
             return Reply(404, f"No image found with ID {iid}")
+        if self.fleet is not None:  # booted guests keep their own overlay on it
+            for path in (self.fleet.workdir.parent / "images").glob(f"{iid}.*"):
+                path.unlink(missing_ok=True)
         return Reply(204)
+
+    def leftovers(self) -> list[str]:
+        """What a run made that is still here (a rehearsal starts with nothing)."""
+        left = [f"server {sid} ({s['name']})" for sid, s in self.servers.items()]
+        left += [f"image {iid} ({i.get('name')})" for iid, i in self.images.items()]
+        return left + (self.fleet.leftovers() if self.fleet is not None else [])
+
+
+def environment(standin: OpenStackStandIn, folder: Path) -> dict[str, str]:
+    """How a user points openstacksdk at it: a clouds.yaml and the entry's name."""
+    return {"OS_CLIENT_CONFIG_FILE": str(standin.clouds_yaml(folder / "clouds.yaml")),
+            "OS_CLOUD": "standin"}
 
 
 def serve(tmp_path: Path, env: Any) -> OpenStackStandIn:
-    """Start one and point openstacksdk at it as a user would (`env`: pytest's monkeypatch)."""
+    """Start one (API sequences only) and point openstacksdk at it (`env`: pytest's
+    monkeypatch)."""
     standin = OpenStackStandIn().start()
-    env.setenv("OS_CLIENT_CONFIG_FILE", str(standin.clouds_yaml(tmp_path / "clouds.yaml")))
-    env.setenv("OS_CLOUD", "standin")
+    for name, value in environment(standin, tmp_path).items():
+        env.setenv(name, value)
     return standin
+
+
+@contextlib.contextmanager
+def rehearsal() -> Iterator[Rehearsal]:
+    """The stand-in on 127.0.0.1 with servers that boot; on exit every guest is powered
+    off, the server stopped and its folder removed."""
+    with scratch("openstack") as (fleet, folder):
+        standin = OpenStackStandIn(fleet).start()
+        try:
+            yield Rehearsal(
+                what=f"the OpenStack stand-in (Keystone, Nova, Glance) at {standin.url}, its "
+                     "servers booted under QEMU", env=environment(standin, folder),
+                leftovers=standin.leftovers, guests=lambda: list(fleet.booted))
+        finally:
+            fleet.close()
+            standin.stop()
