@@ -3,11 +3,13 @@ process group) or a cancelled CI job (SIGTERM to the run alone)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from commands.matrix.run import listen_to_sigint
@@ -59,3 +61,47 @@ def nothing_left(scratch: Path) -> None:
     assert emulators_under(scratch) == [], "QEMU left running"
     # pytest's own basetemp (xdist makes one) is not ours to remove
     assert [p for p in scratch.rglob("*") if "roslab" in p.name or "qemu" in p.name] == []
+
+
+# Leftovers of one run, told apart from other tests' (xdist runs two at once): the run's
+# environment carries a tag its every process inherits (QEMU, servers, stand-ins)
+RUN_TAG = "ROSLAB_TEST_RUN"
+
+
+def tagged_env(**extra: str) -> tuple[dict[str, str], str]:
+    """The environment for a run whose leftovers `survivors` will find, and its tag."""
+    tag = uuid.uuid4().hex
+    return {**os.environ, **extra, RUN_TAG: tag}, tag
+
+
+def survivors(tag: str) -> list[str]:
+    """"PID command" of each live process of the run tagged `tag`."""
+    mark = f"{RUN_TAG}={tag}".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                found.append(f"{pid} {cmd.decode(errors='replace').strip()}")
+        except OSError:  # gone meanwhile, or a zombie
+            continue
+    return found
+
+
+def listening_of(pids: Iterable[int]) -> set[tuple[str, int]]:
+    """The TCP (IPv4) addresses and ports that processes `pids` listen on."""
+    inodes = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and fields[9] in inodes:  # LISTEN, held by one of them
+            address, port = fields[1].split(":")
+            found.add((".".join(map(str, bytes.fromhex(address)[::-1])), int(port, 16)))
+    return found

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from interrupt import at_a_terminal, survivors, tagged_env  # tests/ is on sys.path
 
 from lab.errors import ImageError
 from lab.registry import Registry, listening, parse_ref
@@ -68,8 +69,9 @@ def test_the_server_dies_with_its_harness(tmp_path: Path, how: str) -> None:
             print(reg.address, reg.proc.pid, flush=True)
             time.sleep(60)
     """)
+    # at_a_terminal: under xdist the worker ignores SIGINT, and so would the harness
     harness = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                               text=True)
+                               text=True, preexec_fn=at_a_terminal)
     assert harness.stdout is not None
     address, pid = harness.stdout.readline().split()
     assert listening(address)
@@ -200,12 +202,13 @@ def test_a_run_serves_its_registry_and_stops_it(tmp_path: Path, end: str) -> Non
     report header names it) and stops it when it ends: at the end, or on Ctrl-C while its
     machine boots."""
     args = ["scenarios/test_registry.py", "--platform", "qemu"]
-    before = _servers()  # other runs' servers, if any
+    env, tag = tagged_env()  # its processes, told apart from other tests' runs
     if end == "finished":
         args.append("--collect-only")
     run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
-                            f"--roslab-artifacts={tmp_path}", *args], cwd=ROOT,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            f"--roslab-artifacts={tmp_path}", *args], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           preexec_fn=at_a_terminal)
     assert run.stdout is not None
     address = ""
     for line in run.stdout:
@@ -218,9 +221,4 @@ def test_a_run_serves_its_registry_and_stops_it(tmp_path: Path, end: str) -> Non
     run.wait(120)
     assert address, "the run's header names no registry"
     assert not listening(address), f"the run ({end}) left its registry listening at {address}"
-    assert _servers() <= before, f"the run ({end}) left docker-registry {_servers() - before}"
-
-
-def _servers() -> set[str]:
-    found = subprocess.run(["pgrep", "-x", "docker-registry"], capture_output=True, text=True)
-    return set(found.stdout.split())
+    assert survivors(tag) == [], f"the run ({end}) left processes behind"

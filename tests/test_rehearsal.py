@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from interrupt import listening_of, survivors, tagged_env  # tests/ is on sys.path
 
 from drivers import driver_class
 from drivers.machines import make_machine
@@ -114,28 +115,20 @@ def qemu_children() -> list[str]:
     return found
 
 
-def listening_ports() -> set[tuple[str, int]]:
-    """Every TCP (IPv4) address and port something on this host listens on."""
-    found = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        if state == "0A":  # LISTEN
-            address, port = local.split(":")
-            octets = bytes.fromhex(address)[::-1]
-            found.add((".".join(map(str, octets)), int(port, 16)))
-    return found
+def rehearsal_folders(where: Path) -> list[Path]:
+    return list(where.glob("roslab-*-rehearsal-*"))
 
 
-def rehearsal_folders() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("roslab-*-rehearsal-*"))
-
-
-def in_rehearsal(platform: str, monkeypatch: pytest.MonkeyPatch,
+def in_rehearsal(platform: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                  body: Callable[[dict[str, str], object], None]) -> None:
     """Run `body(options, rehearsal)` inside the platform's rehearsal, the SDK pointed at it
-    as a run is; then check that the stand-in's server, folders and ports are gone."""
+    as a run is; then check that the stand-in's server, folders and ports are gone. Only
+    this process's: another xdist worker's rehearsal may run meanwhile."""
     pytest.importorskip(SDK[platform], reason=f"{platform}'s SDK (roslab[clouds], dev)")
-    ports, folders = listening_ports(), rehearsal_folders()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # the rehearsal's folder
+    ports = listening_of([os.getpid()])
     for name in ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "OS_AUTH_URL"):
         monkeypatch.delenv(name, raising=False)
     cm = driver_class(platform).rehearsal()
@@ -145,8 +138,9 @@ def in_rehearsal(platform: str, monkeypatch: pytest.MonkeyPatch,
             monkeypatch.setenv(name, value)
         body({**rehearsal.options, **({"region": "us-east-1"} if platform == "aws" else {})},
              rehearsal)
-    assert listening_ports() <= ports  # the API server and every guest's port 22 closed
-    assert rehearsal_folders() <= folders
+    assert listening_of([os.getpid()]) <= ports  # the API server closed
+    assert qemu_children() == []  # and with each guest its port 22
+    assert rehearsal_folders(scratch) == []
 
 
 @needs_root
@@ -175,7 +169,7 @@ def test_an_instance_that_cannot_boot_ends_red_with_its_console_and_leaves_nothi
         assert rehearsal.leftovers() == []  # type: ignore[attr-defined]
         assert qemu_children() == []
 
-    in_rehearsal(platform, monkeypatch, run)
+    in_rehearsal(platform, monkeypatch, tmp_path, run)
 
 
 def reference_disk(name: str) -> Path:
@@ -196,7 +190,9 @@ def test_a_scenario_module_passes_on_the_rehearsed_cloud(platform: str,
     services and the console over SSH and the cloud's console API; then gc, and nothing
     left (the rehearsal fails the run otherwise)."""
     pytest.importorskip(SDK[platform], reason=f"{platform}'s SDK (roslab[clouds], dev)")
-    ports = listening_ports()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env, tag = tagged_env(TMPDIR=str(scratch))
     with contextlib.ExitStack() as stack:
         image: list[str] = []
         if platform == "digitalocean":  # a custom image, imported from where it is published
@@ -206,10 +202,12 @@ def test_a_scenario_module_passes_on_the_rehearsed_cloud(platform: str,
             [sys.executable, "-m", "pytest", "scenarios/test_boot.py", "--platform", platform,
              "--rehearse", *image, "-p", "no:cacheprovider", "-q", "-rs",
              "--roslab-artifacts", str(tmp_path / "results")],
-            cwd=ROOT, capture_output=True, text=True, timeout=1200)
+            cwd=ROOT, capture_output=True, text=True, timeout=1200, env=env)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-6000:]
     assert " passed" in out and "roslab rehearsal: guest of " in out
     assert "LEFT BEHIND" not in out and "roslab rehearsal: gc against the stand-in removed" \
         in out
-    assert listening_ports() <= ports
+    # nothing of the run goes on: no QEMU, API server or registry, so none listens
+    assert survivors(tag) == []
+    assert rehearsal_folders(scratch) == []
