@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -224,7 +225,8 @@ def test_a_credentials_file_secret_is_written_where_its_sdk_reads_it(tmp_path: P
     assert include["aws-x86_64"]["file_secrets"] == ""
     step = next(s for s in cell["steps"] if s.get("name") == "Write the credentials files")
     assert step["if"] == "${{ matrix.file_secrets != '' }}"
-    key = '{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----"}'
+    # a stand-in for a service-account key file's JSON, made here (no key in the tree)
+    key = json.dumps({"type": "service_account", "private_key_id": os.urandom(8).hex()})
     github_env = tmp_path / "github_env"
     env = {"PATH": "/usr/bin:/bin", "RUNNER_TEMP": str(tmp_path), "GITHUB_ENV": str(github_env),
            "FILE_SECRETS": "GOOGLE_APPLICATION_CREDENTIALS OTHER_FILE",
