@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -37,6 +38,7 @@ from drivers.cloud import (
 )
 from drivers.libcloud import LibcloudDriver
 from lab import gc
+from lab.driver import Rehearsal
 from lab.errors import ConfigError
 
 CREDENTIAL_VARS = ("ALIBABA_CLOUD_ACCESS_KEY_ID", "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
@@ -52,6 +54,24 @@ class AliyunDriver(LibcloudDriver):
     has_console_log = True
     running_states: ClassVar[tuple[str, ...]] = ("Running",)
     failed_states: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._was_started = False  # seen Starting or Running since StartInstance
+
+    def _has_failed(self, status: str | None) -> bool:
+        """An instance is made Stopped and started after: Stopped is a failure only once it
+        was seen starting (a DescribeInstances right after StartInstance may lag)."""
+        if status in ("Starting", "Running"):
+            self._was_started = True
+        return status == "Stopped" and self._was_started
+
+    @classmethod
+    def rehearsal(cls) -> AbstractContextManager[Rehearsal]:
+        """The ECS API stand-in whose instances boot under QEMU (drivers/rehearsal/aliyun.py)."""
+        from drivers.rehearsal.aliyun import rehearsal
+
+        return rehearsal()
 
     @classmethod
     def _libcloud(cls, get_driver: Any) -> Any:

@@ -326,7 +326,7 @@ class CloudDriver(Driver):
 
     def _running_address(self) -> str | None:
         status = self._status()
-        if status in self.failed_states:
+        if self._has_failed(status):
             reason = ""
             with contextlib.suppress(Exception):  # the cause is best effort: the boot failed
                 reason = self._state_reason()
@@ -337,6 +337,10 @@ class CloudDriver(Driver):
 
     failed_states: ClassVar[tuple[str, ...]] = ("ERROR",)
     running_states: ClassVar[tuple[str, ...]] = ("RUNNING",)
+
+    def _has_failed(self, status: str | None) -> bool:
+        """Whether the instance, waited on to run, will not: it is in a failed state."""
+        return status in self.failed_states
 
     @abstractmethod
     def _launch(self, spec: MachineSpec) -> None:

@@ -20,6 +20,7 @@ fails, the VM is destroyed before the error is raised.
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 from drivers.cloud import (
@@ -33,6 +34,7 @@ from drivers.cloud import (
 )
 from drivers.libcloud import LibcloudDriver
 from lab import gc
+from lab.driver import Rehearsal
 from lab.errors import ConfigError, ImageError
 
 CREDENTIAL_VARS = ("CLOUDSTACK_ENDPOINT", "CLOUDSTACK_KEY", "CLOUDSTACK_SECRET")
@@ -46,9 +48,10 @@ class CloudStackDriver(LibcloudDriver):
     credentials_are = "the API URL and the account's API and secret keys"
     capabilities = cloud_capabilities("cloudstack", console=NO_CONSOLE_API,
                                       console_log=NO_CONSOLE_API)
-    # libcloud's NodeState names (it maps Running, Destroyed, Error... onto them)
+    # libcloud's NodeState names (it maps Running, Destroyed, Error... onto them); the VM is
+    # deployed started, so Stopped means it powered off
     running_states: ClassVar[tuple[str, ...]] = ("running",)
-    failed_states: ClassVar[tuple[str, ...]] = ("terminated",)
+    failed_states: ClassVar[tuple[str, ...]] = ("terminated", "stopped")
 
     @classmethod
     def _libcloud(cls, get_driver: Any) -> Any:
@@ -60,6 +63,14 @@ class CloudStackDriver(LibcloudDriver):
             secure=url.startswith("https://"))
         driver.connection.poll_interval = cls.poll_interval  # async jobs (deploy, destroy)
         return driver
+
+    @classmethod
+    def rehearsal(cls) -> AbstractContextManager[Rehearsal]:
+        """The CloudStack API stand-in whose VMs boot under QEMU
+        (drivers/rehearsal/cloudstack.py)."""
+        from drivers.rehearsal.cloudstack import rehearsal
+
+        return rehearsal()
 
     # launch ------------------------------------------------------------------------------
 

@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 from moto_env import moto_server
-from standins import aliyun_standin, cloudstack_standin
 from standins.base import machine_spec
 
 from drivers import driver_class
+from drivers.rehearsal import aliyun as aliyun_standin
+from drivers.rehearsal import cloudstack as cloudstack_standin
 from drivers.rehearsal import digitalocean as digitalocean_standin
 from drivers.rehearsal import gce as gce_standin
 from drivers.rehearsal import openstack as openstack_standin

@@ -10,11 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from standins.aliyun_standin import AliyunStandIn, serve
 from standins.base import machine_spec, start_run, terminate_while_waiting
 
 from commands.cli import main
 from drivers.aliyun import AliyunDriver
+from drivers.rehearsal.aliyun import AliyunStandIn, serve
 from lab import gc
 from lab.errors import BootTimeout, ConfigError
 

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 from moto_env import moto_server
-from standins import aliyun_standin
 
 from drivers.machines import make_machine
+from drivers.rehearsal import aliyun as aliyun_standin
 from drivers.rehearsal import gce as gce_standin
 from drivers.rehearsal import openstack as openstack_standin
 from lab.machine import RUN_PASSWORD, Machine

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 from standins.base import machine_spec, start_run, terminate_while_waiting
-from standins.cloudstack_standin import CloudStackStandIn, serve
 
 from commands.cli import main
 from drivers.cloudstack import CloudStackDriver
+from drivers.rehearsal.cloudstack import CloudStackStandIn, serve
 from lab import gc
 from lab.errors import BootTimeout, ConfigError, ImageError
 

@@ -8,11 +8,12 @@ import signal
 from pathlib import Path
 
 import pytest
-from standins import aliyun_standin, cloudstack_standin
 from standins.base import start_run
 
 from commands.cli import main
 from drivers import clouds
+from drivers.rehearsal import aliyun as aliyun_standin
+from drivers.rehearsal import cloudstack as cloudstack_standin
 from drivers.rehearsal import digitalocean as digitalocean_standin
 from drivers.rehearsal import gce as gce_standin
 from drivers.rehearsal import openstack as openstack_standin

@@ -277,9 +277,13 @@ def test_every_scenario_module_datasource_and_cloud_disk_has_a_cell() -> None:
         >= set(NAMES)
 
 
-def test_a_cloud_without_a_stand_in_is_not_configured_when_rehearsed(tmp_path: Path) -> None:
+def test_a_cloud_without_a_stand_in_is_not_configured_when_rehearsed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from commands.matrix.run import run_cell
+    from drivers.cloudstack import CloudStackDriver
 
+    # every cloud driver has a stand-in today: this is a driver added without one
+    monkeypatch.setattr(CloudStackDriver, "rehearsal", classmethod(lambda cls: None))
     matrix = mx.load(MATRIX)
     verdict = run_cell(matrix, matrix.cell("cloudstack-x86_64"), tmp_path, rehearse=True)
     assert verdict.not_configured == \

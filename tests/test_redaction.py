@@ -111,9 +111,10 @@ def _cloud_secrets(platform: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     import json
 
     import yaml
-    from standins import aliyun_standin, cloudstack_standin
 
     from drivers import driver_class
+    from drivers.rehearsal import aliyun as aliyun_standin
+    from drivers.rehearsal import cloudstack as cloudstack_standin
     from drivers.rehearsal import digitalocean as digitalocean_standin
     from drivers.rehearsal import gce as gce_standin
     from drivers.rehearsal import openstack as openstack_standin

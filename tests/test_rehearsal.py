@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import importlib
 import os
 import struct
 import subprocess
@@ -38,16 +39,19 @@ from lab.ssh import KeyPair
 
 ROOT = Path(__file__).resolve().parents[1]
 MESSAGE = b"roslab test: this disk has no OS\r\n"
-REHEARSED = ("aws", "gce", "digitalocean", "openstack")
-# how each cloud's driver takes a disk: the file itself, a release tarball, or a URL
-# (DigitalOcean imports a custom image from where it is published)
-HAS_CONSOLE = {"aws": True, "gce": True, "digitalocean": False, "openstack": True}
+REHEARSED = ("aws", "gce", "digitalocean", "openstack", "cloudstack", "aliyun")
+HAS_CONSOLE = {"aws": True, "gce": True, "digitalocean": False, "openstack": True,
+               "cloudstack": False, "aliyun": True}
 # the instance's state once its guest ended, as the failure names it (the start's wait saw
 # it, or the SSH wait after the instance ran for a moment)
 ENDED = {"aws": ("terminated",), "gce": ("TERMINATED",), "digitalocean": ("off",),
-         "openstack": ("ERROR", "SHUTOFF")}
+         "openstack": ("ERROR", "SHUTOFF"), "cloudstack": ("stopped",), "aliyun": ("Stopped",)}
 SDK = {"aws": "moto", "gce": "google.cloud.compute_v1", "digitalocean": "pydo",
-       "openstack": "openstack"}
+       "openstack": "openstack", "cloudstack": "libcloud", "aliyun": "libcloud"}
+# the clouds whose runs start an image the account already has (a CloudStack template, an
+# Aliyun image id) rather than one they upload: the stand-in offers it by that name
+BY_NAME = {"cloudstack": "cloudstack:RancherOS", "aliyun": "aliyun:rancheros_1_4_1_x64.vhd"}
+NO_OS = "no-os"  # the name the stand-ins offer the no-OS disk by
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="the instances' port 22 needs root")
 
 
@@ -91,8 +95,11 @@ def published(path: Path) -> Iterator[str]:
 
 @contextlib.contextmanager
 def image_for(platform: str, disk: Path) -> Iterator[str]:
-    """What the platform's driver is given for `disk`."""
-    if platform == "gce":
+    """What the platform's driver is given for `disk` (how each takes a disk: the file
+    itself, a release tarball, a URL DigitalOcean imports, an image the account has)."""
+    if platform in BY_NAME:
+        yield f"{platform}:{NO_OS}"
+    elif platform == "gce":
         yield str(gce_tarball(disk, disk.with_name("disk.tar.gz")))
     elif platform == "digitalocean":
         with published(disk) as url:
@@ -120,10 +127,12 @@ def rehearsal_folders(where: Path) -> list[Path]:
 
 
 def in_rehearsal(platform: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                 body: Callable[[dict[str, str], object], None]) -> None:
+                 body: Callable[[dict[str, str], object], None],
+                 offered: Path | None = None) -> None:
     """Run `body(options, rehearsal)` inside the platform's rehearsal, the SDK pointed at it
-    as a run is; then check that the stand-in's server, folders and ports are gone. Only
-    this process's: another xdist worker's rehearsal may run meanwhile."""
+    as a run is (where a cloud starts images by name, `offered` is offered as NO_OS); then
+    check that the stand-in's server, folders and ports are gone. Only this process's:
+    another xdist worker's rehearsal may run meanwhile."""
     pytest.importorskip(SDK[platform], reason=f"{platform}'s SDK (roslab[clouds], dev)")
     scratch = tmp_path / "tmp"
     scratch.mkdir()
@@ -133,6 +142,9 @@ def in_rehearsal(platform: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
         monkeypatch.delenv(name, raising=False)
     cm = driver_class(platform).rehearsal()
     assert cm is not None, f"{platform} has no rehearsal"
+    if platform in BY_NAME and offered is not None:
+        module = importlib.import_module(f"drivers.rehearsal.{platform}")
+        cm = module.rehearsal(offered={NO_OS: offered})
     with cm as rehearsal:
         for name, value in rehearsal.env.items():
             monkeypatch.setenv(name, value)
@@ -169,7 +181,7 @@ def test_an_instance_that_cannot_boot_ends_red_with_its_console_and_leaves_nothi
         assert rehearsal.leftovers() == []  # type: ignore[attr-defined]
         assert qemu_children() == []
 
-    in_rehearsal(platform, monkeypatch, tmp_path, run)
+    in_rehearsal(platform, monkeypatch, tmp_path, run, offered=disk)
 
 
 def reference_disk(name: str) -> Path:
@@ -198,6 +210,8 @@ def test_a_scenario_module_passes_on_the_rehearsed_cloud(platform: str,
         if platform == "digitalocean":  # a custom image, imported from where it is published
             url = stack.enter_context(published(reference_disk("rancheros-digitalocean.img")))
             image = ["--image", f"digitalocean:{url}"]
+        elif platform in BY_NAME:  # the image the stand-in offers, as the matrix cell names
+            image = ["--image", BY_NAME[platform]]
         run = subprocess.run(
             [sys.executable, "-m", "pytest", "scenarios/test_boot.py", "--platform", platform,
              "--rehearse", *image, "-p", "no:cacheprovider", "-q", "-rs",

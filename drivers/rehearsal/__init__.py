@@ -77,10 +77,10 @@ class Guest:
 
     def __init__(self, name: str, disk: Path, workdir: Path, datasource: str,
                  user_data: bytes | None, ssh_keys: list[str], memory_mb: int = 2048,
-                 cpus: int = 1) -> None:
+                 cpus: int = 1, address: str = "") -> None:
         self.name, self.workdir = name, workdir
         self.driver = QemuDriver()
-        self.address = ""
+        self.address = address  # given: one the stand-in reserved (loopback_address)
         self.accel, self.accel_reason = "", ""
         self.stopping = False  # the stand-in asked it to end (terminate, stop)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -95,8 +95,9 @@ class Guest:
         self._drain: threading.Thread | None = None
 
     def boot(self) -> None:
-        """Power on; the address is taken here and given back if the start fails."""
-        self.address = loopback_address()
+        """Power on; the address is taken here (unless given) and given back if the start
+        fails."""
+        self.address = self.address or loopback_address()
         self.driver.ssh_bind = (self.address, SSH_PORT)
         try:
             self.driver.prepare(self.spec)
@@ -168,21 +169,22 @@ class Fleet:
     def launch(self, ident: str, disk: Callable[[], Path], datasource: str,
                user_data: bytes | None, ssh_keys: list[str],
                running: Callable[[Guest], None], ended: Callable[[str], None],
-               hostname: str | None = None) -> None:
+               hostname: str | None = None, address: str = "") -> None:
         """Boot `disk()` for instance `ident`: `running(guest)` once QEMU runs (its address
-        is the instance's public one), `ended(why)` when it could not start or ended by
-        itself (why names the console's tail), never after the instance was deleted."""
+        is the instance's public one: `address` where the stand-in reserved it already),
+        `ended(why)` when it could not start or ended by itself (why names the console's
+        tail), never after the instance was deleted."""
         threading.Thread(target=self._run, daemon=True, name=f"boot-{ident}", args=(
             ident, disk, datasource, user_data, ssh_keys, running, ended,
-            hostname or ident)).start()
+            hostname or ident, address)).start()
 
     def _run(self, ident: str, disk: Callable[[], Path], datasource: str,
              user_data: bytes | None, ssh_keys: list[str], running: Callable[[Guest], None],
-             ended: Callable[[str], None], hostname: str) -> None:
+             ended: Callable[[str], None], hostname: str, address: str) -> None:
         guest: Guest | None = None
         try:
             guest = Guest(hostname, disk(), self.workdir / ident, datasource, user_data,
-                          ssh_keys)
+                          ssh_keys, address=address)
             with self.lock:
                 if self.closed or ident in self.removed:
                     return  # deleted (or the stand-in stopped) while the disk was made

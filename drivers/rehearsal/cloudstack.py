@@ -1,4 +1,15 @@
-"""Stand-in for the Apache CloudStack API (`/client/api?command=...&response=json`).
+"""The CloudStack rehearsal: a stand-in for the Apache CloudStack API
+(`/client/api?command=...&response=json`).
+
+In a rehearsal (`CloudStackDriver.rehearsal()`, a `Fleet` given) the account sees one
+executable template, "RancherOS" (the reference build's CloudStack disk, as an operator
+registers a release's `rancheros-cloudstack.img`), and a VM deployed from it boots under
+QEMU with the `cloudstack` metadata service (its userdata): the deploy job stays pending
+and the VM `Starting` until QEMU runs, then it is `Running` with a loopback address whose
+port 22 is the guest's as its NIC's address; a guest that cannot start makes the job fail
+and the VM `Error`, one that ends by itself `Stopped`; destroy powers it off. CloudStack's
+API has no console output, so neither has the stand-in. Without a fleet (the driver's
+API-level tests) it only records: a VM is `Running` from its second read on.
 
 Shapes follow CloudStack's published API reference: every answer is wrapped in
 `<command>response`; deployVirtualMachine, destroyVirtualMachine and createTags are
@@ -11,36 +22,56 @@ whole string lowercased, HMAC-SHA1 with the secret key, base64).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import itertools
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from drivers.rehearsal import Fleet, Guest, reference_disk, scratch
 from drivers.rehearsal.base import Reply, Request, StandIn
+from lab.driver import Rehearsal
 
 API_KEY, SECRET = "standin-api-key", "standin-secret-key"
+# what the matrix's cell deploys (`cloudstack:RancherOS`): the template an operator
+# registers from a release's rancheros-cloudstack.img
+TEMPLATE = "RancherOS"
+REFERENCE = "rancheros-cloudstack.img"
 
 
 def _created(t: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(time.time() if t is None else t))
 
 
+def _template(ident: str, name: str) -> dict[str, Any]:
+    return {"id": ident, "name": name, "hypervisor": "KVM", "format": "QCOW2",
+            "ostypename": "Other Linux (64-bit)", "displaytext": "RancherOS", "zoneid": "z-1",
+            "isready": True, "templatetype": "USER"}
+
+
 class CloudStackStandIn(StandIn):
-    def __init__(self) -> None:
+    def __init__(self, fleet: Fleet | None = None,
+                 offered: dict[str, Callable[[], Path]] | None = None) -> None:
+        """`offered`: the templates by name, each with the disk it boots (a rehearsal's);
+        without a fleet one template that only records."""
         super().__init__()
+        self.fleet = fleet
+        self.disks: dict[str, Callable[[], Path]] = {}  # template id -> its disk
         self.vms: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.deploys: list[dict[str, str]] = []  # the deployVirtualMachine parameters
         self.hold_starting = False
         self.deploy_error: str | None = None  # make the VM, then answer with this error
         self._ids = itertools.count(1)
-        self.templates = [{"id": "t-1", "name": "rancheros-v1.5.8", "hypervisor": "KVM",
-                           "format": "QCOW2", "ostypename": "Other Linux (64-bit)",
-                           "displaytext": "RancherOS", "zoneid": "z-1"}]
+        self.templates = [_template("t-1", "rancheros-v1.5.8")]
+        if offered is not None:
+            self.templates = [_template(f"t-{n}", name) for n, name in enumerate(offered, 1)]
+            self.disks = {f"t-{n}": disk for n, disk in enumerate(offered.values(), 1)}
         self.route("GET", r"/client/api", self._api)
         self.route("POST", r"/client/api", self._api)
 
@@ -84,9 +115,12 @@ class CloudStackStandIn(StandIn):
             return Reply(body.pop("error"), {f"{command.lower()}response": body})
         return Reply(200, {f"{command.lower()}response": body})
 
-    def _job(self, result: dict[str, Any], pending: int = 0) -> str:
+    def _job(self, result: dict[str, Any] | Callable[[], dict[str, Any]], pending: int = 0,
+             until: Callable[[], str | None] | None = None) -> str:
+        """An async job: done after `pending` reads, or when `until()` says (None: done,
+        "": pending, else failed with that text)."""
         jid = str(uuid.uuid4())
-        self.jobs[jid] = {"result": result, "pending": pending}
+        self.jobs[jid] = {"result": result, "pending": pending, "until": until}
         return jid
 
     # commands ------------------------------------------------------------------------------
@@ -110,28 +144,70 @@ class CloudStackStandIn(StandIn):
         self.vms[vid] = self._vm(vid, p["name"], state, _created(), {})
         self.vms[vid]["userdata"] = base64.b64decode(p.get("userdata", "")).decode()
         self.vms[vid]["reads"] = 0
+        self.vms[vid]["templateid"] = p["templateid"]
         if self.deploy_error:
             return {"error": 530, "errorcode": 530, "errortext": self.deploy_error}
+        if self.fleet is not None and state == "Starting":
+            self._boot(vid, p)
+            # the job ends once the VM runs (or could not start), as CloudStack's does
+            return {"id": vid, "jobid": self._job(
+                lambda: {"virtualmachine": self._view(vid)}, until=lambda: self._settled(vid))}
         return {"id": vid, "jobid": self._job({"virtualmachine": self._view(vid)}, pending=1)}
 
+    def _boot(self, vid: str, p: dict[str, str]) -> None:
+        vm = self.vms[vid]
+
+        def running(guest: Guest) -> None:
+            with self.lock:
+                vm["state"] = "Running"
+                vm["nic"][0]["ipaddress"] = guest.address
+
+        def ended(why: str) -> None:
+            with self.lock:  # never running: the start failed; else it powered off
+                vm["state"] = "Stopped" if vm["state"] == "Running" else "Error"
+                vm["why"] = why
+
+        assert self.fleet is not None
+        self.fleet.launch(vid, self.disks[p["templateid"]], "cloudstack",
+                          vm["userdata"].encode() or None, [], running, ended,
+                          hostname=p["name"])
+
+    def _settled(self, vid: str) -> str | None:
+        """Why the deploy job failed ("" while it is pending, None once the VM runs)."""
+        vm = self.vms.get(vid)
+        if vm is None:
+            return "the VM was destroyed while it started"
+        if vm["state"] == "Starting":
+            return ""
+        return vm.get("why", "the VM could not start") if vm["state"] == "Error" else None
+
     def _view(self, vid: str) -> dict[str, Any]:
-        return {k: v for k, v in self.vms[vid].items() if k not in ("userdata", "reads")}
+        return {k: v for k, v in self.vms[vid].items() if k not in ("userdata", "reads", "why")}
 
     def _queryAsyncJobResult(self, p: dict[str, str]) -> dict[str, Any]:
         job = self.jobs.get(p["jobid"])
         if job is None:
             return {"error": 431, "errorcode": 431, "errortext": "no such job"}
-        if job["pending"] > 0:
+        if job["until"] is not None:
+            failed = job["until"]()
+            if failed == "":
+                return {"jobid": p["jobid"], "jobstatus": 0}
+            if failed is not None:
+                return {"jobid": p["jobid"], "jobstatus": 2, "jobresultcode": 530,
+                        "jobresult": {"errorcode": 530, "errortext": failed}}
+        elif job["pending"] > 0:
             job["pending"] -= 1
             return {"jobid": p["jobid"], "jobstatus": 0}
-        return {"jobid": p["jobid"], "jobstatus": 1, "jobresult": job["result"]}
+        result = job["result"]() if callable(job["result"]) else job["result"]
+        return {"jobid": p["jobid"], "jobstatus": 1, "jobresult": result}
 
     def _listVirtualMachines(self, p: dict[str, str]) -> dict[str, Any]:
         found = [vid for vid in self.vms if p.get("id") in (None, vid)]
         for vid in found:
             vm = self.vms[vid]
             vm["reads"] = vm.get("reads", 0) + 1
-            if vm["state"] == "Starting" and vm["reads"] >= 2 and not self.hold_starting:
+            if vm["state"] == "Starting" and vm["reads"] >= 2 and not self.hold_starting \
+                    and self.fleet is None:
                 vm["state"] = "Running"
         return {"count": len(found), "virtualmachine": [self._view(v) for v in found]} \
             if found else {}
@@ -165,17 +241,49 @@ class CloudStackStandIn(StandIn):
             del self.vms[p["id"]]
         else:
             vm["state"] = "Destroyed"
+        if self.fleet is not None:
+            self.fleet.remove(p["id"])
         return {"jobid": self._job({"virtualmachine": {"id": p["id"], "state": "Destroyed"}})}
 
     def live(self) -> dict[str, dict[str, Any]]:
         """VMs not destroyed (a destroyed VM waits for the expunge delay, costing nothing)."""
         return {k: v for k, v in self.vms.items() if v["state"] != "Destroyed"}
 
+    def leftovers(self) -> list[str]:
+        """What a run made that is still here (a rehearsal starts with nothing)."""
+        left = [f"VM {i} ({vm['name']}, {vm['state']})" for i, vm in self.live().items()]
+        return left + (self.fleet.leftovers() if self.fleet is not None else [])
+
+
+def environment(standin: CloudStackStandIn) -> dict[str, str]:
+    """How a user points libcloud at it: the API URL and the account's keys."""
+    return {"CLOUDSTACK_ENDPOINT": f"{standin.url}/client/api", "CLOUDSTACK_KEY": API_KEY,
+            "CLOUDSTACK_SECRET": SECRET}
+
 
 def serve(tmp_path: Path, env: Any) -> CloudStackStandIn:
-    """Start one and point libcloud at it as a user would: the API URL and the keys."""
+    """Start one (API sequences only) and point libcloud at it (`env`: pytest's
+    monkeypatch)."""
     standin = CloudStackStandIn().start()
-    env.setenv("CLOUDSTACK_ENDPOINT", f"{standin.url}/client/api")
-    env.setenv("CLOUDSTACK_KEY", API_KEY)
-    env.setenv("CLOUDSTACK_SECRET", SECRET)
+    for name, value in environment(standin).items():
+        env.setenv(name, value)
     return standin
+
+
+@contextlib.contextmanager
+def rehearsal(offered: dict[str, Path] | None = None) -> Iterator[Rehearsal]:
+    """The stand-in on 127.0.0.1 whose VMs boot, offering the "RancherOS" template (and
+    `offered`: more templates by name and disk); on exit every guest is powered off, the
+    server stopped and its folder removed."""
+    with scratch("cloudstack") as (fleet, _folder):
+        templates: dict[str, Callable[[], Path]] = {TEMPLATE: lambda: reference_disk(REFERENCE)}
+        templates.update({name: (lambda d=disk: d) for name, disk in (offered or {}).items()})
+        standin = CloudStackStandIn(fleet, templates).start()
+        try:
+            yield Rehearsal(
+                what=f"the CloudStack API stand-in at {standin.url}, its VMs booted under "
+                     "QEMU", env=environment(standin),
+                leftovers=standin.leftovers, guests=lambda: list(fleet.booted))
+        finally:
+            fleet.close()
+            standin.stop()

@@ -1,4 +1,14 @@
-"""Stand-in for Alibaba Cloud ECS's RPC API (version 2014-05-26, XML replies).
+"""The Aliyun rehearsal: a stand-in for Alibaba Cloud ECS's RPC API (version 2014-05-26,
+XML replies).
+
+In a rehearsal (`AliyunDriver.rehearsal()`, a `Fleet` given) the region offers one public
+image, `rancheros_1_4_1_x64.vhd` (the reference build's rancheros-aliyun.vhd), and an
+instance started from it boots under QEMU with the `aliyun` metadata service (its
+UserData): AllocatePublicIpAddress gives it a loopback address whose port 22 will be the
+guest's; StartInstance makes it `Starting` until QEMU runs, then `Running`; a guest that
+cannot start or ends by itself makes it `Stopped`; GetInstanceConsoleOutput is the
+guest's serial console; DeleteInstance powers it off. Without a fleet (the driver's
+API-level tests) it only records: an instance is `Running` from its second read on.
 
 Shapes follow the published ECS API reference: CreateInstance (UserData base64, Tag.N.Key/
 Value, ClientToken idempotency) answers an InstanceId and leaves the instance Stopped;
@@ -12,21 +22,37 @@ signature version 1.0 (HMAC-SHA1 over `GET&%2F&` and the percent-encoded sorted 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import itertools
 import json
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
+from drivers.rehearsal import (
+    Fleet,
+    Guest,
+    loopback_address,
+    reference_disk,
+    release_address,
+    scratch,
+)
 from drivers.rehearsal.base import Reply, Request, StandIn
+from lab.driver import Rehearsal
 
 KEY_ID, KEY_SECRET, REGION = "LTAI-standin", "standin-secret", "cn-hangzhou"
-CONSOLE = "Linux version 6.1.0 ...\nRancherOS v1.5.8 started\n"
+CONSOLE = "Linux version 6.1.0 ...\nRancherOS v1.5.8 started\n"  # without a fleet
+# what the matrix's cell starts (`aliyun:rancheros_1_4_1_x64.vhd`): a public image id of the
+# region (Aliyun's ids end in .vhd), here the reference build's Aliyun disk
+PUBLIC_IMAGE = "rancheros_1_4_1_x64.vhd"
+REFERENCE = "rancheros-aliyun.vhd"
+SECURITY_GROUP = "sg-standin"
 
 
 def _enc(text: str) -> str:
@@ -44,11 +70,16 @@ def _xml(tag: str, value: Any) -> str:
 
 
 class AliyunStandIn(StandIn):
-    def __init__(self) -> None:
+    def __init__(self, fleet: Fleet | None = None,
+                 offered: dict[str, Callable[[], Path]] | None = None) -> None:
+        """`offered`: the images by id, each with the disk it boots (a rehearsal's); without
+        a fleet one image that only records."""
         super().__init__()
+        self.fleet = fleet
         self.instances: dict[str, dict[str, Any]] = {}
         self.created: list[dict[str, str]] = []  # CreateInstance parameters, as sent
-        self.images = {"m-rancheros158"}
+        self.disks = dict(offered or {})
+        self.images = set(self.disks) if offered is not None else {"m-rancheros158"}
         self.hold_starting = False
         self.fail_after_create: str | None = None
         self._ids = itertools.count(1)
@@ -110,7 +141,8 @@ class AliyunStandIn(StandIn):
             "CreationTime": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()),
             "ClientToken": p.get("ClientToken"), "tags": self._tags(p), "reads": 0,
             "UserData": base64.b64decode(p.get("UserData", "")).decode(), "public": "",
-            "InstanceType": p["InstanceType"], "SecurityGroupId": p["SecurityGroupId"]}
+            "InstanceType": p["InstanceType"], "SecurityGroupId": p["SecurityGroupId"],
+            "ImageId": p["ImageId"]}
         if self.fail_after_create:
             return self._error(500, "InternalError", self.fail_after_create)
         return {"InstanceId": iid}
@@ -126,22 +158,48 @@ class AliyunStandIn(StandIn):
         inst = self._find(p)
         if isinstance(inst, Reply):
             return inst
-        inst["public"] = "127.0.0.1"
+        if not inst["public"]:  # a rehearsal's guest will have its port 22 there
+            inst["public"] = loopback_address() if self.fleet is not None else "127.0.0.1"
         return {"IpAddress": inst["public"]}
 
     def _StartInstance(self, p: dict[str, str]) -> Any:
         inst = self._find(p)
         if isinstance(inst, Reply):
             return inst
+        if inst["Status"] != "Stopped":
+            return self._error(403, "IncorrectInstanceStatus",
+                               "The current status of the resource does not support this "
+                               "operation.")
         inst["Status"] = "Starting"
+        if self.fleet is not None:
+            self._boot(inst)
         return {}
+
+    def _boot(self, inst: dict[str, Any]) -> None:
+        def running(guest: Guest) -> None:
+            with self.lock:
+                inst["Status"] = "Running"
+
+        def ended(why: str) -> None:
+            with self.lock:
+                inst["Status"] = "Stopped"
+                inst["why"] = why
+
+        assert self.fleet is not None
+        user_data = inst["UserData"].encode() or None
+        self.fleet.launch(inst["InstanceId"], self.disks[inst["ImageId"]], "aliyun", user_data,
+                          [], running, ended, hostname=inst["InstanceName"],
+                          address=inst["public"])
 
     def _GetInstanceConsoleOutput(self, p: dict[str, str]) -> Any:
         inst = self._find(p)
         if isinstance(inst, Reply):
             return inst
+        console = CONSOLE
+        if self.fleet is not None:
+            console = self.fleet.console(inst["InstanceId"]) or ""
         return {"InstanceId": inst["InstanceId"],
-                "ConsoleOutput": base64.b64encode(CONSOLE.encode()).decode()}
+                "ConsoleOutput": base64.b64encode(console.encode()).decode()}
 
     def _DeleteInstance(self, p: dict[str, str]) -> Any:
         inst = self._find(p)
@@ -152,6 +210,10 @@ class AliyunStandIn(StandIn):
                                "The current status of the resource does not support this "
                                "operation.")
         del self.instances[inst["InstanceId"]]
+        if self.fleet is not None:
+            self.fleet.remove(inst["InstanceId"])
+            if inst["public"]:
+                release_address(inst["public"])
         return {}
 
     def _DescribeInstances(self, p: dict[str, str]) -> Any:
@@ -165,7 +227,8 @@ class AliyunStandIn(StandIn):
         shown = []
         for inst in found[(page - 1) * size:page * size]:
             inst["reads"] += 1
-            if inst["Status"] == "Starting" and inst["reads"] >= 2 and not self.hold_starting:
+            if inst["Status"] == "Starting" and inst["reads"] >= 2 and not self.hold_starting \
+                    and self.fleet is None:
                 inst["Status"] = "Running"
             shown.append({
                 "InstanceId": inst["InstanceId"], "InstanceName": inst["InstanceName"],
@@ -178,14 +241,44 @@ class AliyunStandIn(StandIn):
     def live(self) -> dict[str, dict[str, Any]]:
         return self.instances
 
+    def leftovers(self) -> list[str]:
+        """What a run made that is still here (a rehearsal starts with nothing)."""
+        left = [f"instance {i} ({inst['InstanceName']}, {inst['Status']})"
+                for i, inst in self.instances.items()]
+        return left + (self.fleet.leftovers() if self.fleet is not None else [])
+
+
+def environment(standin: AliyunStandIn) -> dict[str, str]:
+    """How a user points libcloud at it: an AccessKey pair, the region, an endpoint, a
+    security group."""
+    return {"ALIBABA_CLOUD_ACCESS_KEY_ID": KEY_ID, "ALIBABA_CLOUD_ACCESS_KEY_SECRET": KEY_SECRET,
+            "ALIBABA_CLOUD_REGION_ID": REGION, "ROSLAB_ALIYUN_ENDPOINT": standin.url,
+            "ROSLAB_ALIYUN_SECURITY_GROUP": SECURITY_GROUP}
+
 
 def serve(tmp_path: Path, env: Any) -> AliyunStandIn:
-    """Start one and point libcloud at it as a user would: an AccessKey pair, the region,
-    an endpoint, a security group."""
+    """Start one (API sequences only) and point libcloud at it (`env`: pytest's
+    monkeypatch)."""
     standin = AliyunStandIn().start()
-    env.setenv("ALIBABA_CLOUD_ACCESS_KEY_ID", KEY_ID)
-    env.setenv("ALIBABA_CLOUD_ACCESS_KEY_SECRET", KEY_SECRET)
-    env.setenv("ALIBABA_CLOUD_REGION_ID", REGION)
-    env.setenv("ROSLAB_ALIYUN_ENDPOINT", standin.url)
-    env.setenv("ROSLAB_ALIYUN_SECURITY_GROUP", "sg-standin")
+    for name, value in environment(standin).items():
+        env.setenv(name, value)
     return standin
+
+
+@contextlib.contextmanager
+def rehearsal(offered: dict[str, Path] | None = None) -> Iterator[Rehearsal]:
+    """The stand-in on 127.0.0.1 whose instances boot, offering the public RancherOS image
+    (and `offered`: more images by id and disk); on exit every guest is powered off, the
+    server stopped and its folder removed."""
+    with scratch("aliyun") as (fleet, _folder):
+        images: dict[str, Callable[[], Path]] = {PUBLIC_IMAGE: lambda: reference_disk(REFERENCE)}
+        images.update({name: (lambda d=disk: d) for name, disk in (offered or {}).items()})
+        standin = AliyunStandIn(fleet, images).start()
+        try:
+            yield Rehearsal(
+                what=f"the Alibaba Cloud ECS API stand-in at {standin.url}, its instances "
+                     "booted under QEMU", env=environment(standin),
+                leftovers=standin.leftovers, guests=lambda: list(fleet.booted))
+        finally:
+            fleet.close()
+            standin.stop()
