@@ -16,6 +16,9 @@ from lab.machine import Machine
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "refimage: boots the reference image (built on first use)")
+    config.addinivalue_line("markers", "mutation: boots a mutated reference image per mutant "
+                            "(about 30 min under TCG): the nightly runs them (-m mutation), "
+                            "the per-commit run leaves them out (-m 'not mutation')")
 
 
 @pytest.fixture(scope="session")

@@ -257,6 +257,37 @@ def test_gitlab_pipeline_semantics() -> None:
     assert {n["job"] for n in doc["report"]["needs"]} == set(jobs)
 
 
+def test_the_mutation_tests_run_nightly_and_only_there() -> None:
+    """The per-commit command (the README's, .ci/run's) leaves out exactly the mutation
+    tests; both emitted nightlies run exactly those, keep their results, print the table."""
+    selected = {}
+    for marks in ("mutation", "not mutation"):
+        run = subprocess.run([sys.executable, "-m", "pytest", "tests/", "--collect-only", "-q",
+                              "-m", marks, "-p", "no:cacheprovider"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        selected[marks] = {line for line in run.stdout.splitlines() if "::" in line}
+    from mutants import MUTANTS  # tests/ is on sys.path (rootdir conftest mode)
+
+    assert selected["mutation"] == {
+        f"tests/test_mutants.py::test_mutant_fails_its_scenarios_with_their_causes[{m.name}]"
+        for m in MUTANTS}
+    assert "tests/test_mutants.py::test_every_scenario_has_a_mutant" in selected["not mutation"]
+    for command in ((ROOT / "README.md").read_text().splitlines()[3],
+                    (ROOT / ".ci" / "run").read_text()):
+        assert "pytest tests/ -n 2 -m \"not mutation\"" in command
+    job = yaml.safe_load(emit(mx.load(MATRIX), "github"))["jobs"]["mutation"]
+    runs = [s.get("run", "") for s in job["steps"]]
+    assert any("pytest tests/ -m mutation" in r for r in runs)
+    assert any("roslab mutants" in r for r in runs)
+    upload = next(s for s in job["steps"] if "upload-artifact" in s.get("uses", ""))
+    assert upload["if"] == "${{ always() }}" and upload["with"]["path"] == "results/mutants/"
+    lab = yaml.safe_load(emit(mx.load(MATRIX), "gitlab"))["mutation"]
+    assert "pytest tests/ -m mutation" in lab["script"][0]
+    assert lab["after_script"] == [".venv/bin/roslab mutants"]
+    assert lab["artifacts"]["when"] == "always"
+
+
 def test_every_scenario_module_datasource_and_cloud_disk_has_a_cell() -> None:
     """Every scenario module runs in some cell; each metadata datasource and each cloud
     disk of the reference build has a QEMU cell (the disk booted with its datasource)."""

@@ -62,6 +62,7 @@ def _message(text: str) -> str:
     return message[:300]
 
 
+@pytest.mark.mutation  # 24 boots: nightly (see the nightly workflow's mutation job)
 @pytest.mark.parametrize("mutant", MUTANTS, ids=[m.name for m in MUTANTS])
 def test_mutant_fails_its_scenarios_with_their_causes(tmp_path: Path, mutant: Mutant,
                                                      request: pytest.FixtureRequest) -> None:
