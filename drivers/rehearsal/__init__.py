@@ -24,7 +24,7 @@ from typing import Any
 
 from drivers.qemu import QemuDriver
 from lab.cloudconfig import CloudConfig
-from lab.driver import MachineSpec
+from lab.driver import MachineSpec, Rehearsal
 from lab.errors import ConfigError, LabError
 from lab.images import Image
 
@@ -245,6 +245,30 @@ def reference_disk(name: str) -> Path:
     folder = ensure_image("x86_64")
     ensure_disks(folder)
     return folder / name
+
+
+def offering(reference: dict[str, str],
+             offered: dict[str, Path] | None = None) -> dict[str, Callable[[], Path]]:
+    """What a stand-in offers by name (a template, a public image id) and the disk each
+    boots: the reference build's disks by file name (made on first use), then `offered`."""
+    disks: dict[str, Callable[[], Path]] = {
+        name: (lambda file=file: reference_disk(file)) for name, file in reference.items()}
+    disks.update({name: (lambda disk=disk: disk) for name, disk in (offered or {}).items()})
+    return disks
+
+
+@contextlib.contextmanager
+def serving(standin: Any, fleet: Fleet, name: str, instances: str, env: dict[str, str],
+            options: dict[str, str] | None = None) -> Iterator[Rehearsal]:
+    """A started stand-in (`name`, whose `instances` boot) as the run sees it; on exit
+    every guest is powered off and the server stopped."""
+    try:
+        yield Rehearsal(what=f"{name} at {standin.url}, its {instances} booted under QEMU",
+                        env=env, options=options or {}, leftovers=standin.leftovers,
+                        guests=lambda: list(fleet.booted))
+    finally:
+        fleet.close()
+        standin.stop()
 
 
 @contextlib.contextmanager

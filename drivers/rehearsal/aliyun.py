@@ -39,11 +39,12 @@ from drivers.rehearsal import (
     Fleet,
     Guest,
     loopback_address,
-    reference_disk,
+    offering,
     release_address,
     scratch,
+    serving,
 )
-from drivers.rehearsal.base import Reply, Request, StandIn
+from drivers.rehearsal.base import Reply, Request, StandIn, pointed_at
 from lab.driver import Rehearsal
 
 KEY_ID, KEY_SECRET, REGION = "LTAI-standin", "standin-secret", "cn-hangzhou"
@@ -260,9 +261,7 @@ def serve(tmp_path: Path, env: Any) -> AliyunStandIn:
     """Start one (API sequences only) and point libcloud at it (`env`: pytest's
     monkeypatch)."""
     standin = AliyunStandIn().start()
-    for name, value in environment(standin).items():
-        env.setenv(name, value)
-    return standin
+    return pointed_at(standin, environment(standin), env)
 
 
 @contextlib.contextmanager
@@ -271,14 +270,7 @@ def rehearsal(offered: dict[str, Path] | None = None) -> Iterator[Rehearsal]:
     (and `offered`: more images by id and disk); on exit every guest is powered off, the
     server stopped and its folder removed."""
     with scratch("aliyun") as (fleet, _folder):
-        images: dict[str, Callable[[], Path]] = {PUBLIC_IMAGE: lambda: reference_disk(REFERENCE)}
-        images.update({name: (lambda d=disk: d) for name, disk in (offered or {}).items()})
-        standin = AliyunStandIn(fleet, images).start()
-        try:
-            yield Rehearsal(
-                what=f"the Alibaba Cloud ECS API stand-in at {standin.url}, its instances "
-                     "booted under QEMU", env=environment(standin),
-                leftovers=standin.leftovers, guests=lambda: list(fleet.booted))
-        finally:
-            fleet.close()
-            standin.stop()
+        standin = AliyunStandIn(fleet, offering({PUBLIC_IMAGE: REFERENCE}, offered)).start()
+        with serving(standin, fleet, "the Alibaba Cloud ECS API stand-in", "instances",
+                     environment(standin)) as rehearsal:
+            yield rehearsal

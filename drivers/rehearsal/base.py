@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 
@@ -41,6 +41,7 @@ class Reply:
 
 
 Handler = Callable[..., Reply]
+S = TypeVar("S", bound="StandIn")
 
 
 class StandIn:
@@ -168,6 +169,14 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
                                            serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return cert_path, key_path
+
+
+def pointed_at(standin: S, settings: dict[str, str], env: Any) -> S:
+    """`standin`, the settings that point its SDK at it set through `env` (pytest's
+    monkeypatch: undone after the test)."""
+    for name, value in settings.items():
+        env.setenv(name, value)
+    return standin
 
 
 def rfc3339(t: float | None = None) -> str:

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from drivers.rehearsal import Fleet, Guest, reference_disk, scratch
-from drivers.rehearsal.base import Reply, Request, StandIn
+from drivers.rehearsal import Fleet, Guest, offering, scratch, serving
+from drivers.rehearsal.base import Reply, Request, StandIn, pointed_at
 from lab.driver import Rehearsal
 
 API_KEY, SECRET = "standin-api-key", "standin-secret-key"
@@ -265,9 +265,7 @@ def serve(tmp_path: Path, env: Any) -> CloudStackStandIn:
     """Start one (API sequences only) and point libcloud at it (`env`: pytest's
     monkeypatch)."""
     standin = CloudStackStandIn().start()
-    for name, value in environment(standin).items():
-        env.setenv(name, value)
-    return standin
+    return pointed_at(standin, environment(standin), env)
 
 
 @contextlib.contextmanager
@@ -276,14 +274,7 @@ def rehearsal(offered: dict[str, Path] | None = None) -> Iterator[Rehearsal]:
     `offered`: more templates by name and disk); on exit every guest is powered off, the
     server stopped and its folder removed."""
     with scratch("cloudstack") as (fleet, _folder):
-        templates: dict[str, Callable[[], Path]] = {TEMPLATE: lambda: reference_disk(REFERENCE)}
-        templates.update({name: (lambda d=disk: d) for name, disk in (offered or {}).items()})
-        standin = CloudStackStandIn(fleet, templates).start()
-        try:
-            yield Rehearsal(
-                what=f"the CloudStack API stand-in at {standin.url}, its VMs booted under "
-                     "QEMU", env=environment(standin),
-                leftovers=standin.leftovers, guests=lambda: list(fleet.booted))
-        finally:
-            fleet.close()
-            standin.stop()
+        standin = CloudStackStandIn(fleet, offering({TEMPLATE: REFERENCE}, offered)).start()
+        with serving(standin, fleet, "the CloudStack API stand-in", "VMs",
+                     environment(standin)) as rehearsal:
+            yield rehearsal

@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from drivers.rehearsal import Fleet, Guest, reference_disk, scratch
-from drivers.rehearsal.base import Reply, Request, StandIn, rfc3339
+from drivers.rehearsal import Fleet, Guest, reference_disk, scratch, serving
+from drivers.rehearsal.base import Reply, Request, StandIn, pointed_at, rfc3339
 from lab.driver import Rehearsal
 
 TOKEN = "dop_v1_standin0123456789"
@@ -253,9 +253,7 @@ def serve(tmp_path: Path, env: Any) -> DigitalOceanStandIn:
     """Start one over TLS (API sequences only) and point pydo at it (`env`: pytest's
     monkeypatch)."""
     standin = DigitalOceanStandIn().start(tls_dir=tmp_path / "tls")
-    for name, value in environment(standin).items():
-        env.setenv(name, value)
-    return standin
+    return pointed_at(standin, environment(standin), env)
 
 
 @contextlib.contextmanager
@@ -265,12 +263,7 @@ def rehearsal() -> Iterator[Rehearsal]:
     with scratch("digitalocean") as (fleet, folder):
         standin = DigitalOceanStandIn(fleet).start(tls_dir=folder / "tls")
         standin.seed("images", **DISTRIBUTION)
-        try:
-            yield Rehearsal(
-                what=f"the DigitalOcean API stand-in at {standin.url}, its droplets booted "
-                     "under QEMU", env=environment(standin),
-                leftovers=standin.leftovers, guests=lambda: list(fleet.booted))
-        finally:
-            fleet.close()
-            standin.stop()
+        with serving(standin, fleet, "the DigitalOcean API stand-in", "droplets",
+                     environment(standin)) as rehearsal:
+            yield rehearsal
 

@@ -45,7 +45,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from drivers.rehearsal import Fleet, Guest, scratch
+from drivers.rehearsal import Fleet, Guest, scratch, serving
 from drivers.rehearsal.base import Reply, Request, StandIn, rfc3339
 from lab.driver import Rehearsal
 
@@ -524,14 +524,9 @@ def rehearsal() -> Iterator[Rehearsal]:
         standin = GceStandIn(fleet)
         standin.buckets = {REHEARSAL_BUCKET: {}}
         standin.start()
-        try:
-            yield Rehearsal(
-                what=f"the GCE stand-in (Compute Engine, Cloud Storage) at {standin.url}, "
-                     "its instances booted under QEMU",
-                env={**environment(standin, folder), "ROSLAB_GCE_BUCKET": REHEARSAL_BUCKET},
-                # the runner reaches the instances from loopback, not from the internet
-                options={"ssh_from": "127.0.0.0/8"},
-                leftovers=standin.leftovers, guests=lambda: list(fleet.booted))
-        finally:
-            fleet.close()
-            standin.stop()
+        # the runner reaches the instances from loopback, not from the internet
+        with serving(standin, fleet, "the GCE stand-in (Compute Engine, Cloud Storage)",
+                     "instances",
+                     {**environment(standin, folder), "ROSLAB_GCE_BUCKET": REHEARSAL_BUCKET},
+                     options={"ssh_from": "127.0.0.0/8"}) as rehearsal:
+            yield rehearsal

@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from drivers.rehearsal import Fleet, Guest, scratch
-from drivers.rehearsal.base import Reply, Request, StandIn, rfc3339
+from drivers.rehearsal import Fleet, Guest, scratch, serving
+from drivers.rehearsal.base import Reply, Request, StandIn, pointed_at, rfc3339
 from lab.driver import Rehearsal
 
 CONSOLE = "Linux version 6.1.0 ...\nRancherOS v1.5.8 started\nlogin: "
@@ -319,9 +319,7 @@ def serve(tmp_path: Path, env: Any) -> OpenStackStandIn:
     """Start one (API sequences only) and point openstacksdk at it (`env`: pytest's
     monkeypatch)."""
     standin = OpenStackStandIn().start()
-    for name, value in environment(standin, tmp_path).items():
-        env.setenv(name, value)
-    return standin
+    return pointed_at(standin, environment(standin, tmp_path), env)
 
 
 @contextlib.contextmanager
@@ -330,11 +328,6 @@ def rehearsal() -> Iterator[Rehearsal]:
     off, the server stopped and its folder removed."""
     with scratch("openstack") as (fleet, folder):
         standin = OpenStackStandIn(fleet).start()
-        try:
-            yield Rehearsal(
-                what=f"the OpenStack stand-in (Keystone, Nova, Glance) at {standin.url}, its "
-                     "servers booted under QEMU", env=environment(standin, folder),
-                leftovers=standin.leftovers, guests=lambda: list(fleet.booted))
-        finally:
-            fleet.close()
-            standin.stop()
+        with serving(standin, fleet, "the OpenStack stand-in (Keystone, Nova, Glance)",
+                     "servers", environment(standin, folder)) as rehearsal:
+            yield rehearsal
