@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 
-from lab.driver import Capabilities, Driver, MachineSpec, Option
+from lab.driver import Capabilities, Driver, HostRoute, MachineSpec, Option
 from lab.errors import BootTimeout, ConfigError, LabError, PlatformError
 from lab.images import CLOUD
 from lab.redact import keep_secret, redact
@@ -275,6 +275,16 @@ class CloudDriver(Driver):
             self._abandon()
             raise
         return t0
+
+    @classmethod
+    def host_address_for_guest(cls, datasource: str,
+                               options: dict[str, Any]) -> HostRoute | None:
+        """A cloud's machines use their own network (None), unless the run says how they
+        reach this host: `lab_host=ADDRESS` (a private cloud whose instances reach the
+        runner; a rehearsal's guests), the lab's services listening on `lab_listen`
+        (default: that same address)."""
+        host = options.get("lab_host")
+        return HostRoute(options.get("lab_listen") or host, host) if host else None
 
     def sdk_error(self, exc: Exception, doing: str) -> LabError:
         """The SDK's own exception as a lab error naming the cloud and what failed; a cloud

@@ -59,6 +59,19 @@ from lab.errors import BootError, ConfigError, EmulatorError, ImageError, LabErr
 from lab.images import DISK, GCE_TARBALL, ISO, KERNEL, SDCARD, Image, unpack_gce_disk
 
 GUEST_HOST_IP = "10.0.2.2"  # the host as QEMU user-mode networking shows it to the guest
+# slirp's own addresses in its virtual network, as host parts of 10.0.2.0/24's: on a wider
+# `net=` (a cloud's metadata network) QEMU keeps them as far as the mask lets it, so on
+# 169.254.0.0/16 the host is 169.254.2.2, not .0.2 (measured: the guest's DNS is .2.3)
+HOST, FIRST_LEASE = 0x202, 0x20F
+
+
+def slirp_address(network: str, host_part: int) -> str:
+    """The address slirp gives `host_part` (HOST, FIRST_LEASE) on `network` (default
+    10.0.2.0/24)."""
+    net = ipaddress.ip_network(network or "10.0.2.0/24")
+    return str(net[host_part & int(net.hostmask)])
+
+
 MIGRATE_BANDWIDTH = 1 << 40  # bytes/s: QEMU's default 32 MiB/s would make a save take 10 s
 MIGRATE_SECONDS = 120.0  # bound on saving or loading a machine's state
 
@@ -132,8 +145,7 @@ class QemuDriver(Driver):
         from drivers.qemu import metadata
 
         cloud = metadata.CLOUDS.get(datasource)
-        network = ipaddress.ip_network((cloud.network if cloud else "") or "10.0.2.0/24")
-        return HostRoute("127.0.0.1", str(network[2]))
+        return HostRoute("127.0.0.1", slirp_address((cloud.network if cloud else ""), HOST))
 
     @classmethod
     def doctor(cls, options: dict[str, Any], arch: str) -> list[Check]:
@@ -298,12 +310,10 @@ class QemuDriver(Driver):
         """Start the cloud's metadata stand-in and route the guest's requests to it."""
         from drivers.qemu import metadata
 
-        network = ipaddress.ip_network(metadata.CLOUDS[spec.datasource].network or "10.0.2.0/24")
         instance = metadata.Instance(
             user_data=spec.cloud_config.text.encode() if spec.cloud_config else None,
             ssh_keys=list(spec.ssh_keys), hostname=spec.name,
-            # QEMU's first DHCP address: host part .2.15 as far as the mask lets it
-            local_ipv4=str(network[0x20F & int(network.hostmask)]),
+            local_ipv4=slirp_address(metadata.CLOUDS[spec.datasource].network, FIRST_LEASE),
         )
         server, self._net_options = metadata.serve(spec.datasource, instance)
         self.metadata = server

@@ -257,15 +257,23 @@ def offering(reference: dict[str, str],
     return disks
 
 
+def run_options(datasource: str, **more: str) -> dict[str, str]:
+    """The platform options of a rehearsed run: how its guests (QEMU's, on `datasource`'s
+    network) reach this host, so the lab's registry serves them as Docker Hub would serve
+    the cloud's instances (the guests have no internet); `more` besides."""
+    route = QemuDriver.host_address_for_guest(datasource, {})
+    return {"lab_host": route.guest, "lab_listen": route.listen, **more}
+
+
 @contextlib.contextmanager
 def serving(standin: Any, fleet: Fleet, name: str, instances: str, env: dict[str, str],
-            options: dict[str, str] | None = None) -> Iterator[Rehearsal]:
-    """A started stand-in (`name`, whose `instances` boot) as the run sees it; on exit
-    every guest is powered off and the server stopped."""
+            datasource: str, options: dict[str, str] | None = None) -> Iterator[Rehearsal]:
+    """A started stand-in (`name`, whose `instances` boot with `datasource`'s metadata) as
+    the run sees it; on exit every guest is powered off and the server stopped."""
     try:
         yield Rehearsal(what=f"{name} at {standin.url}, its {instances} booted under QEMU",
-                        env=env, options=options or {}, leftovers=standin.leftovers,
-                        guests=lambda: list(fleet.booted))
+                        env=env, options=run_options(datasource, **(options or {})),
+                        leftovers=standin.leftovers, guests=lambda: list(fleet.booted))
     finally:
         fleet.close()
         standin.stop()

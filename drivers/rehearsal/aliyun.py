@@ -272,5 +272,5 @@ def rehearsal(offered: dict[str, Path] | None = None) -> Iterator[Rehearsal]:
     with scratch("aliyun") as (fleet, _folder):
         standin = AliyunStandIn(fleet, offering({PUBLIC_IMAGE: REFERENCE}, offered)).start()
         with serving(standin, fleet, "the Alibaba Cloud ECS API stand-in", "instances",
-                     environment(standin)) as rehearsal:
+                     environment(standin), "aliyun") as rehearsal:
             yield rehearsal

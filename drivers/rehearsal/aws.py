@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from drivers.rehearsal import Fleet, Guest
+from drivers.rehearsal import Fleet, Guest, run_options
 from lab.driver import Rehearsal
 from lab.errors import LabError
 
@@ -324,7 +324,7 @@ def rehearsal() -> Iterator[Rehearsal]:
                     what=f"moto {_moto_version()} EC2/EBS server at {host}:{port}, its "
                          "instances booted under QEMU", env=env,
                     # the runner reaches the instances from loopback, not from the internet
-                    options={"ssh_from": "127.0.0.0/8"},
+                    options=run_options("ec2", ssh_from="127.0.0.0/8"),
                     leftovers=standin.leftovers, guests=lambda: list(standin.fleet.booted))
             finally:
                 standin.close()

@@ -276,5 +276,5 @@ def rehearsal(offered: dict[str, Path] | None = None) -> Iterator[Rehearsal]:
     with scratch("cloudstack") as (fleet, _folder):
         standin = CloudStackStandIn(fleet, offering({TEMPLATE: REFERENCE}, offered)).start()
         with serving(standin, fleet, "the CloudStack API stand-in", "VMs",
-                     environment(standin)) as rehearsal:
+                     environment(standin), "cloudstack") as rehearsal:
             yield rehearsal

@@ -264,6 +264,6 @@ def rehearsal() -> Iterator[Rehearsal]:
         standin = DigitalOceanStandIn(fleet).start(tls_dir=folder / "tls")
         standin.seed("images", **DISTRIBUTION)
         with serving(standin, fleet, "the DigitalOcean API stand-in", "droplets",
-                     environment(standin)) as rehearsal:
+                     environment(standin), "digitalocean") as rehearsal:
             yield rehearsal
 

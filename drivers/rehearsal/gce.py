@@ -528,5 +528,5 @@ def rehearsal() -> Iterator[Rehearsal]:
         with serving(standin, fleet, "the GCE stand-in (Compute Engine, Cloud Storage)",
                      "instances",
                      {**environment(standin, folder), "ROSLAB_GCE_BUCKET": REHEARSAL_BUCKET},
-                     options={"ssh_from": "127.0.0.0/8"}) as rehearsal:
+                     "gce", options={"ssh_from": "127.0.0.0/8"}) as rehearsal:
             yield rehearsal

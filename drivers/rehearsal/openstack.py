@@ -329,5 +329,5 @@ def rehearsal() -> Iterator[Rehearsal]:
     with scratch("openstack") as (fleet, folder):
         standin = OpenStackStandIn(fleet).start()
         with serving(standin, fleet, "the OpenStack stand-in (Keystone, Nova, Glance)",
-                     "servers", environment(standin, folder)) as rehearsal:
+                     "servers", environment(standin, folder), "configdrive") as rehearsal:
             yield rehearsal
