@@ -222,6 +222,19 @@ def unpack_gce_disk(path: Path, dest: Path) -> Path:
     return out
 
 
+BAKED_DATASOURCES = re.compile(r"rancher\.cloud_init\.datasources=\[([^\]]*)\]")
+
+
+def baked_datasources(image: Image) -> list[str] | None:
+    """The datasources a release disk's own kernel command line names, as its manifest
+    records it (a cloud's disk reads only those); None when the image does not say."""
+    disk = ((image.manifest.get("disks") or {}).get("images") or {}).get(image.path.name)
+    found = BAKED_DATASOURCES.search((disk or {}).get("kernel_cmdline", ""))
+    if found is None:
+        return None
+    return [name.strip().strip('"') for name in found[1].split(",") if name.strip()]
+
+
 def _release_manifest(folder: Path, member: str | None = None) -> dict:
     """The folder's manifest.json (a reference image build); for a file of the folder, only
     when the manifest lists it, so a stray file is not taken for the release."""

@@ -151,8 +151,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("datasource", [
         pytest.param(ds, id=ds, marks=[
             pytest.mark.cloud_config(DATASOURCE_CONFIG, datasource=ds),
-            *([] if ds in profile.datasources else
-              [pytest.mark.skip(reason=f"profile {profile.name} has no {ds} datasource")]),
+            *([pytest.mark.skip(reason=why)] if (why := profile.lacks_datasource(ds)) else []),
         ])
         for ds in ("nocloud", "url", "cmdline")
     ])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pycdlib
@@ -112,3 +113,20 @@ def test_a_user_data_script_with_no_way_to_the_key_is_refused(
         make_machine("qemu", tiny_guests["shell"], "x86_64", "#!/bin/sh\ntrue\n",
                      "configdrive", work, "tcg", ssh_key=key)
     assert list(work.iterdir()) == []
+
+
+def test_a_release_disk_reads_the_datasources_its_manifest_records(tmp_path: Path) -> None:
+    """A cloud's disk of the reference build reads only the datasources baked into its own
+    kernel command line (its manifest records that line); other images do not say."""
+    from lab.images import baked_datasources
+
+    disk = tmp_path / "rancheros-gce.img"
+    disk.write_bytes(bytes(1 << 20))
+    line = 'console=ttyS0 rancher.cloud_init.datasources=["gce", ec2] printk.devkmsg=on'
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "os_name": "RoslabOS", "sizes": {disk.name: 1 << 20},
+        "disks": {"images": {disk.name: {"format": "raw", "kernel_cmdline": line}}}}))
+    assert baked_datasources(Image.open(disk)) == ["gce", "ec2"]
+    other = tmp_path / "other.img"
+    other.write_bytes(bytes(1 << 20))
+    assert baked_datasources(Image.open(other)) is None  # not the release's: no manifest
