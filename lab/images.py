@@ -46,11 +46,19 @@ CMDLINE_DATASOURCES = ("url", "cmdline")  # they ride on the kernel command line
 
 
 def cmdline_gap(image: Image, datasource: str) -> str | None:
-    """Why `datasource` cannot reach a guest booted from `image` (None when it can)."""
-    if image.kind in CMDLINE_KINDS or datasource not in CMDLINE_DATASOURCES:
+    """Why `datasource` cannot reach a guest booted from `image` (None when it can): the
+    kernel command line's datasources need a kernel the lab boots, and a release disk
+    reads only the datasources its own command line names."""
+    if image.kind in CMDLINE_KINDS or datasource == "none":
         return None
-    return (f"datasource {datasource} needs direct kernel boot (an image folder): "
-            f"{image.path} boots with the datasources baked into it")
+    if datasource in CMDLINE_DATASOURCES:
+        return (f"datasource {datasource} needs direct kernel boot (an image folder): "
+                f"{image.path} boots with the datasources baked into it")
+    baked = baked_datasources(image)
+    if baked is not None and datasource not in baked:
+        return (f"{image.path.name} reads only {', '.join(baked)}, as its kernel command "
+                f"line says: cloud-config by {datasource} would not reach it")
+    return None
 
 
 KERNEL_NAMES = ("vmlinuz", "vmlinuz-*", "bzImage", "Image")
