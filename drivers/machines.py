@@ -22,7 +22,7 @@ from drivers import driver_class
 from lab.cloudconfig import DATASOURCES, METADATA_DATASOURCES, CloudConfig
 from lab.driver import MachineSpec
 from lab.errors import ConfigError, ImageError
-from lab.images import CMDLINE_KINDS, Image, cmdline_gap
+from lab.images import CMDLINE_KINDS, Image, datasource_gap
 from lab.machine import (
     BAKED_PASSWORD,
     DEFAULT_BOOT_TIMEOUT,
@@ -174,7 +174,7 @@ def make_machine(platform: str, image: Path | str | Image | None, arch: str,
     if datasource not in (*caps.datasources, "none"):
         raise ConfigError(f"{where} cannot deliver cloud-config by {datasource}: it can by "
                           f"{', '.join(caps.datasources)}")
-    if (gap := cmdline_gap(img, datasource)) is not None:
+    if (gap := datasource_gap(img, datasource)) is not None:
         raise ConfigError(gap)
     cc = cloud_config if isinstance(cloud_config, CloudConfig) else (
         None if cloud_config is None

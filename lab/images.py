@@ -45,7 +45,7 @@ QCOW2_MAGIC = b"QFI\xfb"  # a release's .img may be qcow2 (rancheros-openstack.i
 CMDLINE_DATASOURCES = ("url", "cmdline")  # they ride on the kernel command line
 
 
-def cmdline_gap(image: Image, datasource: str) -> str | None:
+def datasource_gap(image: Image, datasource: str) -> str | None:
     """Why `datasource` cannot reach a guest booted from `image` (None when it can): the
     kernel command line's datasources need a kernel the lab boots, and a release disk
     reads only the datasources its own command line names."""

@@ -140,11 +140,12 @@ def in_rehearsal(platform: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
     ports = listening_of([os.getpid()])
     for name in ("AWS_PROFILE", "AWS_REGION", "AWS_SESSION_TOKEN", "OS_AUTH_URL"):
         monkeypatch.delenv(name, raising=False)
-    cm = driver_class(platform).rehearsal()
-    assert cm is not None, f"{platform} has no rehearsal"
     if platform in BY_NAME and offered is not None:
-        module = importlib.import_module(f"drivers.rehearsal.{platform}")
-        cm = module.rehearsal(offered={NO_OS: offered})
+        cm = importlib.import_module(f"drivers.rehearsal.{platform}").rehearsal(
+            offered={NO_OS: offered})
+    else:
+        cm = driver_class(platform).rehearsal()
+    assert cm is not None, f"{platform} has no rehearsal"
     with cm as rehearsal:
         for name, value in rehearsal.env.items():
             monkeypatch.setenv(name, value)
